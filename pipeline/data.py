@@ -1,0 +1,222 @@
+"""Check the competition zip, parse its CSVs into uint8 arrays, and split train/dev.
+
+What it checks before anything downstream sees the data: the zip holds exactly the three
+competition files (no traversal, no nested or extra members, no absurd declared sizes, CRCs
+intact) and each CSV has the exact columns, integer pixels 0-255 and labels 0-9. CSVs are read
+in chunks, so memory stays bounded however long the file. It never writes anything: caching and
+file paths are the stages module's business.
+"""
+
+from __future__ import annotations
+
+import io
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+
+import numpy as np
+import pandas as pd
+
+from .config import N_CLASSES, N_PIXELS, ZIP_NAME, UserError
+
+MEMBERS = ("train.csv", "test.csv", "sample_submission.csv")
+PIXEL_COLUMNS = tuple(f"pixel{i}" for i in range(N_PIXELS))
+TRAIN_COLUMNS = ("label", *PIXEL_COLUMNS)
+TEST_COLUMNS = PIXEL_COLUMNS
+SAMPLE_COLUMNS = ("ImageId", "Label")
+MAX_MEMBER_BYTES = 4 << 30  # the real train.csv is 77 MB; a member declaring over 4 GiB is a zip bomb
+MAX_RATIO = 1000  # deflate cannot compress better than ~1032:1; a higher declared ratio is forged
+CHUNK_ROWS = 5000  # rows parsed at a time: 5000 x 785 int64 is about 31 MB
+
+FIX_HINT = "Delete it and run `make data` again to fetch a fresh copy."
+
+
+class DataError(UserError):
+    """The competition data is missing, corrupt or not in the expected form."""
+
+
+@dataclass(frozen=True)
+class Digits:
+    """The parsed competition: images as (N, 784) uint8 rows, pixel k at row k//28, col k%28."""
+
+    train_x: np.ndarray  # (42000, 784) uint8
+    train_y: np.ndarray  # (42000,) uint8
+    test_x: np.ndarray  # (28000, 784) uint8
+    test_ids: np.ndarray  # (28000,) int32, the ImageIds of sample_submission.csv
+
+    def arrays(self) -> dict[str, np.ndarray]:
+        return {"train_x": self.train_x, "train_y": self.train_y,
+                "test_x": self.test_x, "test_ids": self.test_ids}
+
+
+def check_zip(path: Path) -> None:
+    """Raise DataError unless `path` is an intact competition zip; extract nothing."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path} does not exist.")
+    try:
+        with zipfile.ZipFile(path) as z:
+            infos = z.infolist()
+            _check_members(path, infos)
+            bad = z.testzip()
+    except zipfile.BadZipFile as e:
+        raise DataError(f"{path} is not a valid zip file ({e}). {FIX_HINT}") from None
+    except (OSError, EOFError, zipfile.LargeZipFile, NotImplementedError) as e:
+        raise DataError(f"{path} could not be read as a zip file ({e}). {FIX_HINT}") from None
+    if bad is not None:
+        raise DataError(f"{path}: member {bad} fails its CRC check (the file is corrupt). {FIX_HINT}")
+
+
+def _check_members(path: Path, infos: list[zipfile.ZipInfo]) -> None:
+    names = [i.filename for i in infos]
+    for name in names:
+        p = PurePosixPath(name.replace("\\", "/"))
+        if p.is_absolute() or ".." in p.parts or (name[1:2] == ":"):
+            raise DataError(f"{path}: member {name!r} has an unsafe path (absolute or with '..'); "
+                            f"refusing the zip. {FIX_HINT}")
+    extra = sorted(set(names) - set(MEMBERS))
+    if extra:
+        raise DataError(f"{path}: unexpected members {extra}; a {ZIP_NAME} holds exactly "
+                        f"{', '.join(MEMBERS)}. {FIX_HINT}")
+    missing = [m for m in MEMBERS if m not in names]
+    if missing:
+        raise DataError(f"{path}: missing {', '.join(missing)}. {FIX_HINT}")
+    if len(names) != len(set(names)):
+        raise DataError(f"{path}: duplicated members. {FIX_HINT}")
+    for i in infos:
+        ratio = i.file_size / max(i.compress_size, 1)
+        if i.file_size > MAX_MEMBER_BYTES or ratio > MAX_RATIO:
+            raise DataError(f"{path}: member {i.filename} declares {i.file_size} bytes "
+                            f"(compression ratio {ratio:.0f}:1), an absurd size; refusing a "
+                            f"possible zip bomb. {FIX_HINT}")
+
+
+def read_competition(path: Path, *, progress: bool = False) -> Digits:
+    """Check the zip and parse its three CSVs into a Digits."""
+    check_zip(path)
+    with zipfile.ZipFile(path) as z:
+        train = read_csv(z, "train.csv", TRAIN_COLUMNS, progress=progress)
+        test = read_csv(z, "test.csv", TEST_COLUMNS, progress=progress)
+        sample = read_csv(z, "sample_submission.csv", SAMPLE_COLUMNS, max_value=None)
+    labels = train[:, 0]
+    if labels.max(initial=0) >= N_CLASSES:
+        row = int(np.argmax(labels >= N_CLASSES))
+        raise DataError(f"train.csv row {row + 1}: label {labels[row]} is outside 0-9.")
+    ids = sample[:, 0]
+    if len(ids) != len(test):
+        raise DataError(f"sample_submission.csv has {len(ids)} rows but test.csv has {len(test)}.")
+    return Digits(train_x=np.ascontiguousarray(train[:, 1:], dtype=np.uint8),
+                  train_y=labels.astype(np.uint8),
+                  test_x=test.astype(np.uint8, copy=False),
+                  test_ids=ids.astype(np.int32))
+
+
+def read_csv(z: zipfile.ZipFile | None, member: str | Path, columns: tuple[str, ...], *,
+             max_value: int | None = 255, progress: bool = False) -> np.ndarray:
+    """Parse one CSV (a zip member, or a plain file when z is None) into an int array.
+
+    Checks the header is exactly `columns`, every value a non-negative integer (<= max_value),
+    and no row ragged. Returns uint8 when max_value <= 255, else int64. Raises DataError.
+    """
+    name = str(member) if z is None else member
+    opener = (lambda: z.open(member)) if z is not None else (lambda: open(member, "rb"))
+    try:
+        with opener() as raw:
+            f = io.TextIOWrapper(raw, encoding="utf-8-sig", newline="")
+            header = f.readline().rstrip("\r\n")
+            if not header:
+                raise DataError(f"{name} is empty: expected a header line "
+                                f"{_show_columns(columns)}.")
+            _check_header(name, header.split(","), columns)
+            dtype = np.uint8 if max_value is not None and max_value <= 255 else np.int64
+            chunks = []
+            reader = pd.read_csv(f, header=None, names=list(columns), chunksize=CHUNK_ROWS,
+                                 engine="c", skip_blank_lines=True)
+            row0 = 0
+            for chunk in _progress(reader, name, progress):
+                chunks.append(_check_chunk(name, chunk, row0, max_value).astype(dtype))
+                row0 += len(chunk)
+    except DataError:
+        raise
+    except pd.errors.ParserError as e:
+        raise DataError(f"{name}: malformed CSV ({_first_line(e)}); every row must have "
+                        f"{len(columns)} comma-separated values.") from None
+    except UnicodeDecodeError:
+        raise DataError(f"{name} is not UTF-8 text; is it really a competition CSV?") from None
+    except (zipfile.BadZipFile, EOFError, OSError) as e:
+        raise DataError(f"{name} could not be read ({e}). {FIX_HINT}") from None
+    if not chunks:
+        raise DataError(f"{name} has a header but no rows.")
+    return np.concatenate(chunks)
+
+
+def _check_header(name: str, got: list[str], expected: tuple[str, ...]) -> None:
+    got = [c.strip().strip('"') for c in got]
+    if tuple(got) == expected:
+        return
+    dupes = sorted({c for c in got if got.count(c) > 1})
+    missing = [c for c in expected if c not in got]
+    extra = [c for c in got if c not in expected]
+    what = []
+    if dupes:
+        what.append(f"duplicated {dupes[:5]}")
+    if missing:
+        what.append(f"missing {missing[:5]}{' ...' if len(missing) > 5 else ''}")
+    if extra:
+        what.append(f"unexpected {extra[:5]}{' ...' if len(extra) > 5 else ''}")
+    if not what:
+        what.append("columns out of order")
+    raise DataError(f"{name}: wrong columns ({'; '.join(what)}); expected "
+                    f"{_show_columns(expected)}.")
+
+
+def _show_columns(columns: tuple[str, ...]) -> str:
+    return ",".join(columns) if len(columns) <= 3 else f"{','.join(columns[:3])},...,{columns[-1]}"
+
+
+def _check_chunk(name: str, chunk: pd.DataFrame, row0: int, max_value: int | None) -> np.ndarray:
+    """The chunk as int64 values, or DataError naming the first bad cell (1-based data row)."""
+    bad_cols = [c for c in chunk.columns if not pd.api.types.is_integer_dtype(chunk[c].dtype)]
+    if bad_cols:
+        col = bad_cols[0]
+        values = pd.to_numeric(chunk[col], errors="coerce")
+        bad = ~(values.notna() & (values == values.round()))
+        row = int(np.argmax(bad.to_numpy())) if bad.any() else 0
+        raise DataError(f"{name} row {row0 + row + 1}, column {col}: {chunk[col].iloc[row]!r} "
+                        f"is not an integer (empty, NaN, decimal or text).")
+    values = chunk.to_numpy(dtype=np.int64)  # (rows, columns)
+    low = values < 0
+    high = values > max_value if max_value is not None else np.zeros_like(low)
+    if low.any() or high.any():
+        r, c = np.argwhere(low | high)[0]
+        limit = f"0-{max_value}" if max_value is not None else ">= 0"
+        raise DataError(f"{name} row {row0 + r + 1}, column {chunk.columns[c]}: {values[r, c]} "
+                        f"is outside {limit}.")
+    return values
+
+
+def _progress(it, name: str, enabled: bool):
+    if not enabled:
+        return it
+    from tqdm import tqdm
+    return tqdm(it, desc=f"parse {name}", unit="chunk", leave=False)
+
+
+def _first_line(e: Exception) -> str:
+    return str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+
+
+def stratified_split(y: np.ndarray, dev_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Indices (train, dev), sorted, with each class split in the same proportion."""
+    if not 0.0 < dev_fraction < 1.0:
+        raise ValueError(f"dev_fraction must be in (0, 1), got {dev_fraction}")
+    rng = np.random.default_rng(seed)
+    dev = []
+    for label in np.unique(y):
+        idx = np.flatnonzero(y == label)  # (n_label,)
+        n_dev = int(round(dev_fraction * len(idx)))
+        dev.append(rng.permutation(idx)[:n_dev])
+    dev_idx = np.sort(np.concatenate(dev)).astype(np.int64)
+    mask = np.ones(len(y), bool)
+    mask[dev_idx] = False
+    return np.flatnonzero(mask).astype(np.int64), dev_idx
