@@ -134,6 +134,8 @@ def read_csv(z: zipfile.ZipFile | None, member: str | Path, columns: tuple[str, 
                                  engine="c", skip_blank_lines=True)
             row0 = 0
             for chunk in _progress(reader, name, progress):
+                if chunk.empty:
+                    continue
                 chunks.append(_check_chunk(name, chunk, row0, max_value).astype(dtype))
                 row0 += len(chunk)
     except DataError:

@@ -1,0 +1,141 @@
+# Kaggle Digit Recognizer, end to end. `make help` lists every target.
+#
+# Stages are file targets: each reruns when its inputs, its parameters or the package source
+# changed, and the stage itself then reuses its joblib cache when the result is already known.
+# Parameters pass as variables, e.g. `make submit MODEL=mlp` or `make train EPOCHS=20`.
+
+.DEFAULT_GOAL := help
+SHELL := /bin/bash
+
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+DIGITS := $(PY) -m pipeline
+INSTALLED := $(VENV)/.installed
+
+# ---- parameters (empty means the model's own default; see `digits train --help`)
+MODEL ?= cnn
+EPOCHS ?=
+BATCH_SIZE ?=
+LR ?=
+OPTIMIZER ?=
+SCHEDULE ?=
+WEIGHT_DECAY ?=
+HIDDEN ?=
+ACTIVATION ?=
+DROPOUT ?=
+LABEL_SMOOTHING ?=
+AUGMENT ?=
+PATIENCE ?= 0
+REFIT ?= 0
+SEED ?= 0
+ENSEMBLE ?= 1
+DEV_FRACTION ?= 0.1
+SPLIT_SEED ?= 0
+TTA ?= 0
+MIRROR ?=
+MESSAGE ?= digits pipeline submission
+SUBMISSION ?= submissions/submission.csv
+
+opt = $(if $(strip $(2)),$(1) $(2))
+flag = $(if $(filter 1 yes true,$(2)),--$(1),--no-$(1))
+SPLIT_ARGS := --dev-fraction $(DEV_FRACTION) --split-seed $(SPLIT_SEED)
+TRAIN_ARGS := --model $(MODEL) $(call opt,--epochs,$(EPOCHS)) $(call opt,--batch-size,$(BATCH_SIZE)) \
+  $(call opt,--lr,$(LR)) $(call opt,--optimizer,$(OPTIMIZER)) $(call opt,--schedule,$(SCHEDULE)) \
+  $(call opt,--weight-decay,$(WEIGHT_DECAY)) $(call opt,--hidden,$(HIDDEN)) \
+  $(call opt,--activation,$(ACTIVATION)) $(call opt,--dropout,$(DROPOUT)) \
+  $(call opt,--label-smoothing,$(LABEL_SMOOTHING)) $(call opt,--augment,$(AUGMENT)) \
+  --patience $(PATIENCE) $(call flag,refit,$(REFIT)) --seed $(SEED) --ensemble $(ENSEMBLE)
+PREDICT_ARGS := $(call flag,tta,$(TTA))
+DOWNLOAD_ARGS := $(call opt,--mirror,$(MIRROR))
+
+# ---- files
+SRC := $(shell find pipeline -name '*.py' 2>/dev/null)
+STAMPS := data/.make
+PARSED := data/interim/digits.npz
+SPLIT := data/interim/split.npz
+NORMALIZER := data/processed/normalizer.json
+MODEL_FILE := data/models/model.npz
+SUBMISSION_FILE := submissions/submission.csv
+
+.PHONY: help submit data download split normalize train predict validate run upload \
+        submissions report test lint bench clean clean-cache clean-venv FORCE
+
+help: ## list the targets
+	@echo "Kaggle Digit Recognizer, from scratch in NumPy. Usage: make <target> [VAR=value ...]"
+	@echo
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-13s %s\n", $$1, $$2}'
+	@echo
+	@echo "Variables: MODEL=$(MODEL) (cnn|mlp|seed) EPOCHS LR BATCH_SIZE OPTIMIZER SCHEDULE HIDDEN=256,128"
+	@echo "  ACTIVATION DROPOUT AUGMENT PATIENCE REFIT=0|1 SEED=$(SEED) ENSEMBLE=$(ENSEMBLE) TTA=0|1"
+	@echo "  DEV_FRACTION=$(DEV_FRACTION) SPLIT_SEED MIRROR=dir MESSAGE='...' (see digits <stage> --help)"
+
+submit: validate ## everything: venv, data, split, normalize, train, predict, validate
+
+# The virtual environment is a real file target: rebuilt only when setup.cfg changes.
+$(INSTALLED): setup.cfg pyproject.toml
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[dev]'
+	@touch $@
+
+# A stamp per stage holding its arguments, rewritten only when they change.
+$(STAMPS)/%.args: FORCE
+	@mkdir -p $(@D)
+	@echo '$(ARGS_$*)' | cmp -s - $@ || echo '$(ARGS_$*)' > $@
+ARGS_download = $(DOWNLOAD_ARGS)
+ARGS_split = $(SPLIT_ARGS)
+ARGS_train = $(TRAIN_ARGS)
+ARGS_predict = $(PREDICT_ARGS)
+
+data download: $(PARSED) ## fetch and check the competition zip, parse the CSVs
+$(PARSED): $(INSTALLED) $(SRC) $(STAMPS)/download.args
+	$(DIGITS) download $(DOWNLOAD_ARGS)
+
+split: $(SPLIT) ## seeded, stratified train/dev split (DEV_FRACTION, SPLIT_SEED)
+$(SPLIT): $(PARSED) $(STAMPS)/split.args
+	$(DIGITS) split $(SPLIT_ARGS)
+
+normalize: $(NORMALIZER) ## fit the normalization on the train rows
+$(NORMALIZER): $(SPLIT)
+	$(DIGITS) normalize
+
+train: $(MODEL_FILE) ## train the network (MODEL, EPOCHS, LR, ENSEMBLE, ...)
+$(MODEL_FILE): $(NORMALIZER) $(STAMPS)/train.args
+	$(DIGITS) train $(TRAIN_ARGS)
+
+predict: $(SUBMISSION_FILE) ## label test.csv, write submissions/submission.csv (TTA)
+$(SUBMISSION_FILE): $(MODEL_FILE) $(STAMPS)/predict.args
+	$(DIGITS) predict $(PREDICT_ARGS)
+
+validate: $(SUBMISSION_FILE) ## check the submission and print it with the dev accuracy
+	@$(DIGITS) validate $(SUBMISSION_FILE)
+
+run: $(INSTALLED) ## all stages in one process (`digits run`), same caching as submit
+	$(DIGITS) run $(DOWNLOAD_ARGS) $(SPLIT_ARGS) $(TRAIN_ARGS) $(PREDICT_ARGS)
+
+upload: validate ## send the validated submission to Kaggle (MESSAGE='...')
+	$(DIGITS) upload -m '$(MESSAGE)' $(SUBMISSION)
+
+submissions: $(INSTALLED) ## the submissions ledger joined with Kaggle's status
+	$(DIGITS) submissions
+
+test: $(INSTALLED) ## run the test suite
+	$(PY) -m pytest -q
+
+lint: $(INSTALLED) ## ruff over the package, scripts and tests
+	$(VENV)/bin/ruff check pipeline scripts tests
+
+bench: $(INSTALLED) ## speed benchmark against PyTorch (installs the `bench` extra)
+	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[bench]'
+	$(PY) scripts/bench.py
+
+clean: ## remove generated outputs (keeps data/raw, the cache and submissions history)
+	rm -rf data/interim data/processed data/models data/reports $(STAMPS) $(SUBMISSION_FILE)
+
+clean-cache: ## remove the joblib cache (every stage recomputes next time)
+	rm -rf data/cache
+
+clean-venv: ## remove the virtual environment
+	rm -rf $(VENV)
+
+FORCE:

@@ -1,0 +1,387 @@
+"""The pipeline's stages: each reads its input files, computes (or reuses) its result, writes outputs.
+
+This is the only module that knows both the file layout and joblib.Memory. A stage's cache key is
+the content digest of its input files, every parameter, and a digest of the package source it
+depends on (joblib alone only notices edits to the decorated function, not to helpers it calls).
+Each stage logs one line: reused from cache, or recomputed and why. The cached functions are
+module-level and pure; file paths are passed for reading only and left out of the key.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import json
+import logging
+import os
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import joblib
+import numpy as np
+
+from . import data as data_mod
+from .config import (ZIP_NAME, Paths, PredictConfig, SplitConfig, TrainConfig, UserError,
+                     asdict)
+from .fileio import (atomic_path, read_json, read_npz, sha256_file, write_json, write_npz)
+
+log = logging.getLogger("pipeline")
+
+PACKAGE = Path(__file__).resolve().parent
+# The package source each stage's result depends on (files or directories under pipeline/).
+STAGE_CODE = {
+    "parse": ("data.py", "config.py"),
+    "split": ("data.py",),
+    "normalize": ("preprocess.py",),
+    "train": ("train.py", "nn", "preprocess.py"),
+    "predict": ("predict.py", "nn", "preprocess.py"),
+}
+
+
+@dataclass(frozen=True)
+class Sources:
+    """Where the competition data may come from, in the order they are tried after data/raw."""
+
+    kaggle_input: Path = Path("/kaggle/input/digit-recognizer")  # a Kaggle Notebook's input
+    mirror: Path | None = None  # a local directory holding digit-recognizer.zip (or the CSVs)
+    use_api: bool = True  # finally, download through the Kaggle API
+
+
+# ---------------------------------------------------------------- digests and cache bookkeeping
+
+
+def file_digest(path: Path, paths: Paths) -> str:
+    """sha256 of a file, remembered by (size, mtime) so unchanged files are not read again."""
+    path = Path(path).resolve()
+    st = path.stat()
+    book_path = paths.cache / "digests.json"
+    book = _read_json_or_empty(book_path)
+    key = str(path)
+    seen = book.get(key)
+    if seen and seen["size"] == st.st_size and seen["mtime_ns"] == st.st_mtime_ns:
+        return seen["sha256"]
+    digest = sha256_file(path)
+    book[key] = {"size": st.st_size, "mtime_ns": st.st_mtime_ns, "sha256": digest}
+    _ensure_cache_dir(paths)
+    write_json(book_path, book)
+    return digest
+
+
+def source_digest(source: Path, paths: Paths) -> str:
+    """Digest of the competition data: the zip's, or of the three CSVs in a directory."""
+    if source.is_file():
+        return file_digest(source, paths)
+    h = hashlib.sha256()
+    for name in data_mod.MEMBERS:
+        h.update(file_digest(source / name, paths).encode())
+    return h.hexdigest()
+
+
+def code_digests(stage: str) -> dict[str, str]:
+    """sha256 (12 hex digits) of every source file the stage depends on, by relative path."""
+    files = []
+    for entry in STAGE_CODE[stage]:
+        p = PACKAGE / entry
+        files += sorted(p.rglob("*.py")) if p.is_dir() else [p]
+    return {str(f.relative_to(PACKAGE.parent)): hashlib.sha256(f.read_bytes()).hexdigest()[:12]
+            for f in files if f.exists()}
+
+
+def _combined(digests: dict[str, str]) -> str:
+    return hashlib.sha256(json.dumps(digests, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _read_json_or_empty(path: Path) -> dict:
+    try:
+        return read_json(path)
+    except (OSError, ValueError):
+        return {}
+
+
+def _ensure_cache_dir(paths: Paths) -> None:
+    """The cache holds pickles: keep it owner-only (it must be trusted, see the README)."""
+    paths.cache.mkdir(parents=True, exist_ok=True)
+    os.chmod(paths.cache, 0o700)
+
+
+def memory(paths: Paths) -> joblib.Memory:
+    _ensure_cache_dir(paths)
+    return joblib.Memory(paths.cache / "joblib", verbose=0)
+
+
+def _why(stage: str, key: dict, paths: Paths) -> str:
+    """Compare this call's key with the stage's previous one and say what changed."""
+    last = _read_json_or_empty(paths.cache / "last" / f"{stage}.json")
+    if not last:
+        return "no earlier result"
+    reasons = []
+    for name, digest in key["inputs"].items():
+        if last.get("inputs", {}).get(name) != digest:
+            reasons.append(f"input {name} changed")
+    for name, value in key["params"].items():
+        before = last.get("params", {}).get(name, "<unset>")
+        if before != value:
+            reasons.append(f"parameter {name} changed {before} -> {value}")
+    changed = sorted(f for f, d in key["code"].items() if last.get("code", {}).get(f) != d)
+    if changed:
+        reasons.append(f"code changed ({', '.join(changed[:3])}{' ...' if len(changed) > 3 else ''})")
+    return "; ".join(reasons) or "cache entry missing (cleared or unreadable)"
+
+
+def cached_call(stage: str, func, paths: Paths, *, inputs: dict[str, str], params: dict,
+                files: dict | None = None, label: str = ""):
+    """Call `func(files, inputs, params, code)` through joblib.Memory and log reuse or why not.
+
+    `inputs` maps input names to content digests, `params` holds every parameter (JSON-able),
+    `files` holds paths to read (not part of the key).
+    """
+    code = code_digests(stage)
+    key = {"inputs": inputs, "params": params, "code": code}
+    cached = memory(paths).cache(func, ignore=["files"])
+    name = f"{stage}{label}"
+    args = (files or {}, inputs, params, _combined(code))
+    if cached.check_call_in_cache(*args):
+        log.info("%s: reused from cache", name)
+    else:
+        log.info("%s: recomputing (%s)", name, _why(stage, key, paths))
+    result = cached(*args)
+    last = paths.cache / "last" / f"{stage}.json"
+    write_json(last, key)
+    return result
+
+
+# ----------------------------------------------------------------------------- the stages
+
+
+def _parse(files, inputs, params, code) -> dict[str, np.ndarray]:
+    return data_mod.read_competition(Path(files["source"]), progress=files["progress"]).arrays()
+
+
+def _split(files, inputs, params, code) -> dict[str, np.ndarray]:
+    y = read_npz(files["parsed"])["train_y"]
+    train_idx, dev_idx = data_mod.stratified_split(y, params["dev_fraction"], params["seed"])
+    return {"train_idx": train_idx, "dev_idx": dev_idx}
+
+
+def _normalize(files, inputs, params, code) -> dict[str, float]:
+    from .preprocess import fit_normalizer
+    x = np.load(files["parsed"], allow_pickle=False)["train_x"]
+    train_idx = np.load(files["split"], allow_pickle=False)["train_idx"]
+    return fit_normalizer(x[train_idx])
+
+
+def _train(files, inputs, params, code):
+    from .train import train
+    cfg = _train_config(params)
+    x_train, y_train, x_dev, y_dev = _training_arrays(files)
+    return train(cfg, x_train, y_train, x_dev, y_dev, progress=files["progress"],
+                 checkpoint=Path(files["checkpoint"]), resume=True)
+
+
+def _predict(files, inputs, params, code) -> np.ndarray:
+    from .nn import load_models
+    from .predict import predict_proba
+    from .preprocess import normalize
+    models = load_models(Path(files["model"]))
+    test_x = np.load(files["parsed"], allow_pickle=False)["test_x"]
+    x = normalize(test_x, read_json(files["normalizer"]))
+    return predict_proba(models, x, batch_size=params["batch_size"], tta=params["tta"])
+
+
+def _train_config(d: dict) -> TrainConfig:
+    return TrainConfig(**{**d, "hidden": tuple(d["hidden"])})
+
+
+def _training_arrays(files):
+    from .preprocess import normalize
+    parsed = read_npz(files["parsed"])
+    split = read_npz(files["split"])
+    norm = read_json(files["normalizer"])
+    x = normalize(parsed["train_x"], norm)  # (42000, 28, 28, 1) float32
+    y = parsed["train_y"].astype(np.int64)
+    t, d = split["train_idx"], split["dev_idx"]
+    return x[t], y[t], x[d], y[d]
+
+
+def locate_source(paths: Paths, sources: Sources) -> Path:
+    """The competition data: data/raw's zip, a Kaggle Notebook input, the mirror, or the API."""
+    if paths.raw_zip.exists():
+        log.info("download: using %s (already there)", _rel(paths.raw_zip, paths))
+        return paths.raw_zip
+    if (sources.kaggle_input / "train.csv").is_file():
+        log.info("download: using the Kaggle Notebook input %s", sources.kaggle_input)
+        return sources.kaggle_input
+    if sources.mirror is not None:
+        zip_path = sources.mirror / ZIP_NAME
+        if zip_path.is_file():
+            data_mod.check_zip(zip_path)
+            with atomic_path(paths.raw_zip) as tmp:
+                shutil.copyfile(zip_path, tmp)
+            log.info("download: copied %s from the mirror %s", ZIP_NAME, sources.mirror)
+            return paths.raw_zip
+        if (sources.mirror / "train.csv").is_file():
+            log.info("download: using the CSVs in the mirror %s", sources.mirror)
+            return sources.mirror
+        raise data_mod.DataError(f"The mirror {sources.mirror} (KAGGLE_MIRROR) holds neither "
+                                 f"{ZIP_NAME} nor train.csv/test.csv/sample_submission.csv.")
+    if not sources.use_api:
+        raise data_mod.DataError(_no_data_message(paths))
+    from . import kaggle_io
+    log.info("download: fetching %s through the Kaggle API", ZIP_NAME)
+    return kaggle_io.download_competition(paths.raw, progress=True)
+
+
+def _no_data_message(paths: Paths) -> str:
+    return (f"No competition data found. Put {ZIP_NAME} in {_rel(paths.raw, paths)}/, "
+            f"or set KAGGLE_MIRROR to a directory that holds it, "
+            f"or provide Kaggle API credentials (see README, 'Credentials').")
+
+
+def download(paths: Paths, sources: Sources, *, progress: bool = True) -> Path:
+    """Locate the competition data, check it, and write the parsed uint8 arrays."""
+    source = locate_source(paths, sources)
+    digest = source_digest(source, paths)
+    arrays = cached_call("parse", _parse, paths, inputs={ZIP_NAME: digest},
+                         params={}, files={"source": str(source), "progress": progress})
+    write_npz(paths.parsed, **arrays)
+    return paths.parsed
+
+
+def split(paths: Paths, cfg: SplitConfig) -> Path:
+    parsed = _require(paths.parsed, "make data", paths)
+    result = cached_call("split", _split, paths, inputs={"digits.npz": file_digest(parsed, paths)},
+                         params=asdict(cfg), files={"parsed": str(parsed)})
+    write_npz(paths.split, **result)
+    return paths.split
+
+
+def normalize(paths: Paths) -> Path:
+    parsed = _require(paths.parsed, "make data", paths)
+    split_file = _require(paths.split, "make split", paths)
+    result = cached_call("normalize", _normalize, paths,
+                         inputs={"digits.npz": file_digest(parsed, paths),
+                                 "split.npz": file_digest(split_file, paths)},
+                         params={}, files={"parsed": str(parsed), "split": str(split_file)})
+    write_json(paths.normalizer, result)
+    return paths.normalizer
+
+
+def train(paths: Paths, cfg: TrainConfig, *, progress: bool = True) -> dict:
+    """Train cfg.ensemble models (seeds seed, seed+1, ...), save them together, write metrics."""
+    from .nn import save_models
+    files = {"parsed": str(_require(paths.parsed, "make data", paths)),
+             "split": str(_require(paths.split, "make split", paths)),
+             "normalizer": str(_require(paths.normalizer, "make normalize", paths))}
+    inputs = {name: file_digest(Path(p), paths) for name, p in
+              (("digits.npz", files["parsed"]), ("split.npz", files["split"]),
+               ("normalizer.json", files["normalizer"]))}
+    results = []
+    for k in range(cfg.ensemble):
+        member = cfg.replace(seed=cfg.seed + k, ensemble=1)
+        params = asdict(member)
+        key = hashlib.sha256(json.dumps([inputs, params], sort_keys=True).encode()).hexdigest()
+        member_files = {**files, "checkpoint": str(paths.checkpoints / f"{key[:16]}.npz")}
+        label = f" (model {k + 1}/{cfg.ensemble}, seed {member.seed})" if cfg.ensemble > 1 else ""
+        start = time.perf_counter()
+        result = cached_call("train", _train, paths, inputs=inputs,
+                             params=params,
+                             files={**member_files, "progress": progress}, label=label)
+        Path(member_files["checkpoint"]).unlink(missing_ok=True)
+        results.append((member, result, time.perf_counter() - start))
+    metrics = _train_metrics(cfg, results, paths)
+    save_models(paths.model, [r.model for _, r, _ in results], extra={"metrics": metrics})
+    write_json(paths.history, [{"seed": m.seed, "best_epoch": r.best_epoch, "epochs": r.history}
+                               for m, r, _ in results])
+    write_json(paths.metrics, metrics)
+    return metrics
+
+
+def _train_metrics(cfg: TrainConfig, results, paths: Paths) -> dict:
+    y_dev = None
+    if results[0][1].dev_proba is not None:
+        split = read_npz(paths.split)
+        y_dev = np.load(paths.parsed, allow_pickle=False)["train_y"][split["dev_idx"]]
+    members = [{"seed": m.seed, "dev_accuracy": r.dev_accuracy, "best_epoch": r.best_epoch,
+                "train_seconds": round(r.seconds, 2)} for m, r, _ in results]
+    dev_accuracy = None
+    if y_dev is not None:
+        proba = np.mean([r.dev_proba for _, r, _ in results], axis=0)  # (n_dev, 10)
+        dev_accuracy = float(np.mean(proba.argmax(1) == y_dev))
+    params = asdict(cfg)
+    return {"model": cfg.model, "params": params,
+            "params_digest": hashlib.sha256(json.dumps(params, sort_keys=True).encode()
+                                            ).hexdigest()[:12],
+            "dev_accuracy": dev_accuracy, "members": members,
+            "train_seconds": round(sum(r.seconds for _, r, _ in results), 2)}
+
+
+def predict(paths: Paths, cfg: PredictConfig) -> dict:
+    """Predict the test rows, write a validated submission.csv, keep a copy and a ledger line."""
+    from .submission import (append_ledger, keep_copy, read_ledger, timestamp,
+                             write_submission)
+    files = {"model": str(_require(paths.model, "make train", paths)),
+             "parsed": str(_require(paths.parsed, "make data", paths)),
+             "normalizer": str(_require(paths.normalizer, "make normalize", paths))}
+    inputs = {"model.npz": file_digest(Path(files["model"]), paths),
+              "digits.npz": file_digest(Path(files["parsed"]), paths),
+              "normalizer.json": file_digest(Path(files["normalizer"]), paths)}
+    proba = cached_call("predict", _predict, paths, inputs=inputs, params=asdict(cfg),
+                        files=files)
+    ids = np.load(files["parsed"], allow_pickle=False)["test_ids"]
+    sha = write_submission(paths.submission, proba.argmax(1), ids)
+    metrics = _read_json_or_empty(paths.metrics)
+    written = [e for e in read_ledger(paths.ledger) if e.get("kind") == "written"]
+    if not written or written[-1].get("sha256") != sha:
+        copy = keep_copy(paths.submission, paths.submission_history, timestamp())
+        append_ledger(paths.ledger, {
+            "kind": "written", "file": _rel(copy, paths), "sha256": sha,
+            "params": {"train": metrics.get("params"), "predict": asdict(cfg)},
+            "dev_accuracy": metrics.get("dev_accuracy")})
+    return {"path": paths.submission, "sha256": sha, "rows": len(ids),
+            "dev_accuracy": metrics.get("dev_accuracy")}
+
+
+def validate(paths: Paths, path: Path | None = None) -> dict:
+    """Validate a submission against sample_submission.csv's ImageIds; summarize it."""
+    from .submission import validate_submission
+    path = Path(path) if path is not None else paths.submission
+    ids = np.load(paths.parsed, allow_pickle=False)["test_ids"] if paths.parsed.exists() else None
+    labels = validate_submission(path, ids)
+    metrics = _read_json_or_empty(paths.metrics)
+    return {"path": path, "rows": len(labels), "sha256": sha256_file(path),
+            "dev_accuracy": metrics.get("dev_accuracy"), "model": metrics.get("model")}
+
+
+def _require(path: Path, make_target: str, paths: Paths) -> Path:
+    if not path.exists():
+        raise UserError(f"{_rel(path, paths)} is missing; run `{make_target}` first.")
+    return path
+
+
+def _rel(path: Path, paths: Paths) -> str:
+    try:
+        return str(Path(path).resolve().relative_to(paths.root))
+    except ValueError:
+        return str(path)
+
+
+@contextlib.contextmanager
+def project_lock(paths: Paths, *, wait: bool = True):
+    """Hold an exclusive lock on the project's data so two runs never write the same outputs."""
+    paths.data.mkdir(parents=True, exist_ok=True)
+    with open(paths.data / ".lock", "a+") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            if not wait:
+                raise UserError("Another digits run holds the project lock (data/.lock); "
+                                "wait for it to finish.") from None
+            log.warning("another digits run is in progress; waiting for it to finish")
+            fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
