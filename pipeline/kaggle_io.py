@@ -1,0 +1,558 @@
+"""Every conversation with Kaggle: download the competition zip, upload a submission and wait for
+its score, list the submissions. The real `kaggle` package makes every call; checking files is
+left to `data.check_zip` and `submission.validate_submission`, option parsing to `cli`.
+
+`kaggle` authenticates when imported (and exits the process when it finds no credentials), so it
+is imported inside functions, only after our own look for credentials has found some, with its
+chatter captured; a SystemExit from it becomes a KaggleError. While it works, whatever it prints
+goes to stderr with every known secret masked. Secrets never enter a message, ledger or log here:
+credentials are named by where they were found, never by value.
+
+Where the calls go. There is no endpoint setting here: the kaggle package talks to
+https://api.kaggle.com as it always does, and requests honours HTTPS_PROXY and REQUESTS_CA_BUNDLE
+exactly as for the kaggle CLI. The tests put a stand-in of Kaggle behind those two variables
+(tests/kaggle_standin.py: a local proxy that terminates TLS with a test certificate authority),
+so no code path exists only for tests, and a user behind a TLS-inspecting proxy is served by the
+same mechanism. (KaggleApi's own switches could not do it: `--local` means http://localhost on
+port 80, and KAGGLE_API_ENVIRONMENT=TEST still reaches production through KaggleApi.)
+
+This module reads the environment, against the package's habit, because the kaggle package reads
+its credentials and proxy from there: it looks where kaggle will look, to explain what is missing.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import io
+import json
+import logging
+import os
+import shutil
+import sys
+import time
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterator
+from urllib.parse import urlsplit
+
+import requests
+
+from .config import COMPETITION, ZIP_NAME, UserError
+from .fileio import sha256_file
+
+log = logging.getLogger(__name__)
+
+TOKEN_PAGE = "https://www.kaggle.com/settings/api"
+NO_CREDENTIALS = (
+    "No Kaggle API credentials found. Create a token at " + TOKEN_PAGE + " and provide it as "
+    "KAGGLE_API_TOKEN=<token>, or save it to ~/.kaggle/access_token, or put kaggle.json in "
+    "~/.kaggle/ (or $KAGGLE_CONFIG_DIR), or set KAGGLE_USERNAME and KAGGLE_KEY. To work "
+    f"offline instead, put {ZIP_NAME} in data/raw/ or set KAGGLE_MIRROR to a directory holding it."
+)
+RETRY_STATUSES = (429, 500, 502, 503, 504)  # worth another try: rate limits, server hiccups
+UPLOAD_FAILED = "Could not submit to competition"  # KaggleApi.COMPETITION_SUBMIT_UPLOAD_FAILED_MESSAGE
+FINAL_STATUSES = ("COMPLETE", "ERROR")
+
+
+class KaggleError(UserError):
+    """Kaggle could not be reached, refused a call, or could not score a submission."""
+
+
+@dataclass(frozen=True)
+class Retry:
+    """How hard to try one call before giving up (the kaggle package retries none of ours)."""
+
+    attempts: int = 4  # tries per call, the first included
+    backoff: float = 2.0  # seconds before the first retry; doubled after each
+    max_wait: float = 60.0  # longest single wait, a server's Retry-After included
+
+
+@dataclass(frozen=True)
+class Poll:
+    """How to wait for Kaggle to score an upload."""
+
+    interval: float = 5.0  # seconds between looks at the submission list
+    timeout: float = 600.0  # give up waiting (the submission stays on Kaggle) after this long
+
+
+# -- credentials ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Credentials:
+    """Where kaggle will find credentials, for messages, and the secret values, only to mask them."""
+
+    source: str  # e.g. "KAGGLE_API_TOKEN", "/home/me/.kaggle/kaggle.json"
+    config_dir: Path  # where kaggle.json is looked for
+    secrets: tuple[str, ...] = field(default=(), repr=False)
+    warnings: tuple[str, ...] = ()
+
+
+def config_dir() -> Path:
+    """The kaggle package's config directory: $KAGGLE_CONFIG_DIR, ~/.kaggle, or ~/.config/kaggle."""
+    if os.environ.get("KAGGLE_CONFIG_DIR"):
+        return Path(os.environ["KAGGLE_CONFIG_DIR"])
+    home = Path(os.path.expanduser("~/.kaggle"))
+    if sys.platform.startswith("linux") and not home.exists():
+        xdg = os.environ.get("XDG_CONFIG_HOME") or os.path.expanduser("~/.config")
+        return Path(xdg) / "kaggle"
+    return home
+
+
+def find_credentials() -> Credentials | None:
+    """The credentials the kaggle package will use, in its own order, or None if there are none.
+
+    Order: an access token (KAGGLE_API_TOKEN, the value or a file; ~/.kaggle/access_token; a
+    Kaggle Notebook's token), then a legacy key (kaggle.json, overridden field by field by
+    KAGGLE_USERNAME / KAGGLE_KEY), then the OAuth login of `kaggle auth login`.
+    """
+    from kagglesdk.kaggle_env import get_access_token_from_env  # kagglesdk imports without side effects
+
+    cfg = config_dir()
+    kaggle_json = cfg / "kaggle.json"
+    file_values, warnings = _read_kaggle_json(kaggle_json)
+    username = os.environ.get("KAGGLE_USERNAME") or file_values.get("username")
+    key = os.environ.get("KAGGLE_KEY") or file_values.get("key")
+    oauth = _read_oauth_tokens()
+    secrets = [s for s in (key, *oauth) if s]
+    if username and key:
+        secrets.append(base64.b64encode(f"{username}:{key}".encode()).decode())  # Basic auth header
+
+    token, where = get_access_token_from_env()
+    if token:
+        source = {"KAGGLE_API_TOKEN": "KAGGLE_API_TOKEN",
+                  "access_token": "~/.kaggle/access_token",
+                  "KAGGLE_API_V1_TOKEN": "the Kaggle Notebook's token"}.get(where, str(where))
+        return Credentials(source, cfg, (token, *secrets), warnings)
+    if username and key:
+        from_env = bool(os.environ.get("KAGGLE_USERNAME") and os.environ.get("KAGGLE_KEY"))
+        source = "KAGGLE_USERNAME/KAGGLE_KEY" if from_env else str(kaggle_json)
+        return Credentials(source, cfg, tuple(secrets), warnings)
+    if oauth:
+        return Credentials("~/.kaggle/credentials.json (kaggle auth login)", cfg, tuple(secrets),
+                           warnings)
+    return None
+
+
+def _read_kaggle_json(path: Path) -> tuple[dict, tuple[str, ...]]:
+    if not path.is_file():
+        return {}, ()
+    warnings = ()
+    if os.name != "nt" and path.stat().st_mode & 0o044:
+        warnings = (f"{path} is readable by other users of this machine; "
+                    f"run `chmod 600 {path}` to keep your Kaggle key private.",)
+    try:
+        values = json.loads(path.read_text(encoding="utf-8") or "{}")
+    except (OSError, ValueError):
+        return {}, warnings
+    return (values if isinstance(values, dict) else {}), warnings
+
+
+def _read_oauth_tokens() -> tuple[str, ...]:
+    path = Path(os.path.expanduser("~/.kaggle/credentials.json"))
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return ()
+    if not isinstance(data, dict) or not data.get("refresh_token"):
+        return ()
+    return tuple(str(data[k]) for k in ("refresh_token", "access_token") if data.get(k))
+
+
+def mask(text: str, secrets: tuple[str, ...]) -> str:
+    """`text` with every secret (of 4+ characters) replaced by ***."""
+    for secret in sorted(secrets, key=len, reverse=True):
+        if len(secret) >= 4:
+            text = text.replace(secret, "***")
+    return text
+
+
+class _Masked(io.TextIOBase):
+    """A text stream that writes to `target` with secrets masked (for the kaggle package's prints)."""
+
+    def __init__(self, target, secrets: tuple[str, ...]):
+        self.target, self.secrets = target, secrets
+
+    def write(self, s: str) -> int:
+        self.target.write(mask(s, self.secrets))
+        return len(s)
+
+    def flush(self) -> None:
+        self.target.flush()
+
+
+@contextlib.contextmanager
+def _kaggle_prints(creds: Credentials, keep: bool = True) -> Iterator[None]:
+    """Send the kaggle package's stdout to stderr, masked (or nowhere, when `keep` is False)."""
+    target = _Masked(sys.stderr, creds.secrets) if keep else io.StringIO()
+    with contextlib.redirect_stdout(target):
+        yield
+
+
+def _connect(creds: Credentials, retry: Retry, sleep: Callable[[float], None]):
+    """An authenticated KaggleApi for `creds`; any failure becomes a KaggleError."""
+    for warning in creds.warnings:
+        log.warning(warning)
+    with _kaggle_prints(creds, keep=False):  # import-time authentication prints help text
+        try:
+            from kaggle.api.kaggle_api_extended import KaggleApi
+        except SystemExit:
+            raise KaggleError(NO_CREDENTIALS) from None
+        except ImportError as e:
+            raise KaggleError(f"The kaggle package could not be imported ({e}); reinstall the "
+                              f"project with `pip install -e .`.") from None
+    api = KaggleApi()
+    # kaggle fixes its config dir when first imported; point this instance at today's.
+    api.config_dir = str(creds.config_dir)
+    api.config = str(creds.config_dir / "kaggle.json")
+
+    def authenticate():
+        with _kaggle_prints(creds, keep=False):
+            api.authenticate()
+
+    try:
+        _with_retry(authenticate, "checking your credentials", creds, retry, sleep)
+    except SystemExit:
+        raise KaggleError(
+            f"Kaggle did not accept the credentials from {creds.source}: the token has expired or "
+            f"was regenerated. Make a new one at {TOKEN_PAGE} and store it in the same place."
+        ) from None
+    return api
+
+
+def _credentials() -> Credentials:
+    creds = find_credentials()
+    if creds is None:
+        raise KaggleError(NO_CREDENTIALS)
+    return creds
+
+
+# -- retries and error messages ------------------------------------------------------------------
+
+
+def _with_retry(call: Callable, what: str, creds: Credentials, retry: Retry,
+                sleep: Callable[[float], None], *, competition: str = COMPETITION,
+                resend_safe: bool = True, offline_hint: str = ""):
+    """Run `call`, retrying rate limits, server errors and dropped connections a bounded number
+    of times (honouring Retry-After); then raise a KaggleError that says what to do.
+
+    With `resend_safe=False` (a call that creates something) only failures that prove the request
+    was not acted on are retried: HTTP 429, and connections that were never made.
+    """
+    for attempt in range(1, retry.attempts + 1):
+        try:
+            return call()
+        except requests.HTTPError as e:
+            status = e.response.status_code if e.response is not None else None
+            retriable = status == 429 or (resend_safe and status in RETRY_STATUSES)
+            if not retriable or attempt == retry.attempts:
+                raise _explain(e, what, creds, attempt, competition, offline_hint) from None
+            wait = _retry_after(e.response) if status == 429 else None
+            reason = f"HTTP {status}"
+        except (requests.ConnectionError, requests.Timeout) as e:
+            retriable = resend_safe or _never_connected(e)
+            if not retriable or attempt == retry.attempts:
+                raise _explain(e, what, creds, attempt, competition, offline_hint) from None
+            wait, reason = None, type(e).__name__
+        if wait is None:
+            wait = retry.backoff * 2 ** (attempt - 1)
+        wait = min(wait, retry.max_wait)
+        log.warning("Kaggle: %s while %s; retrying in %.1f s (attempt %d of %d).",
+                    reason, what, wait, attempt + 1, retry.attempts)
+        sleep(wait)
+    raise AssertionError("unreachable")
+
+
+def _retry_after(response) -> float | None:
+    try:
+        return max(0.0, float(response.headers.get("Retry-After", "")))
+    except ValueError:
+        return None  # absent, or an HTTP date: fall back to our own backoff
+
+
+def _never_connected(e: Exception) -> bool:
+    if isinstance(e, (requests.exceptions.ConnectTimeout, requests.exceptions.ProxyError)):
+        return True
+    reason = getattr(e.args[0], "reason", None) if e.args else None
+    return type(reason).__name__ == "NewConnectionError"
+
+
+def _short_reason(e: Exception) -> str:
+    reason = getattr(e.args[0], "reason", None) if e.args else None
+    text = str(reason if reason is not None else e)
+    return text if len(text) <= 200 else text[:197] + "..."
+
+
+def _proxy() -> str:
+    """The HTTPS proxy requests will use, without any user:password in it."""
+    url = urllib.request.getproxies().get("https", "")
+    if not url:
+        return ""
+    parts = urlsplit(url if "://" in url else "http://" + url)
+    port = f":{parts.port}" if parts.port else ""
+    return f"{parts.scheme}://{parts.hostname}{port}"
+
+
+def _explain(e: Exception, what: str, creds: Credentials, attempts: int, competition: str,
+             offline_hint: str) -> KaggleError:
+    """The KaggleError for a failed call: what failed and the action that fixes it."""
+    page = f"https://www.kaggle.com/c/{competition}"
+    tries = f" after {attempts} attempts" if attempts > 1 else ""
+    if isinstance(e, requests.HTTPError):
+        status = e.response.status_code if e.response is not None else None
+        detail = mask(str(e), creds.secrets)
+        if status == 401:
+            text = (f"Kaggle rejected the credentials from {creds.source} (HTTP 401) while {what}: "
+                    f"the token has expired or was regenerated. Make a new one at {TOKEN_PAGE} "
+                    f"and store it in the same place.")
+        elif status == 403 and "rule" in detail.lower():
+            text = (f"Kaggle refused {what} (HTTP 403) because you have not accepted the "
+                    f"competition's rules. Accept them at {page}/rules (the API cannot), then run "
+                    f"this again.")
+        elif status in (403, 404):
+            text = (f"Kaggle refused {what} (HTTP {status}: {detail}). Check that the competition "
+                    f"is called '{competition}' ({page}) and that you have joined it.")
+        elif status == 400 and what.startswith("submitting"):
+            text = (f"Kaggle refused the submission (HTTP 400: {detail}). Either you have not "
+                    f"joined the competition (join and accept the rules at {page}), or today's "
+                    f"submission limit is reached (try again tomorrow).")
+        elif status == 429:
+            text = (f"Kaggle kept rate-limiting {what} (HTTP 429){tries}; wait a few minutes and "
+                    f"run this again.")
+        elif status is not None and status >= 500:
+            text = (f"Kaggle's server failed while {what} (HTTP {status}: {detail}){tries}; try "
+                    f"again later.")
+        else:
+            text = f"Kaggle answered HTTP {status} while {what}: {detail}."
+        return KaggleError(text)
+    reason = mask(_short_reason(e), creds.secrets)
+    hint = f" {offline_hint}" if offline_hint else ""
+    if isinstance(e, requests.exceptions.ProxyError):
+        return KaggleError(f"Could not reach Kaggle through the proxy {_proxy() or '(unknown)'} "
+                           f"while {what}{tries} ({reason}). Check HTTPS_PROXY.{hint}")
+    if isinstance(e, requests.exceptions.SSLError):
+        return KaggleError(f"The TLS certificate check failed while {what} ({reason}). Behind a "
+                           f"TLS-inspecting proxy, set REQUESTS_CA_BUNDLE to its CA certificate.")
+    return KaggleError(f"Could not reach Kaggle while {what}{tries} ({reason}). Check your network "
+                       f"connection{' and HTTPS_PROXY' if _proxy() else ''}.{hint}")
+
+
+# -- download ------------------------------------------------------------------------------------
+
+
+def download_competition(dest_dir: Path, *, progress: bool = True, competition: str = COMPETITION,
+                         retry: Retry = Retry(), sleep: Callable[[float], None] = time.sleep) -> Path:
+    """Download the competition zip into `dest_dir` and return its path, checked and complete.
+
+    The download goes to a hidden `.<name>.partial/` directory inside `dest_dir`; only a zip that
+    passes `data.check_zip` is renamed into place. A dropped connection is resumed (the kaggle
+    package retries it from where it stopped, and a later run resumes a kept partial); a damaged
+    zip is discarded, leaving `dest_dir` as it was.
+    """
+    from . import data
+
+    dest_dir = Path(dest_dir)
+    final = dest_dir / f"{competition}.zip"
+    staging = dest_dir / f".{competition}.zip.partial"
+    staged = staging / f"{competition}.zip"
+    existed = dest_dir.exists()
+    creds = _credentials()
+    offline = (f"To work offline, put {final.name} in {dest_dir}/ or set KAGGLE_MIRROR to a "
+               f"directory holding it.")
+    api = _connect(creds, retry, sleep)
+
+    def fetch():
+        with _kaggle_prints(creds, keep=progress):
+            api.competition_download_files(competition, path=str(staging), quiet=not progress)
+
+    try:
+        _with_retry(fetch, f"downloading {competition}", creds, retry, sleep,
+                    competition=competition, offline_hint=offline)
+    except KaggleError as e:
+        if staged.is_file() and staged.stat().st_size:
+            raise KaggleError(f"{e} The partial download is kept in {staging}; the next run "
+                              f"resumes it.") from None
+        _discard(staging, dest_dir, existed)
+        raise
+    except ValueError as e:  # the kaggle package's size check: the server sent too much or too little
+        _discard(staging, dest_dir, existed)
+        raise KaggleError(f"The download of {competition} was incomplete ({e}); nothing was kept. "
+                          f"Run this again.") from None
+    if not staged.is_file():
+        _discard(staging, dest_dir, existed)
+        raise KaggleError(f"Kaggle's download of {competition} held no {staged.name}; nothing was "
+                          f"kept.")
+    try:
+        data.check_zip(staged)
+    except data.DataError as e:
+        _discard(staging, dest_dir, existed)
+        check = str(e).replace(getattr(data, "FIX_HINT", "\0"), "").strip()
+        raise KaggleError(f"The zip downloaded from Kaggle failed its checks, so it was discarded "
+                          f"and {dest_dir} is unchanged; run this again to download it afresh. "
+                          f"The check said: {check}") from None
+    os.replace(staged, final)
+    shutil.rmtree(staging, ignore_errors=True)
+    return final
+
+
+def _discard(staging: Path, dest_dir: Path, existed: bool) -> None:
+    """Remove the partial download, and `dest_dir` too if this call created it."""
+    shutil.rmtree(staging, ignore_errors=True)
+    if not existed:
+        with contextlib.suppress(OSError):
+            dest_dir.rmdir()  # only if empty
+
+
+# -- upload and submissions ----------------------------------------------------------------------
+
+
+def upload_submission(path: Path, message: str, *, ledger: Path, force: bool = False,
+                      image_ids=None, competition: str = COMPETITION, poll: Poll = Poll(),
+                      retry: Retry = Retry(), sleep: Callable[[float], None] = time.sleep,
+                      clock: Callable[[], float] = time.monotonic, progress: bool = True) -> dict:
+    """Validate `path`, submit it, wait for its public score, record it in `ledger`; return the entry.
+
+    Nothing is sent for an invalid file, nor for one byte-identical to an earlier upload unless
+    `force`. Raises KaggleError when the file could not be submitted, when Kaggle scored it ERROR,
+    or when no score came within `poll.timeout` (the entry is recorded in all but the first case).
+    """
+    from .submission import append_ledger, read_ledger, validate_submission
+
+    path = Path(path)
+    if not message.strip():
+        raise KaggleError("A submission needs a message describing it (-m MESSAGE).")
+    validate_submission(path, image_ids)
+    sha = sha256_file(path)
+    if not force:
+        for old in reversed(read_ledger(ledger)):
+            if old.get("kind") == "upload" and old.get("sha256") == sha and old.get("ref"):
+                raise KaggleError(
+                    f"{path} is byte-identical to the file uploaded at {old.get('time')} as "
+                    f"submission {old['ref']} (status {old.get('status')}, public score "
+                    f"{old.get('public_score')}); pass --force to upload it again.")
+    creds = _credentials()
+    api = _connect(creds, retry, sleep)
+
+    def submit():
+        with _kaggle_prints(creds, keep=progress):
+            return api.competition_submit(str(path), message, competition, quiet=not progress)
+
+    response = _with_retry(submit, f"submitting {path.name}", creds, retry, sleep,
+                           competition=competition, resend_safe=False)
+    if response.message == UPLOAD_FAILED:
+        raise KaggleError(f"Could not submit: uploading {path} to Kaggle's storage failed (the "
+                          f"reason is printed above); nothing was submitted. Run this again.")
+    entry = {"kind": "upload", "competition": competition, "file": _display(path, ledger),
+             "sha256": sha, "message": message, "ref": response.ref or None,
+             "status": "PENDING", "public_score": None}
+    try:
+        if entry["ref"] is None:
+            entry["ref"] = _find_ref(api, creds, competition, message, retry, sleep)
+        sub = _wait_for_score(api, creds, competition, entry["ref"], poll, retry, sleep, clock,
+                              progress)
+        entry["status"] = sub.status.name
+        entry["public_score"] = sub.public_score or None
+        if entry["status"] == "ERROR":
+            entry["error"] = sub.error_description or None
+    finally:  # recorded even on a timeout or Ctrl-C: the file is on Kaggle now
+        append_ledger(ledger, entry)
+    if entry["status"] == "ERROR":
+        raise KaggleError(f"Kaggle could not score submission {entry['ref']}: "
+                          f"{entry.get('error') or 'no reason given'}. It is recorded in {ledger}.")
+    return entry
+
+
+def _display(path: Path, ledger: Path) -> str:
+    """`path` relative to the project root (the ledger's grandparent) when it lies inside it."""
+    try:
+        return str(path.resolve().relative_to(Path(ledger).resolve().parent.parent))
+    except ValueError:
+        return str(path)
+
+
+def _list(api, creds, competition, retry, sleep) -> list:
+    def call():
+        with _kaggle_prints(creds):
+            return api.competition_submissions(competition) or []
+    return _with_retry(call, "listing submissions", creds, retry, sleep, competition=competition)
+
+
+def _find_ref(api, creds, competition, message, retry, sleep) -> int:
+    """The ref of our newest submission, for a server that did not return one on creation."""
+    for sub in _list(api, creds, competition, retry, sleep):
+        if sub.description == message:
+            return sub.ref
+    raise KaggleError(f"Kaggle accepted the submission but it is not in the submission list; "
+                      f"check {_submissions_page(competition)}.")
+
+
+def _submissions_page(competition: str) -> str:
+    return f"https://www.kaggle.com/c/{competition}/submissions"
+
+
+def _wait_for_score(api, creds, competition, ref, poll, retry, sleep, clock, progress):
+    """Poll the submission list until submission `ref` is COMPLETE or ERROR, or time runs out."""
+    from tqdm import tqdm
+
+    start = clock()
+    with tqdm(desc=f"Kaggle is scoring submission {ref}", file=sys.stderr, disable=not progress,
+              bar_format="{desc} [{elapsed}]") as bar:
+        while True:
+            sub = next((s for s in _list(api, creds, competition, retry, sleep) if s.ref == ref),
+                       None)
+            status = sub.status.name if sub is not None else "PENDING"
+            bar.set_description(f"Kaggle is scoring submission {ref}: {status}")
+            if status in FINAL_STATUSES:
+                return sub
+            if clock() - start + poll.interval >= poll.timeout:
+                raise KaggleError(
+                    f"Kaggle had not scored submission {ref} after {poll.timeout:.0f} s (status "
+                    f"{status}); it is recorded in the ledger. See `digits submissions` later, or "
+                    f"{_submissions_page(competition)}.")
+            sleep(poll.interval)
+
+
+def list_submissions(ledger: Path, *, competition: str = COMPETITION, remote: bool = True,
+                     retry: Retry = Retry(), sleep: Callable[[float], None] = time.sleep) -> list[dict]:
+    """The ledger's uploads joined by ref with Kaggle's submission list, newest first.
+
+    Each row: time, ref, status, public_score, message, file, sha256 (None where unknown). Status
+    is Kaggle's when `remote`, else the one recorded; an upload Kaggle no longer lists keeps its
+    recorded status with " (not on Kaggle)".
+    """
+    from .submission import read_ledger
+
+    ours = {e["ref"]: e for e in read_ledger(ledger) if e.get("kind") == "upload" and e.get("ref")}
+    rows = []
+    if remote:
+        creds = _credentials()
+        api = _connect(creds, retry, sleep)
+        for sub in _list(api, creds, competition, retry, sleep):
+            mine = ours.pop(sub.ref, {})
+            rows.append({"time": _iso(sub.date) or mine.get("time"), "ref": sub.ref,
+                         "status": sub.status.name, "public_score": sub.public_score or None,
+                         "message": sub.description, "file": mine.get("file"),
+                         "sha256": mine.get("sha256")})
+    for ref, mine in ours.items():
+        rows.append({"time": mine.get("time"), "ref": ref,
+                     "status": mine.get("status") + (" (not on Kaggle)" if remote else ""),
+                     "public_score": mine.get("public_score"), "message": mine.get("message"),
+                     "file": mine.get("file"), "sha256": mine.get("sha256")})
+    rows.sort(key=lambda r: (r["time"] or "", r["ref"]), reverse=True)
+    return rows
+
+
+def _iso(date) -> str | None:
+    return date.strftime("%Y-%m-%dT%H:%M:%SZ") if date is not None else None
+
+
+def submissions_table(rows: list[dict]) -> str:
+    """Rows of `list_submissions` as an aligned text table."""
+    header = ("time", "ref", "status", "score", "sha256", "message")
+    cells = [header] + [(r["time"] or "", str(r["ref"]), r["status"], r["public_score"] or "",
+                         (r["sha256"] or "")[:12], r["message"] or "") for r in rows]
+    widths = [max(len(c[i]) for c in cells) for i in range(len(header) - 1)]
+    return "\n".join("  ".join(c.ljust(w) for c, w in zip(row, widths)) + "  " + row[-1]
+                     for row in cells)
