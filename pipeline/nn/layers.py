@@ -1,0 +1,246 @@
+"""Layers as forward/backward function pairs: Dense, Conv2D, MaxPool, BatchNorm, Dropout, Flatten
+and the activations, each vectorized over the batch in float32.
+
+`*_forward(x, ...) -> (out, cache)` and `*_backward(dout, cache) -> dx` (plus parameter gradients,
+written into caller-owned buffers when `dw=`/`db=` are given so the training loop allocates
+nothing per step). Images are NHWC. Wiring layers into a network lives in `model.py`; nothing here
+keeps state between calls except what the caller passes in (BatchNorm running stats).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+# ----------------------------------------------------------------------------------------------
+# Dense: z = x @ w + b
+
+
+def dense_forward(x, w, b):
+    """x (N, D_in), w (D_in, D_out), b (D_out,) -> z (N, D_out)."""
+    z = x @ w  # (N, D_out)
+    z += b
+    return z, (x, w)
+
+
+def dense_backward(dz, cache, dw=None, db=None, need_dx=True):
+    """dz (N, D_out) -> dx (N, D_in) or None; dw, db filled in place when given."""
+    x, w = cache
+    dw = np.matmul(x.T, dz, out=dw)  # (D_in, D_out)
+    db = np.sum(dz, axis=0, out=db)  # (D_out,)
+    dx = dz @ w.T if need_dx else None  # (N, D_in)
+    return dx, dw, db
+
+
+# ----------------------------------------------------------------------------------------------
+# Conv2D (NHWC, stride 1, zero padding `pad`): im2col over the kh*kw kernel offsets, one GEMM.
+
+
+def im2col(xp, kh, kw, cols=None):
+    """xp (N, Hp, Wp, C) padded input -> cols (N, Ho, Wo, kh, kw, C), one slice copy per offset."""
+    N, Hp, Wp, C = xp.shape
+    Ho, Wo = Hp - kh + 1, Wp - kw + 1
+    if cols is None:
+        cols = np.empty((N, Ho, Wo, kh, kw, C), dtype=xp.dtype)  # (N, Ho, Wo, kh, kw, C)
+    for i in range(kh):
+        for j in range(kw):
+            cols[:, :, :, i, j, :] = xp[:, i:i + Ho, j:j + Wo, :]  # (N, Ho, Wo, C)
+    return cols
+
+
+def col2im(dcols, Hp, Wp):
+    """dcols (N, Ho, Wo, kh, kw, C) -> dxp (N, Hp, Wp, C): slice-adds per kernel offset."""
+    N, Ho, Wo, kh, kw, C = dcols.shape
+    dxp = np.zeros((N, Hp, Wp, C), dtype=dcols.dtype)  # (N, Hp, Wp, C)
+    for i in range(kh):
+        for j in range(kw):
+            dxp[:, i:i + Ho, j:j + Wo, :] += dcols[:, :, :, i, j, :]
+    return dxp
+
+
+def conv2d_forward(x, w, b, pad=0):
+    """x (N, H, W, C), w (kh, kw, C, F), b (F,) -> z (N, Ho, Wo, F), stride 1."""
+    N, H, W, C = x.shape
+    kh, kw, _, F = w.shape
+    xp = np.pad(x, ((0, 0), (pad, pad), (pad, pad), (0, 0))) if pad else x  # (N, Hp, Wp, C)
+    cols = im2col(xp, kh, kw)  # (N, Ho, Wo, kh, kw, C)
+    Ho, Wo = cols.shape[1], cols.shape[2]
+    cols2 = cols.reshape(N * Ho * Wo, kh * kw * C)  # (N*Ho*Wo, K), a view
+    z = cols2 @ w.reshape(kh * kw * C, F)  # (N*Ho*Wo, F)
+    z += b
+    return z.reshape(N, Ho, Wo, F), (cols2, w, x.shape, pad)
+
+
+def conv2d_backward(dz, cache, dw=None, db=None, need_dx=True):
+    """dz (N, Ho, Wo, F) -> dx (N, H, W, C) or None; dw (kh, kw, C, F), db (F,)."""
+    cols2, w, x_shape, pad = cache
+    N, H, W, C = x_shape
+    kh, kw, _, F = w.shape
+    dz2 = dz.reshape(-1, F)  # (N*Ho*Wo, F)
+    dw2 = None if dw is None else dw.reshape(kh * kw * C, F)
+    dw = np.matmul(cols2.T, dz2, out=dw2).reshape(kh, kw, C, F)  # (kh, kw, C, F)
+    db = np.sum(dz2, axis=0, out=db)  # (F,)
+    if not need_dx:
+        return None, dw, db
+    dcols = dz2 @ w.reshape(kh * kw * C, F).T  # (N*Ho*Wo, K)
+    Ho, Wo = dz.shape[1], dz.shape[2]
+    dxp = col2im(dcols.reshape(N, Ho, Wo, kh, kw, C), H + 2 * pad, W + 2 * pad)
+    dx = dxp[:, pad:pad + H, pad:pad + W, :] if pad else dxp  # (N, H, W, C)
+    return dx, dw, db
+
+
+# ----------------------------------------------------------------------------------------------
+# MaxPool 2x2, stride 2 (H and W must be even)
+
+
+def maxpool_forward(x):
+    """x (N, H, W, C) -> out (N, H/2, W/2, C)."""
+    N, H, W, C = x.shape
+    assert H % 2 == 0 and W % 2 == 0, f"maxpool needs even H, W, got {H}x{W}"
+    xr = x.reshape(N, H // 2, 2, W // 2, 2, C)  # (N, Ho, 2, Wo, 2, C)
+    out = xr.max(axis=(2, 4))  # (N, Ho, Wo, C)
+    return out, (xr, out)
+
+
+def maxpool_backward(dout, cache):
+    """dout (N, Ho, Wo, C) -> dx (N, H, W, C): each window's gradient goes to its first max."""
+    xr, out = cache
+    N, Ho, _, Wo, _, C = xr.shape
+    dxr = np.zeros(xr.shape, dtype=dout.dtype)  # (N, Ho, 2, Wo, 2, C)
+    taken = np.zeros(out.shape, dtype=bool)  # (N, Ho, Wo, C)
+    for i in (0, 1):
+        for j in (0, 1):
+            hit = xr[:, :, i, :, j, :] == out  # (N, Ho, Wo, C)
+            hit &= ~taken
+            taken |= hit
+            np.multiply(dout, hit, out=dxr[:, :, i, :, j, :])
+    return dxr.reshape(N, 2 * Ho, 2 * Wo, C)
+
+
+# ----------------------------------------------------------------------------------------------
+# BatchNorm over every axis but the last (N for dense, N,H,W for conv)
+
+
+def batchnorm_forward(x, gamma, beta, running_mean, running_var, train, momentum=0.1, eps=1e-5):
+    """x (..., C) -> y (..., C). In train mode uses batch stats and updates the running stats
+    in place (running = (1-momentum)*running + momentum*batch); in eval mode uses running stats."""
+    C = x.shape[-1]
+    x2 = x.reshape(-1, C)  # (M, C)
+    if not train:
+        scale = gamma / np.sqrt(running_var + eps)  # (C,)
+        y = x2 * scale  # (M, C)
+        y += beta - running_mean * scale
+        return y.reshape(x.shape), None
+    M = x2.shape[0]
+    mu = x2.mean(axis=0)  # (C,)
+    xc = x2 - mu  # (M, C)
+    var = np.einsum("mc,mc->c", xc, xc) / M  # (C,) biased variance
+    rstd = 1.0 / np.sqrt(var + eps)  # (C,)
+    xhat = xc
+    xhat *= rstd  # (M, C), reuses xc's buffer
+    y = xhat * gamma  # (M, C)
+    y += beta
+    running_mean *= 1.0 - momentum
+    running_mean += momentum * mu
+    running_var *= 1.0 - momentum
+    running_var += (momentum * M / max(M - 1, 1)) * var  # unbiased, as PyTorch
+    return y.reshape(x.shape), (xhat, gamma, rstd, x.shape)
+
+
+def batchnorm_backward(dy, cache, dgamma=None, dbeta=None):
+    """dy (..., C) -> dx (..., C); dgamma, dbeta (C,)."""
+    xhat, gamma, rstd, shape = cache
+    M, C = xhat.shape
+    dy2 = dy.reshape(M, C)  # (M, C)
+    dbeta = np.sum(dy2, axis=0, out=dbeta)  # (C,)
+    dgamma = np.einsum("mc,mc->c", dy2, xhat, out=dgamma)  # (C,)
+    # dx = gamma*rstd/M * (M*dy - sum(dy) - xhat*sum(dy*xhat))
+    dx = xhat * (-dgamma / M)  # (M, C)
+    dx += dy2
+    dx -= dbeta / M
+    dx *= gamma * rstd
+    return dx.reshape(shape), dgamma, dbeta
+
+
+# ----------------------------------------------------------------------------------------------
+# Dropout (inverted: kept units are scaled by 1/(1-p) in training, identity in eval)
+
+
+def dropout_forward(x, p, train, rng=None, mask=None):
+    """x (...) -> out (...). `mask` (already scaled by 1/(1-p)) may be given to fix the draw."""
+    if not train or p == 0.0:
+        return x, None
+    if mask is None:
+        keep = rng.random(x.shape, dtype=np.float32) >= p  # (...)
+        mask = keep.astype(x.dtype)
+        mask *= 1.0 / (1.0 - p)
+    return x * mask, mask
+
+
+def dropout_backward(dout, mask):
+    return dout if mask is None else dout * mask
+
+
+# ----------------------------------------------------------------------------------------------
+# Flatten
+
+
+def flatten_forward(x):
+    """x (N, ...) -> (N, D)."""
+    return x.reshape(x.shape[0], -1), x.shape
+
+
+def flatten_backward(dout, shape):
+    return dout.reshape(shape)
+
+
+# ----------------------------------------------------------------------------------------------
+# Activations: forward(x) -> (a, cache), backward(da, cache) -> dx
+
+
+def relu_forward(x):
+    a = np.maximum(x, 0.0)
+    return a, a
+
+
+def relu_backward(da, a):
+    return da * (a > 0)
+
+
+def leaky_relu_forward(x, slope=0.01):
+    a = np.where(x > 0, x, x * np.float32(slope))
+    return a, (x > 0, slope)
+
+
+def leaky_relu_backward(da, cache):
+    pos, slope = cache
+    return np.where(pos, da, da * np.float32(slope))
+
+
+def tanh_forward(x):
+    a = np.tanh(x)
+    return a, a
+
+
+def tanh_backward(da, a):
+    return da * (1.0 - a * a)
+
+
+def sigmoid_forward(x):
+    a = np.empty_like(x)
+    np.negative(x, out=a)
+    np.exp(a, out=a)
+    a += 1.0
+    np.reciprocal(a, out=a)
+    return a, a
+
+
+def sigmoid_backward(da, a):
+    return da * a * (1.0 - a)
+
+
+ACTIVATIONS = {
+    "relu": (relu_forward, relu_backward),
+    "leaky_relu": (leaky_relu_forward, leaky_relu_backward),
+    "tanh": (tanh_forward, tanh_backward),
+    "sigmoid": (sigmoid_forward, sigmoid_backward),
+}

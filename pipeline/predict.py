@@ -1,0 +1,52 @@
+"""Batched inference: class probabilities averaged over ensemble members and, optionally, over a
+few shifted copies of each image (test-time augmentation).
+
+Inputs are normalized float32 images (N, 28, 28, 1), as for training. Reading models from disk
+and writing submissions are other modules' jobs.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from pipeline.config import N_CLASSES
+from pipeline.nn.losses import softmax
+
+# (rows, cols) shifts averaged by test-time augmentation; (0, 0) is the image itself
+TTA_SHIFTS = ((0, 0), (1, 0), (-1, 0), (0, 1), (0, -1))
+
+
+def shift_images(x, dr, dc, fill):
+    """Move the content of x (N, H, W, C) by dr rows and dc columns, filling with `fill`."""
+    out = np.full_like(x, fill)
+    H, W = x.shape[1:3]
+    out[:, max(dr, 0):H + min(dr, 0), max(dc, 0):W + min(dc, 0)] = \
+        x[:, max(-dr, 0):H - max(dr, 0), max(-dc, 0):W - max(dc, 0)]
+    return out
+
+
+def predict_proba(models, x, *, batch_size=1000, tta=False) -> np.ndarray:
+    """models (list of Model), x (N, 28, 28, 1) -> probabilities (N, 10) float32."""
+    if not models:
+        raise ValueError("predict_proba needs at least one model, got none")
+    if batch_size <= 0:
+        raise ValueError(f"batch_size must be > 0, got {batch_size}")
+    x = np.ascontiguousarray(x, dtype=np.float32)
+    if x.ndim != 4 or x.shape[1:] != (28, 28, 1):
+        raise ValueError(f"x must have shape (N, 28, 28, 1), got {x.shape}")
+    shifts = TTA_SHIFTS if tta else TTA_SHIFTS[:1]
+    fill = float(x.min()) if x.size else 0.0
+    proba = np.zeros((x.shape[0], N_CLASSES), dtype=np.float32)  # (N, 10)
+    for s in range(0, x.shape[0], batch_size):
+        xb = x[s:s + batch_size]  # (B, 28, 28, 1)
+        for dr, dc in shifts:
+            xs = xb if (dr, dc) == (0, 0) else shift_images(xb, dr, dc, fill)
+            for m in models:
+                proba[s:s + batch_size] += softmax(m.forward(xs))
+    proba *= 1.0 / (len(models) * len(shifts))
+    return proba
+
+
+def predict_labels(models, x, *, batch_size=1000, tta=False) -> np.ndarray:
+    """-> predicted digits (N,) int64."""
+    return predict_proba(models, x, batch_size=batch_size, tta=tta).argmax(axis=1)

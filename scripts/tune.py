@@ -1,0 +1,107 @@
+"""Train one model on the dev split of train.csv and print dev accuracy and seconds: the command
+behind the figures in docs/nn-results.md.
+
+    python scripts/tune.py --model cnn [--epochs 15 --lr 3e-3 ... --ensemble 5 --tta]
+
+It reads the competition zip itself (default /work/shared/data/digit-recognizer.zip, or
+--zip), splits 10% per class with np.random.default_rng(0) and normalizes with the scalar
+mean/std of the train part, as the pipeline's defaults do. Set OPENBLAS_NUM_THREADS before
+running to pin BLAS threads.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import sys
+import time
+import zipfile
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from pipeline.config import TrainConfig  # noqa: E402
+from pipeline.predict import predict_proba  # noqa: E402
+from pipeline.train import train  # noqa: E402
+
+CACHE = Path("/tmp/digits-train.npz")
+
+
+def load_train(zip_path):
+    if CACHE.exists():
+        with np.load(CACHE) as z:
+            return z["x"], z["y"]
+    import pandas as pd
+    with zipfile.ZipFile(zip_path) as zf:
+        df = pd.read_csv(io.BytesIO(zf.read("train.csv")), dtype=np.uint8)
+    y = df["label"].to_numpy(np.int64)
+    x = df.drop(columns="label").to_numpy(np.uint8)
+    np.savez(CACHE, x=x, y=y)
+    return x, y
+
+
+def split(y, dev_fraction=0.1, seed=0):
+    """Stratified: per class, shuffle with one default_rng(seed) and take dev_fraction."""
+    rng = np.random.default_rng(seed)
+    dev = []
+    for c in range(10):
+        idx = np.flatnonzero(y == c)
+        rng.shuffle(idx)
+        dev.append(idx[:int(round(dev_fraction * len(idx)))])
+    dev = np.sort(np.concatenate(dev))
+    train = np.setdiff1d(np.arange(len(y)), dev)
+    return train, dev
+
+
+def prepare(zip_path):
+    x, y = load_train(zip_path)
+    tr, dv = split(y)
+    xt = x[tr].astype(np.float64) / 255.0
+    mean, std = xt.mean(), xt.std()
+
+    def norm(a):
+        return ((a.astype(np.float32) / 255.0 - np.float32(mean)) / np.float32(std)).reshape(-1, 28, 28, 1)
+
+    return norm(x[tr]), y[tr], norm(x[dv]), y[dv]
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--zip", default="/work/shared/data/digit-recognizer.zip")
+    ap.add_argument("--model", default="cnn")
+    for name, typ in [("epochs", int), ("batch-size", int), ("lr", float), ("optimizer", str),
+                      ("schedule", str), ("weight-decay", float), ("activation", str),
+                      ("dropout", float), ("label-smoothing", float), ("augment", str),
+                      ("patience", int), ("seed", int), ("ensemble", int)]:
+        ap.add_argument(f"--{name}", type=typ)
+    ap.add_argument("--hidden", type=str, help="comma-separated sizes")
+    ap.add_argument("--tta", action="store_true")
+    ap.add_argument("--no-progress", action="store_true")
+    a = ap.parse_args()
+    fields = {k: v for k, v in vars(a).items() if v is not None and k not in
+              ("zip", "tta", "no_progress", "hidden")}
+    if a.hidden:
+        fields["hidden"] = tuple(int(h) for h in a.hidden.split(","))
+    cfg = TrainConfig(**fields)
+    xt, yt, xd, yd = prepare(a.zip)
+    models, total = [], 0.0
+    for k in range(cfg.ensemble):
+        r = train(cfg.replace(seed=cfg.seed + k), xt, yt, xd, yd, progress=not a.no_progress)
+        total += r.seconds
+        models.append(r.model)
+        for h in r.history:
+            print(json.dumps({k2: round(v, 5) if isinstance(v, float) else v for k2, v in h.items()}))
+        print(f"member {k}: seed {cfg.seed + k} best_epoch {r.best_epoch} dev_acc {r.dev_accuracy:.4f} "
+              f"seconds {r.seconds:.1f}", flush=True)
+    t = time.perf_counter()
+    p = predict_proba(models, xd, tta=a.tta)
+    acc = float((p.argmax(1) == yd).mean())
+    print(f"RESULT model={cfg.model} members={len(models)} tta={a.tta} dev_acc={acc:.4f} "
+          f"train_seconds={total:.1f} predict_seconds={time.perf_counter() - t:.2f} hp={json.dumps(r.hyperparameters)}")
+
+
+if __name__ == "__main__":
+    main()
