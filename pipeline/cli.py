@@ -123,10 +123,7 @@ def train_config(kw) -> TrainConfig:
 
 
 def _check_augment(spec: str) -> None:
-    try:
-        from .nn import parse_augment
-    except ImportError:
-        return
+    from .nn.augment import parse_augment
     try:
         parse_augment(spec)
     except ValueError as e:
