@@ -270,6 +270,38 @@ def validate(obj, path):
 
 
 @cli.command()
+@click.option("-m", "--message", required=True,
+              help="Description of this submission, shown on Kaggle and kept in the ledger.")
+@click.option("--force", is_flag=True,
+              help="Upload even when this exact file was uploaded before.")
+@click.option("--timeout", type=positive(), default=600.0, show_default=True,
+              help="Seconds to wait for Kaggle's score before giving up waiting.")
+@click.argument("path", required=False, type=click.Path(dir_okay=False, path_type=Path))
+@click.pass_obj
+@locked
+def upload(obj, message, force, timeout, path):
+    """Validate a submission (default: submissions/submission.csv), upload it to Kaggle, wait
+    for its public score and record it in submissions/ledger.jsonl."""
+    from . import kaggle_io
+    paths = obj["paths"]
+    entry = kaggle_io.upload_submission(path or paths.submission, message, ledger=paths.ledger,
+                                        force=force, poll=kaggle_io.Poll(timeout=timeout),
+                                        progress=obj["progress"])
+    click.echo(f"public score: {entry['public_score']} (submission {entry['ref']}, "
+               f"{entry['file']})")
+
+
+@cli.command()
+@click.option("--offline", is_flag=True, help="Show the ledger alone, without asking Kaggle.")
+@click.pass_obj
+def submissions(obj, offline):
+    """Uploaded submissions, newest first: the ledger joined with Kaggle's status and score."""
+    from . import kaggle_io
+    rows = kaggle_io.list_submissions(obj["paths"].ledger, remote=not offline)
+    click.echo(kaggle_io.submissions_table(rows) if rows else "no submissions yet")
+
+
+@cli.command()
 @MIRROR_OPTION
 @options(SPLIT_OPTIONS + TRAIN_OPTIONS + PREDICT_OPTIONS)
 @click.pass_obj
