@@ -191,7 +191,8 @@ def _kaggle_prints(creds: Credentials, keep: bool = True) -> Iterator[None]:
         yield
 
 
-def _connect(creds: Credentials, retry: Retry, sleep: Callable[[float], None]):
+def _connect(creds: Credentials, retry: Retry, sleep: Callable[[float], None],
+             offline_hint: str = ""):
     """An authenticated KaggleApi for `creds`; any failure becomes a KaggleError."""
     for warning in creds.warnings:
         log.warning(warning)
@@ -213,7 +214,8 @@ def _connect(creds: Credentials, retry: Retry, sleep: Callable[[float], None]):
             api.authenticate()
 
     try:
-        _with_retry(authenticate, "checking your credentials", creds, retry, sleep)
+        _with_retry(authenticate, "checking your credentials", creds, retry, sleep,
+                    offline_hint=offline_hint)
     except SystemExit:
         raise KaggleError(
             f"Kaggle did not accept the credentials from {creds.source}: the token has expired or "
@@ -361,7 +363,7 @@ def download_competition(dest_dir: Path, *, progress: bool = True, competition: 
     creds = _credentials()
     offline = (f"To work offline, put {final.name} in {dest_dir}/ or set KAGGLE_MIRROR to a "
                f"directory holding it.")
-    api = _connect(creds, retry, sleep)
+    api = _connect(creds, retry, sleep, offline)
 
     def fetch():
         with _kaggle_prints(creds, keep=progress):
