@@ -225,6 +225,8 @@ def _cfg_key(cfg, hp):
 
 
 def _save_checkpoint(path, cfg_key, rng, fit, phase, first):
+    first = dict(first)
+    proba = first.pop("dev_proba", None)
     arrays = {
         "cfg": np.array(cfg_key), "phase": np.array(phase), "epoch": np.array(fit.epoch),
         "rng": np.array(json.dumps(rng.bit_generator.state)),
@@ -236,9 +238,8 @@ def _save_checkpoint(path, cfg_key, rng, fit, phase, first):
     arrays.update({f"opt/{k}": v for k, v in fit.opt.state_dict().items()})
     if fit.best_params is not None:
         arrays.update({f"best/{k}": v for k, v in fit.best_params.items()})
-    if first.get("dev_proba") is not None:
-        arrays["first_proba"] = first.pop("dev_proba")
-        arrays["first"] = np.array(json.dumps(first))
+    if proba is not None:
+        arrays["first_proba"] = proba
     with atomic_path(path) as tmp:
         with open(tmp, "wb") as f:
             np.savez(f, **arrays)
@@ -287,7 +288,7 @@ def train(cfg: TrainConfig, x_train, y_train, x_dev=None, y_dev=None, *, progres
 
     def save(f, ph, done):
         if checkpoint is not None:
-            _save_checkpoint(checkpoint, cfg_key, rng, f, ph, dict(first))
+            _save_checkpoint(checkpoint, cfg_key, rng, f, ph, first)
 
     if phase == 0:
         _run_epochs(fit, hp, rng, x_train, y_train, x_dev, y_dev, hp["epochs"], cfg.patience,
