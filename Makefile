@@ -6,6 +6,7 @@
 
 .DEFAULT_GOAL := help
 SHELL := /bin/bash
+.SHELLFLAGS := -o pipefail -c
 
 PYTHON ?= python3
 VENV := .venv
@@ -37,6 +38,8 @@ MIRROR ?=
 MESSAGE ?= digits pipeline submission
 SUBMISSION ?= submissions/submission.csv
 
+# this machine's pip.conf names local indexes that may be absent; drop its warnings about them
+PIP_FILTER := { grep -v 'is ignored: it is neither a file nor a directory' || true; }
 opt = $(if $(strip $(2)),$(1) $(2))
 flag = $(if $(filter 1 yes true,$(2)),--$(1),--no-$(1))
 SPLIT_ARGS := --dev-fraction $(DEV_FRACTION) --split-seed $(SPLIT_SEED)
@@ -46,6 +49,7 @@ TRAIN_ARGS := --model $(MODEL) $(call opt,--epochs,$(EPOCHS)) $(call opt,--batch
   $(call opt,--activation,$(ACTIVATION)) $(call opt,--dropout,$(DROPOUT)) \
   $(call opt,--label-smoothing,$(LABEL_SMOOTHING)) $(call opt,--augment,$(AUGMENT)) \
   --patience $(PATIENCE) $(call flag,refit,$(REFIT)) --seed $(SEED) --ensemble $(ENSEMBLE)
+TRAIN_ARGS := $(strip $(TRAIN_ARGS))
 PREDICT_ARGS := $(call flag,tta,$(TTA))
 DOWNLOAD_ARGS := $(call opt,--mirror,$(MIRROR))
 
@@ -75,7 +79,7 @@ submit: validate ## everything: venv, data, split, normalize, train, predict, va
 # The virtual environment is a real file target: rebuilt only when setup.cfg changes.
 $(INSTALLED): setup.cfg pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[dev]'
+	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[dev]' 2>&1 | $(PIP_FILTER)
 	@touch $@
 
 # A stamp per stage holding its arguments, rewritten only when they change.
@@ -126,7 +130,7 @@ lint: $(INSTALLED) ## ruff over the package, scripts and tests
 	$(VENV)/bin/ruff check pipeline scripts tests
 
 bench: $(INSTALLED) ## speed benchmark against PyTorch (installs the `bench` extra)
-	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[bench]'
+	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[bench]' 2>&1 | $(PIP_FILTER)
 	$(PY) scripts/bench.py
 
 clean: ## remove generated outputs (keeps data/raw, the cache and submissions history)
