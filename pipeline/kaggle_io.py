@@ -32,27 +32,28 @@ import shutil
 import sys
 import time
 import urllib.request
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterator
 from urllib.parse import urlsplit
 
 import requests
 
-from .config import COMPETITION, ZIP_NAME, UserError
+from .config import COMPETITION, UserError
 from .fileio import sha256_file
 
 log = logging.getLogger(__name__)
+Sleep = Callable[[float], None]  # time.sleep, or a recorder in tests
 
 TOKEN_PAGE = "https://www.kaggle.com/settings/api"
 NO_CREDENTIALS = (
     "No Kaggle API credentials found. Create a token at " + TOKEN_PAGE + " and provide it as "
     "KAGGLE_API_TOKEN=<token>, or save it to ~/.kaggle/access_token, or put kaggle.json in "
-    "~/.kaggle/ (or $KAGGLE_CONFIG_DIR), or set KAGGLE_USERNAME and KAGGLE_KEY. To work "
-    f"offline instead, put {ZIP_NAME} in data/raw/ or set KAGGLE_MIRROR to a directory holding it."
+    "~/.kaggle/ (or $KAGGLE_CONFIG_DIR), or set KAGGLE_USERNAME and KAGGLE_KEY."
 )
 RETRY_STATUSES = (429, 500, 502, 503, 504)  # worth another try: rate limits, server hiccups
-UPLOAD_FAILED = "Could not submit to competition"  # KaggleApi.COMPETITION_SUBMIT_UPLOAD_FAILED_MESSAGE
+# what KaggleApi.competition_submit answers when the file could not be put in storage
+UPLOAD_FAILED = "Could not submit to competition"
 FINAL_STATUSES = ("COMPLETE", "ERROR")
 
 
@@ -82,7 +83,7 @@ class Poll:
 
 @dataclass(frozen=True)
 class Credentials:
-    """Where kaggle will find credentials, for messages, and the secret values, only to mask them."""
+    """Where kaggle finds credentials (named in messages), and their values (only to mask them)."""
 
     source: str  # e.g. "KAGGLE_API_TOKEN", "/home/me/.kaggle/kaggle.json"
     config_dir: Path  # where kaggle.json is looked for
@@ -108,7 +109,8 @@ def find_credentials() -> Credentials | None:
     Kaggle Notebook's token), then a legacy key (kaggle.json, overridden field by field by
     KAGGLE_USERNAME / KAGGLE_KEY), then the OAuth login of `kaggle auth login`.
     """
-    from kagglesdk.kaggle_env import get_access_token_from_env  # kagglesdk imports without side effects
+    # kagglesdk, unlike kaggle, imports without side effects; its own lookup keeps us in step.
+    from kagglesdk.kaggle_env import get_access_token_from_env
 
     cfg = config_dir()
     kaggle_json = cfg / "kaggle.json"
@@ -170,7 +172,7 @@ def mask(text: str, secrets: tuple[str, ...]) -> str:
 
 
 class _Masked(io.TextIOBase):
-    """A text stream that writes to `target` with secrets masked (for the kaggle package's prints)."""
+    """A text stream writing to `target` with secrets masked (for the kaggle package's prints)."""
 
     def __init__(self, target, secrets: tuple[str, ...]):
         self.target, self.secrets = target, secrets
@@ -191,7 +193,7 @@ def _kaggle_prints(creds: Credentials, keep: bool = True) -> Iterator[None]:
         yield
 
 
-def _connect(creds: Credentials, retry: Retry, sleep: Callable[[float], None],
+def _connect(creds: Credentials, retry: Retry, sleep: Sleep,
              offline_hint: str = ""):
     """An authenticated KaggleApi for `creds`; any failure becomes a KaggleError."""
     for warning in creds.warnings:
@@ -200,7 +202,7 @@ def _connect(creds: Credentials, retry: Retry, sleep: Callable[[float], None],
         try:
             from kaggle.api.kaggle_api_extended import KaggleApi
         except SystemExit:
-            raise KaggleError(NO_CREDENTIALS) from None
+            raise KaggleError(f"{NO_CREDENTIALS} {offline_hint}".strip()) from None
         except ImportError as e:
             raise KaggleError(f"The kaggle package could not be imported ({e}); reinstall the "
                               f"project with `pip install -e .`.") from None
@@ -224,10 +226,10 @@ def _connect(creds: Credentials, retry: Retry, sleep: Callable[[float], None],
     return api
 
 
-def _credentials() -> Credentials:
+def _credentials(offline_hint: str) -> Credentials:
     creds = find_credentials()
     if creds is None:
-        raise KaggleError(NO_CREDENTIALS)
+        raise KaggleError(f"{NO_CREDENTIALS} {offline_hint}")
     return creds
 
 
@@ -235,7 +237,7 @@ def _credentials() -> Credentials:
 
 
 def _with_retry(call: Callable, what: str, creds: Credentials, retry: Retry,
-                sleep: Callable[[float], None], *, competition: str = COMPETITION,
+                sleep: Sleep, *, competition: str = COMPETITION,
                 resend_safe: bool = True, offline_hint: str = ""):
     """Run `call`, retrying rate limits, server errors and dropped connections a bounded number
     of times (honouring Retry-After); then raise a KaggleError that says what to do.
@@ -282,8 +284,12 @@ def _never_connected(e: Exception) -> bool:
 
 
 def _short_reason(e: Exception) -> str:
+    """The root cause of a connection failure in a few words: "[Errno 111] Connection refused"."""
     reason = getattr(e.args[0], "reason", None) if e.args else None
+    reason = getattr(reason, "original_error", reason)  # urllib3's ProxyError wraps the cause
     text = str(reason if reason is not None else e)
+    if "[Errno" in text:
+        text = text[text.index("[Errno"):].rstrip("')\"")
     return text if len(text) <= 200 else text[:197] + "..."
 
 
@@ -345,7 +351,7 @@ def _explain(e: Exception, what: str, creds: Credentials, attempts: int, competi
 
 
 def download_competition(dest_dir: Path, *, progress: bool = True, competition: str = COMPETITION,
-                         retry: Retry = Retry(), sleep: Callable[[float], None] = time.sleep) -> Path:
+                         retry: Retry = Retry(), sleep: Sleep = time.sleep) -> Path:
     """Download the competition zip into `dest_dir` and return its path, checked and complete.
 
     The download goes to a hidden `.<name>.partial/` directory inside `dest_dir`; only a zip that
@@ -360,9 +366,9 @@ def download_competition(dest_dir: Path, *, progress: bool = True, competition: 
     staging = dest_dir / f".{competition}.zip.partial"
     staged = staging / f"{competition}.zip"
     existed = dest_dir.exists()
-    creds = _credentials()
-    offline = (f"To work offline, put {final.name} in {dest_dir}/ or set KAGGLE_MIRROR to a "
-               f"directory holding it.")
+    offline = (f"To work offline instead, put {final.name} in {dest_dir}/ or set KAGGLE_MIRROR "
+               f"to a directory holding it.")
+    creds = _credentials(offline)
     api = _connect(creds, retry, sleep, offline)
 
     def fetch():
@@ -378,7 +384,7 @@ def download_competition(dest_dir: Path, *, progress: bool = True, competition: 
                               f"resumes it.") from None
         _discard(staging, dest_dir, existed)
         raise
-    except ValueError as e:  # the kaggle package's size check: the server sent too much or too little
+    except ValueError as e:  # kaggle's size check: the server sent more or less than it said
         _discard(staging, dest_dir, existed)
         raise KaggleError(f"The download of {competition} was incomplete ({e}); nothing was kept. "
                           f"Run this again.") from None
@@ -412,9 +418,9 @@ def _discard(staging: Path, dest_dir: Path, existed: bool) -> None:
 
 def upload_submission(path: Path, message: str, *, ledger: Path, force: bool = False,
                       image_ids=None, competition: str = COMPETITION, poll: Poll = Poll(),
-                      retry: Retry = Retry(), sleep: Callable[[float], None] = time.sleep,
+                      retry: Retry = Retry(), sleep: Sleep = time.sleep,
                       clock: Callable[[], float] = time.monotonic, progress: bool = True) -> dict:
-    """Validate `path`, submit it, wait for its public score, record it in `ledger`; return the entry.
+    """Validate `path`, submit it, wait for its public score, record it in `ledger`; return that.
 
     Nothing is sent for an invalid file, nor for one byte-identical to an earlier upload unless
     `force`. Raises KaggleError when the file could not be submitted, when Kaggle scored it ERROR,
@@ -434,8 +440,9 @@ def upload_submission(path: Path, message: str, *, ledger: Path, force: bool = F
                     f"{path} is byte-identical to the file uploaded at {old.get('time')} as "
                     f"submission {old['ref']} (status {old.get('status')}, public score "
                     f"{old.get('public_score')}); pass --force to upload it again.")
-    creds = _credentials()
-    api = _connect(creds, retry, sleep)
+    by_hand = f"Or upload {path} by hand at https://www.kaggle.com/c/{competition}/submit."
+    creds = _credentials(by_hand)
+    api = _connect(creds, retry, sleep, by_hand)
 
     def submit():
         with _kaggle_prints(creds, keep=progress):
@@ -517,7 +524,7 @@ def _wait_for_score(api, creds, competition, ref, poll, retry, sleep, clock, pro
 
 
 def list_submissions(ledger: Path, *, competition: str = COMPETITION, remote: bool = True,
-                     retry: Retry = Retry(), sleep: Callable[[float], None] = time.sleep) -> list[dict]:
+                     retry: Retry = Retry(), sleep: Sleep = time.sleep) -> list[dict]:
     """The ledger's uploads joined by ref with Kaggle's submission list, newest first.
 
     Each row: time, ref, status, public_score, message, file, sha256 (None where unknown). Status
@@ -529,8 +536,9 @@ def list_submissions(ledger: Path, *, competition: str = COMPETITION, remote: bo
     ours = {e["ref"]: e for e in read_ledger(ledger) if e.get("kind") == "upload" and e.get("ref")}
     rows = []
     if remote:
-        creds = _credentials()
-        api = _connect(creds, retry, sleep)
+        ledger_only = "Or pass --offline to see the ledger alone."
+        creds = _credentials(ledger_only)
+        api = _connect(creds, retry, sleep, ledger_only)
         for sub in _list(api, creds, competition, retry, sleep):
             mine = ours.pop(sub.ref, {})
             rows.append({"time": _iso(sub.date) or mine.get("time"), "ref": sub.ref,
@@ -556,5 +564,6 @@ def submissions_table(rows: list[dict]) -> str:
     cells = [header] + [(r["time"] or "", str(r["ref"]), r["status"], r["public_score"] or "",
                          (r["sha256"] or "")[:12], r["message"] or "") for r in rows]
     widths = [max(len(c[i]) for c in cells) for i in range(len(header) - 1)]
-    return "\n".join("  ".join(c.ljust(w) for c, w in zip(row, widths)) + "  " + row[-1]
-                     for row in cells)
+    lines = ["  ".join(c.ljust(w) for c, w in zip(row[:-1], widths, strict=True)) + "  " + row[-1]
+             for row in cells]
+    return "\n".join(lines)

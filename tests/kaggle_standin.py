@@ -46,7 +46,8 @@ def tiny_competition_zip(n_train: int = 3, n_test: int = 2) -> bytes:
     members = {
         "train.csv": f"label,{pixels}\n" + "".join(f"{i % 10},{zeros}\n" for i in range(n_train)),
         "test.csv": f"{pixels}\n" + f"{zeros}\n" * n_test,
-        "sample_submission.csv": "ImageId,Label\n" + "".join(f"{i},0\n" for i in range(1, n_test + 1)),
+        "sample_submission.csv": "ImageId,Label\n" + "".join(f"{i},0\n"
+                                                              for i in range(1, n_test + 1)),
     }
     buf = io.BytesIO()
     with zipfile.ZipFile(buf, "w", zipfile.ZIP_STORED) as z:  # stored: no absurd ratio to trip on
@@ -114,7 +115,7 @@ class StandIn:
 
     def fail(self, call: str, status: int, message: str = "", times: int = 1,
              headers: dict | None = None) -> None:
-        """Answer the next `times` requests of `call` (e.g. "DownloadDataFiles", "zip") with an error."""
+        """Fail the next `times` requests of `call` (an API method, "zip" or "upload")."""
         fault = Fault(status, message or f"Injected HTTP {status}", headers or {})
         self._faults.setdefault(call, []).extend([fault] * times)
 
@@ -277,10 +278,11 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             token = request.get("blobFileTokens", "")
             if token not in state.uploads or not state.uploads[token]:
                 return self._error(400, "Submission file was not uploaded")
+            now = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
             sub = Submission(
-                ref=100 + len(state.submissions), date=dt.datetime.now(dt.timezone.utc)
-                .strftime("%Y-%m-%dT%H:%M:%S.%fZ"), description=request.get("submissionDescription", ""),
-                file_name="submission.csv", sha256=hashlib.sha256(state.uploads[token]).hexdigest(),
+                ref=100 + len(state.submissions), date=now,
+                description=request.get("submissionDescription", ""), file_name="submission.csv",
+                sha256=hashlib.sha256(state.uploads[token]).hexdigest(),
                 polls_left=state.polls_to_score, final_status=state.final_status,
                 score=state.score, error=state.error_description)
             state.submissions.append(sub)

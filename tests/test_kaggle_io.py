@@ -16,8 +16,8 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
-
 from kaggle_standin import Running, StandIn, Submission, tiny_competition_zip
+
 from pipeline import kaggle_io
 from pipeline.cli import cli
 from pipeline.kaggle_io import KaggleError, Poll, Retry
@@ -91,9 +91,9 @@ def valid_submission(path: Path, shift: int = 0) -> Path:
 
 def upload(tmp_path, state, fast, message="first try", **kw):
     path = kw.pop("path", None) or valid_submission(tmp_path / "submissions" / "submission.csv")
-    return kaggle_io.upload_submission(path, message, ledger=tmp_path / "submissions" / "ledger.jsonl",
-                                       poll=Poll(interval=1.0, timeout=60.0), progress=False,
-                                       **fast, **kw)
+    ledger = tmp_path / "submissions" / "ledger.jsonl"
+    return kaggle_io.upload_submission(path, message, ledger=ledger, progress=False,
+                                       poll=Poll(interval=1.0, timeout=60.0), **fast, **kw)
 
 
 # -- download ------------------------------------------------------------------------------------
