@@ -33,6 +33,7 @@ SEED ?= 0
 ENSEMBLE ?= 1
 DEV_FRACTION ?= 0.1
 SPLIT_SEED ?= 0
+MAX_TRAIN ?= 0
 TTA ?= 0
 MIRROR ?=
 MESSAGE ?= digits pipeline submission
@@ -42,7 +43,7 @@ SUBMISSION ?= submissions/submission.csv
 PIP_FILTER := { grep -v 'is ignored: it is neither a file nor a directory' || true; }
 opt = $(if $(strip $(2)),$(1) $(2))
 flag = $(if $(filter 1 yes true,$(2)),--$(1),--no-$(1))
-SPLIT_ARGS := --dev-fraction $(DEV_FRACTION) --split-seed $(SPLIT_SEED)
+SPLIT_ARGS := --dev-fraction $(DEV_FRACTION) --split-seed $(SPLIT_SEED) --max-train $(MAX_TRAIN)
 TRAIN_ARGS := --model $(MODEL) $(call opt,--epochs,$(EPOCHS)) $(call opt,--batch-size,$(BATCH_SIZE)) \
   $(call opt,--lr,$(LR)) $(call opt,--optimizer,$(OPTIMIZER)) $(call opt,--schedule,$(SCHEDULE)) \
   $(call opt,--weight-decay,$(WEIGHT_DECAY)) $(call opt,--hidden,$(HIDDEN)) \
@@ -72,7 +73,7 @@ help: ## list the targets
 	@echo
 	@echo "Variables: MODEL=$(MODEL) (cnn|mlp|seed) EPOCHS LR BATCH_SIZE OPTIMIZER SCHEDULE HIDDEN=256,128"
 	@echo "  ACTIVATION DROPOUT AUGMENT PATIENCE REFIT=0|1 SEED=$(SEED) ENSEMBLE=$(ENSEMBLE) TTA=0|1"
-	@echo "  DEV_FRACTION=$(DEV_FRACTION) SPLIT_SEED MIRROR=dir MESSAGE='...' (see digits <stage> --help)"
+	@echo "  DEV_FRACTION=$(DEV_FRACTION) SPLIT_SEED MAX_TRAIN=rows MIRROR=dir MESSAGE='...' (see digits <stage> --help)"
 
 submit: validate ## everything: venv, data, split, normalize, train, predict, validate
 

@@ -51,6 +51,9 @@ SPLIT_OPTIONS = [
                  help="Share of train.csv held out (stratified) to measure accuracy."),
     click.option("--split-seed", type=int, default=SplitConfig.seed, show_default=True,
                  help="Seed of the train/dev shuffle."),
+    click.option("--max-train", type=click.IntRange(min=0), default=SplitConfig.max_train,
+                 show_default=True, help="Train on at most this many rows (stratified), for "
+                                         "quick experiments; 0 = all."),
 ]
 
 TRAIN_OPTIONS = [
@@ -108,7 +111,8 @@ def options(opts):
 
 
 def split_config(kw) -> SplitConfig:
-    return SplitConfig(dev_fraction=kw["dev_fraction"], seed=kw["split_seed"])
+    return SplitConfig(dev_fraction=kw["dev_fraction"], seed=kw["split_seed"],
+                       max_train=kw["max_train"])
 
 
 def train_config(kw) -> TrainConfig:

@@ -126,6 +126,7 @@ class Paths:
 class SplitConfig:
     dev_fraction: float = 0.1  # share of train.csv held out for measuring, stratified by label
     seed: int = 0  # seeds the shuffle; the same seed gives the same split
+    max_train: int = 0  # keep at most this many training rows (stratified) for quick runs; 0 = all
 
 
 @dataclass(frozen=True)

@@ -208,17 +208,26 @@ def _first_line(e: Exception) -> str:
     return str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
 
 
-def stratified_split(y: np.ndarray, dev_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """Indices (train, dev), sorted, with each class split in the same proportion."""
+def stratified_split(y: np.ndarray, dev_fraction: float, seed: int,
+                     max_train: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Indices (train, dev), sorted, with each class split in the same proportion.
+
+    `max_train` > 0 keeps only that many training rows (again in the class proportions), for
+    quick runs; the dev rows are the same as without it.
+    """
     if not 0.0 < dev_fraction < 1.0:
         raise ValueError(f"dev_fraction must be in (0, 1), got {dev_fraction}")
+    if max_train < 0:
+        raise ValueError(f"max_train must be >= 0, got {max_train}")
     rng = np.random.default_rng(seed)
-    dev = []
+    train, dev = [], []
+    n_train = len(y) - sum(int(round(dev_fraction * np.sum(y == k))) for k in np.unique(y))
+    keep = min(1.0, max_train / max(n_train, 1)) if max_train else 1.0
     for label in np.unique(y):
-        idx = np.flatnonzero(y == label)  # (n_label,)
+        idx = rng.permutation(np.flatnonzero(y == label))  # (n_label,)
         n_dev = int(round(dev_fraction * len(idx)))
-        dev.append(rng.permutation(idx)[:n_dev])
-    dev_idx = np.sort(np.concatenate(dev)).astype(np.int64)
-    mask = np.ones(len(y), bool)
-    mask[dev_idx] = False
-    return np.flatnonzero(mask).astype(np.int64), dev_idx
+        dev.append(idx[:n_dev])
+        rest = idx[n_dev:]
+        train.append(rest[:max(1, int(round(keep * len(rest))))])
+    return (np.sort(np.concatenate(train)).astype(np.int64),
+            np.sort(np.concatenate(dev)).astype(np.int64))

@@ -162,7 +162,8 @@ def _parse(files, inputs, params, code) -> dict[str, np.ndarray]:
 
 def _split(files, inputs, params, code) -> dict[str, np.ndarray]:
     y = read_npz(files["parsed"])["train_y"]
-    train_idx, dev_idx = data_mod.stratified_split(y, params["dev_fraction"], params["seed"])
+    train_idx, dev_idx = data_mod.stratified_split(y, params["dev_fraction"], params["seed"],
+                                                   params["max_train"])
     return {"train_idx": train_idx, "dev_idx": dev_idx}
 
 
