@@ -364,6 +364,15 @@ def test_cli_upload_prints_the_score(kaggle, token, tmp_path):
     assert "public score: 0.98765 (submission 100, submissions/submission.csv)" in result.output
 
 
+def test_cli_upload_of_an_error_scored_file_exits_1(kaggle, token, tmp_path):
+    # `digits upload` reports Kaggle's ERROR as a failure: exit code 1 and Kaggle's reason.
+    valid_submission(tmp_path / "submissions" / "submission.csv")
+    kaggle.polls_to_score, kaggle.final_status = 0, "ERROR"
+    result = CliRunner().invoke(cli, ["--root", str(tmp_path), "-q", "upload", "-m", "cli"])
+    assert result.exit_code == 1
+    assert "digits: error: Kaggle could not score submission 100" in result.output
+
+
 # -- submissions ---------------------------------------------------------------------------------
 
 
@@ -386,6 +395,9 @@ def test_submissions_join_the_ledger_with_kaggle_newest_first(kaggle, token, tmp
     assert table.splitlines()[0].split() == ["time", "ref", "status", "score", "sha256", "message"]
     offline = kaggle_io.list_submissions(ledger, remote=False)
     assert [r["ref"] for r in offline] == [101, 100, 7]
+    shown = CliRunner().invoke(cli, ["--root", str(tmp_path), "submissions"],
+                               catch_exceptions=False).output.splitlines()
+    assert shown[1].split()[1:4] == ["102", "COMPLETE", "0.5"] and len(shown) == 5
 
 
 # -- secrets -------------------------------------------------------------------------------------
