@@ -173,7 +173,7 @@ class UserFacingError(click.ClickException):
 
 
 class DigitsGroup(click.Group):
-    """Turns the library's UserError (and Ctrl-C) into a message and an exit code, never a traceback."""
+    """Turns the library's UserError (and Ctrl-C) into a message and exit code, not a traceback."""
 
     def invoke(self, ctx):
         try:
@@ -185,7 +185,8 @@ class DigitsGroup(click.Group):
                                   "continue.", exit_code=130) from None
 
 
-@click.group(cls=DigitsGroup, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.group(cls=DigitsGroup, context_settings={"help_option_names": ["-h", "--help"],
+                                                "max_content_width": 100})
 @click.option("--root", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Project directory holding data/ and submissions/. [default: $DIGITS_ROOT "
                    "or the current directory]")

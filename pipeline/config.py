@@ -34,7 +34,7 @@ class Paths:
     root: Path
 
     @classmethod
-    def default(cls) -> "Paths":
+    def default(cls) -> Paths:
         """The project root: $DIGITS_ROOT if set, else the current directory."""
         return cls(Path(os.environ.get("DIGITS_ROOT", ".")).resolve())
 
@@ -142,13 +142,13 @@ class TrainConfig:
     activation: str = ""  # relu | leaky_relu | tanh | sigmoid; "" = model default
     dropout: float = -1.0  # negative = model default
     label_smoothing: float = -1.0  # negative = model default
-    augment: str = ""  # "none", "default", or e.g. "shift=2,rotate=10,zoom=0.1,elastic=0"; "" = model default
+    augment: str = ""  # "none", "default" or "shift=2,rotate=10,zoom=0.1,elastic=0"; "" = default
     patience: int = 0  # early stopping patience in epochs; 0 = never stop early
     refit: bool = False  # after choosing the epoch count on dev, retrain on all labelled rows
     seed: int = 0  # seeds initialization, shuffling and augmentation
     ensemble: int = 1  # number of models trained with seeds seed, seed+1, ...
 
-    def replace(self, **changes) -> "TrainConfig":
+    def replace(self, **changes) -> TrainConfig:
         return dataclasses.replace(self, **changes)
 
 
@@ -160,7 +160,8 @@ class PredictConfig:
 
 def asdict(config) -> dict:
     """A dataclass as a plain JSON-able dict (tuples become lists)."""
-    return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(config).items()}
+    return {k: list(v) if isinstance(v, tuple) else v
+            for k, v in dataclasses.asdict(config).items()}
 
 
 __all__ = [

@@ -24,7 +24,7 @@ PIXEL_COLUMNS = tuple(f"pixel{i}" for i in range(N_PIXELS))
 TRAIN_COLUMNS = ("label", *PIXEL_COLUMNS)
 TEST_COLUMNS = PIXEL_COLUMNS
 SAMPLE_COLUMNS = ("ImageId", "Label")
-MAX_MEMBER_BYTES = 4 << 30  # the real train.csv is 77 MB; a member declaring over 4 GiB is a zip bomb
+MAX_MEMBER_BYTES = 4 << 30  # the real train.csv is 77 MB; a member declaring > 4 GiB is a bomb
 MAX_RATIO = 1000  # deflate cannot compress better than ~1032:1; a higher declared ratio is forged
 CHUNK_ROWS = 5000  # rows parsed at a time: 5000 x 785 int64 is about 31 MB
 
@@ -64,7 +64,8 @@ def check_zip(path: Path) -> None:
     except (OSError, EOFError, zipfile.LargeZipFile, NotImplementedError) as e:
         raise DataError(f"{path} could not be read as a zip file ({e}). {FIX_HINT}") from None
     if bad is not None:
-        raise DataError(f"{path}: member {bad} fails its CRC check (the file is corrupt). {FIX_HINT}")
+        raise DataError(f"{path}: member {bad} fails its CRC check (the file is corrupt). "
+                        f"{FIX_HINT}")
 
 
 def _check_members(path: Path, infos: list[zipfile.ZipInfo]) -> None:

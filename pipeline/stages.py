@@ -1,4 +1,4 @@
-"""The pipeline's stages: each reads its input files, computes (or reuses) its result, writes outputs.
+"""The pipeline's stages: each reads its input files, computes or reuses its result, writes outputs.
 
 This is the only module that knows both the file layout and joblib.Memory. A stage's cache key is
 the content digest of its input files, every parameter, and a digest of the package source it
@@ -24,9 +24,8 @@ import joblib
 import numpy as np
 
 from . import data as data_mod
-from .config import (ZIP_NAME, Paths, PredictConfig, SplitConfig, TrainConfig, UserError,
-                     asdict)
-from .fileio import (atomic_path, read_json, read_npz, sha256_file, write_json, write_npz)
+from .config import ZIP_NAME, Paths, PredictConfig, SplitConfig, TrainConfig, UserError, asdict
+from .fileio import atomic_path, read_json, read_npz, sha256_file, write_json, write_npz
 
 log = logging.getLogger("pipeline")
 
@@ -127,7 +126,8 @@ def _why(stage: str, key: dict, paths: Paths) -> str:
             reasons.append(f"parameter {name} changed {before} -> {value}")
     changed = sorted(f for f, d in key["code"].items() if last.get("code", {}).get(f) != d)
     if changed:
-        reasons.append(f"code changed ({', '.join(changed[:3])}{' ...' if len(changed) > 3 else ''})")
+        more = " ..." if len(changed) > 3 else ""
+        reasons.append(f"code changed ({', '.join(changed[:3])}{more})")
     return "; ".join(reasons) or "cache entry missing (cleared or unreadable)"
 
 
@@ -321,8 +321,7 @@ def _train_metrics(cfg: TrainConfig, results, paths: Paths) -> dict:
 
 def predict(paths: Paths, cfg: PredictConfig) -> dict:
     """Predict the test rows, write a validated submission.csv, keep a copy and a ledger line."""
-    from .submission import (append_ledger, keep_copy, read_ledger, timestamp,
-                             write_submission)
+    from .submission import append_ledger, keep_copy, read_ledger, timestamp, write_submission
     files = {"model": str(_require(paths.model, "make train", paths)),
              "parsed": str(_require(paths.parsed, "make data", paths)),
              "normalizer": str(_require(paths.normalizer, "make normalize", paths))}

@@ -79,7 +79,7 @@ def validate_submission(path: Path, image_ids: np.ndarray | None = None) -> np.n
 
 
 def write_submission(path: Path, labels: np.ndarray, image_ids: np.ndarray) -> str:
-    """Write labels as a submission atomically, validated before it replaces `path`; return sha256."""
+    """Write labels as a submission, validated before it atomically replaces `path`; -> sha256."""
     labels = np.asarray(labels)
     if labels.shape != image_ids.shape:
         raise SubmissionError(f"{len(labels)} predictions for {len(image_ids)} test images.")

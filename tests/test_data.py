@@ -74,7 +74,8 @@ def test_pixel_out_of_range_names_row_and_column(tmp_path):
     # a pixel of 256 is reported with its row and column
     header = "label," + ",".join(f"pixel{i}" for i in range(784))
     row = "3," + ",".join(["0"] * 783 + ["256"])
-    p = make_competition_zip(tmp_path / "z.zip", members={"train.csv": f"{header}\n{row}\n".encode()})
+    content = f"{header}\n{row}\n".encode()
+    p = make_competition_zip(tmp_path / "z.zip", members={"train.csv": content})
     with pytest.raises(DataError, match=r"row 1, column pixel783: 256 is outside 0-255"):
         read_competition(p)
 

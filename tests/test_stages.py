@@ -22,7 +22,9 @@ def project(tmp_path, small_zip):
     return paths, sources
 
 
-def run_all(paths, sources, train=QUICK, split=SplitConfig(), predict=PredictConfig()):
+def run_all(paths, sources, train=QUICK, split=None, predict=None):
+    split = split or SplitConfig()
+    predict = predict or PredictConfig()
     stages.download(paths, sources, progress=False)
     stages.split(paths, split)
     stages.normalize(paths)

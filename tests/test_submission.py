@@ -5,8 +5,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from pipeline.submission import (SubmissionError, append_ledger, read_ledger,
-                                 validate_submission, write_submission)
+from pipeline.submission import (
+    SubmissionError,
+    append_ledger,
+    read_ledger,
+    validate_submission,
+    write_submission,
+)
 
 IDS = np.arange(1, 28001)
 
