@@ -30,7 +30,7 @@ def test_overfit_one_batch(name, opt, lr, steps):
     rng = np.random.default_rng(0)
     model = Model(build_spec(name, hp(name, dropout=0.0, hidden=(32,) if name != "cnn" else ())), rng=rng)
     if name == "cnn":
-        model = Model(build_spec("cnn", hp("cnn", dropout=0.0, channels=(8, 8, 32))), rng=rng)
+        model = Model(build_spec("cnn", hp("cnn", dropout=0.0, plan="8c5-p-8c5-p-fc32")), rng=rng)
     o = Optimizer(opt, model.theta.size, model.n_decay)
     for _ in range(steps):
         z, caches = model.forward_train(x, rng)
@@ -45,7 +45,7 @@ def test_overfit_one_batch(name, opt, lr, steps):
 def test_model_gradient_matches_finite_differences():
     # the whole CNN's backward (conv, BN, pool, dense, dropout-free) agrees with finite differences
     x, y = batch(4)
-    spec = build_spec("cnn", hp("cnn", dropout=0.0, channels=(2, 3, 4)))
+    spec = build_spec("cnn", hp("cnn", dropout=0.0, plan="2c3s-p-3c3-p-fc4"))
     m = Model(spec, rng=np.random.default_rng(1))
     params = {k: v.astype(np.float64) for k, v in m.params.items()}
     from pipeline.nn.model import LAYER_KINDS
@@ -65,7 +65,7 @@ def test_model_gradient_matches_finite_differences():
         return loss, {f"{ly['name']}.{p}": g for ly, Gi in zip(spec["layers"], G) for p, g in Gi.items()}
 
     _, grads = loss_and_grads()
-    for name in ["c1.w", "c3.b", "c2bn.gamma", "fc.w", "out.b"]:
+    for name in ["c1.w", "c3.w", "c1bn.gamma", "c3bn.beta", "fc5.w", "fc5bn.gamma", "out.b"]:
         p = params[name].reshape(-1)
         for j in range(0, p.size, max(1, p.size // 5)):
             old = p[j]
@@ -80,7 +80,7 @@ def test_model_gradient_matches_finite_differences():
 
 def test_save_load_round_trip(tmp_path):
     # several models (with BN running stats) and an extra dict survive a save/load without pickle
-    a = Model(build_spec("cnn", hp("cnn", channels=(4, 4, 8))), rng=np.random.default_rng(0))
+    a = Model(build_spec("cnn", hp("cnn", plan="4c5-p-4c5-p-fc8")), rng=np.random.default_rng(0))
     a.params["c1bn.mean"][...] = 0.25
     b = Model(build_spec("mlp", hp("mlp", hidden=(16,))), rng=np.random.default_rng(1))
     path = tmp_path / "m.npz"

@@ -9,7 +9,7 @@ from pipeline.predict import predict_labels, predict_proba, shift_images
 
 
 def models(k):
-    spec = build_spec("cnn", {**DEFAULTS["cnn"], "channels": (4, 4, 8)})
+    spec = build_spec("cnn", {**DEFAULTS["cnn"], "plan": "4c5-p-4c5-p-fc8"})
     return [Model(spec, rng=np.random.default_rng(s)) for s in range(k)]
 
 

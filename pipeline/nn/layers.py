@@ -41,6 +41,10 @@ def im2col(xp, kh, kw, cols=None):
     Ho, Wo = Hp - kh + 1, Wp - kw + 1
     if cols is None:
         cols = np.empty((N, Ho, Wo, kh, kw, C), dtype=xp.dtype)  # (N, Ho, Wo, kh, kw, C)
+    if C == 1:  # one strided copy of the no-copy window view beats kh*kw thin slices
+        win = np.lib.stride_tricks.sliding_window_view(xp[..., 0], (kh, kw), axis=(1, 2))
+        cols[..., 0] = win  # (N, Ho, Wo, kh, kw)
+        return cols
     for i in range(kh):
         for j in range(kw):
             cols[:, :, :, i, j, :] = xp[:, i:i + Ho, j:j + Wo, :]  # (N, Ho, Wo, C)
@@ -58,7 +62,7 @@ def col2im(dcols, Hp, Wp):
 
 
 def conv2d_forward(x, w, b, pad=0):
-    """x (N, H, W, C), w (kh, kw, C, F), b (F,) -> z (N, Ho, Wo, F), stride 1."""
+    """x (N, H, W, C), w (kh, kw, C, F), b (F,) or None -> z (N, Ho, Wo, F), stride 1."""
     N, H, W, C = x.shape
     kh, kw, _, F = w.shape
     xp = np.pad(x, ((0, 0), (pad, pad), (pad, pad), (0, 0))) if pad else x  # (N, Hp, Wp, C)
@@ -66,19 +70,20 @@ def conv2d_forward(x, w, b, pad=0):
     Ho, Wo = cols.shape[1], cols.shape[2]
     cols2 = cols.reshape(N * Ho * Wo, kh * kw * C)  # (N*Ho*Wo, K), a view
     z = cols2 @ w.reshape(kh * kw * C, F)  # (N*Ho*Wo, F)
-    z += b
-    return z.reshape(N, Ho, Wo, F), (cols2, w, x.shape, pad)
+    if b is not None:
+        z += b
+    return z.reshape(N, Ho, Wo, F), (cols2, w, x.shape, pad, b is not None)
 
 
 def conv2d_backward(dz, cache, dw=None, db=None, need_dx=True):
-    """dz (N, Ho, Wo, F) -> dx (N, H, W, C) or None; dw (kh, kw, C, F), db (F,)."""
-    cols2, w, x_shape, pad = cache
+    """dz (N, Ho, Wo, F) -> dx (N, H, W, C) or None; dw (kh, kw, C, F), db (F,) or None."""
+    cols2, w, x_shape, pad, has_bias = cache
     N, H, W, C = x_shape
     kh, kw, _, F = w.shape
     dz2 = dz.reshape(-1, F)  # (N*Ho*Wo, F)
     dw2 = None if dw is None else dw.reshape(kh * kw * C, F)
     dw = np.matmul(cols2.T, dz2, out=dw2).reshape(kh, kw, C, F)  # (kh, kw, C, F)
-    db = np.sum(dz2, axis=0, out=db)  # (F,)
+    db = np.sum(dz2, axis=0, out=db) if has_bias else None  # (F,)
     if not need_dx:
         return None, dw, db
     dcols = dz2 @ w.reshape(kh * kw * C, F).T  # (N*Ho*Wo, K)
@@ -93,11 +98,13 @@ def conv2d_backward(dz, cache, dw=None, db=None, need_dx=True):
 
 
 def maxpool_forward(x):
-    """x (N, H, W, C) -> out (N, H/2, W/2, C)."""
+    """x (N, H, W, C) -> out (N, H/2, W/2, C): elementwise max of the four strided sub-grids."""
     N, H, W, C = x.shape
     assert H % 2 == 0 and W % 2 == 0, f"maxpool needs even H, W, got {H}x{W}"
-    xr = x.reshape(N, H // 2, 2, W // 2, 2, C)  # (N, Ho, 2, Wo, 2, C)
-    out = xr.max(axis=(2, 4))  # (N, Ho, Wo, C)
+    out = np.maximum(x[:, 0::2, 0::2], x[:, 0::2, 1::2])  # (N, H/2, W/2, C)
+    np.maximum(out, x[:, 1::2, 0::2], out=out)
+    np.maximum(out, x[:, 1::2, 1::2], out=out)
+    xr = x.reshape(N, H // 2, 2, W // 2, 2, C)  # (N, Ho, 2, Wo, 2, C), a view
     return out, (xr, out)
 
 

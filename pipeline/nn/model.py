@@ -45,15 +45,16 @@ def _dense_bwd(ly, P, G, dout, cache, need_dx):
 
 def _conv_shapes(ly):
     k = ly["k"]
-    return {"w": (k, k, ly["cin"], ly["cout"]), "b": (ly["cout"],)}
+    bias = {"b": (ly["cout"],)} if ly.get("bias", True) else {}  # no bias when BatchNorm follows
+    return {"w": (k, k, ly["cin"], ly["cout"]), **bias}
 
 
 def _conv_fwd(ly, P, x, train, rng):
-    return L.conv2d_forward(x, P["w"], P["b"], pad=ly.get("pad", 0))
+    return L.conv2d_forward(x, P["w"], P.get("b"), pad=ly.get("pad", 0))
 
 
 def _conv_bwd(ly, P, G, dout, cache, need_dx):
-    return L.conv2d_backward(dout, cache, dw=G["w"], db=G["b"], need_dx=need_dx)[0]
+    return L.conv2d_backward(dout, cache, dw=G["w"], db=G.get("b"), need_dx=need_dx)[0]
 
 
 def _bn_shapes(ly):

@@ -7,6 +7,8 @@ override when set. How training uses them is `pipeline/train.py`'s business.
 
 from __future__ import annotations
 
+import re
+
 from pipeline.config import IMAGE_SIDE, N_CLASSES, N_PIXELS
 
 
@@ -25,35 +27,69 @@ def mlp_spec(hp):
     return {"name": "mlp", "input_shape": [IMAGE_SIDE, IMAGE_SIDE, 1], "layers": layers}
 
 
-def _conv_block(layers, name, cin, cout, k, pad, act):
-    layers += [
-        {"type": "conv", "name": name, "cin": cin, "cout": cout, "k": k, "pad": pad, "init": "he"},
-        {"type": "bn", "name": f"{name}bn", "c": cout},
-        {"type": "act", "name": f"{name}a", "fn": act},
-    ]
+def parse_plan(plan):
+    """'32c5-p-64c5-p-fc128' -> list of ("conv", F, k, pad) | ("pool",) | ("fc", n).
+
+    `{F}c{k}` is a valid (unpadded) k x k convolution with F filters, `{F}c{k}s` a 'same' one,
+    `p` a 2x2 max pool, `fc{n}` a dense layer of n units (before the output layer)."""
+    out = []
+    for tok in plan.split("-"):
+        m = re.fullmatch(r"(\d+)c(\d+)(s?)|p|fc(\d+)", tok)
+        if not m:
+            raise ValueError(f"cnn plan token must look like 32c3, 32c3s, p or fc128, got {tok!r} in {plan!r}")
+        if tok == "p":
+            out.append(("pool",))
+        elif tok.startswith("fc"):
+            out.append(("fc", int(m.group(4))))
+        else:
+            k = int(m.group(2))
+            out.append(("conv", int(m.group(1)), k, k // 2 if m.group(3) else 0))
+    return out
 
 
 def cnn_spec(hp):
-    """Conv blocks (conv -> BatchNorm -> act) with 2x2 max pools, then a BatchNorm'd dense
-    layer with dropout and the output layer. `hp["channels"]` sets the widths."""
+    """Conv blocks (conv -> BatchNorm -> act) and 2x2 max pools per `hp["plan"]`, then dense
+    blocks (dense -> BatchNorm -> act -> dropout) and the output layer."""
     act = hp["activation"]
-    c1, c2, fc = hp["channels"]
     layers = []
-    _conv_block(layers, "c1", 1, c1, 3, 1, act)  # 28x28
-    _conv_block(layers, "c2", c1, c1, 3, 1, act)
-    layers.append({"type": "pool", "name": "p1"})  # 14x14
-    _conv_block(layers, "c3", c1, c2, 3, 1, act)
-    _conv_block(layers, "c4", c2, c2, 3, 1, act)
-    layers.append({"type": "pool", "name": "p2"})  # 7x7
-    layers += [
-        {"type": "flatten", "name": "flat"},
-        {"type": "dense", "name": "fc", "in": 7 * 7 * c2, "out": fc, "init": "he"},
-        {"type": "bn", "name": "fcbn", "c": fc},
-        {"type": "act", "name": "fca", "fn": act},
-    ]
-    if hp["dropout"] > 0:
-        layers.append({"type": "dropout", "name": "drop", "p": hp["dropout"]})
-    layers.append({"type": "dense", "name": "out", "in": fc, "out": N_CLASSES, "init": "xavier"})
+    side, c = IMAGE_SIDE, 1
+    flat = None
+    for i, op in enumerate(parse_plan(hp["plan"]), 1):
+        if op[0] == "conv":
+            _, f, k, pad = op
+            side = side + 2 * pad - k + 1
+            if flat is not None or side < 1:
+                raise ValueError(f"cnn plan {hp['plan']!r} has a conv after fc or shrinks the image to nothing")
+            layers += [
+                {"type": "conv", "name": f"c{i}", "cin": c, "cout": f, "k": k, "pad": pad, "init": "he",
+                 "bias": False},  # BatchNorm's beta does a bias's job
+                {"type": "bn", "name": f"c{i}bn", "c": f},
+                {"type": "act", "name": f"c{i}a", "fn": act},
+            ]
+            c = f
+        elif op[0] == "pool":
+            if side % 2:
+                raise ValueError(f"cnn plan {hp['plan']!r} pools an odd side of {side}")
+            # pool before the activation: max and ReLU commute, and the ReLU then sees 4x fewer values
+            at = len(layers) - 1 if layers and layers[-1]["type"] == "act" else len(layers)
+            layers.insert(at, {"type": "pool", "name": f"p{i}"})
+            side //= 2
+        else:
+            if flat is None:
+                layers.append({"type": "flatten", "name": "flat"})
+                flat = side * side * c
+            layers += [
+                {"type": "dense", "name": f"fc{i}", "in": flat, "out": op[1], "init": "he"},
+                {"type": "bn", "name": f"fc{i}bn", "c": op[1]},
+                {"type": "act", "name": f"fc{i}a", "fn": act},
+            ]
+            if hp["dropout"] > 0:
+                layers.append({"type": "dropout", "name": f"drop{i}", "p": hp["dropout"]})
+            flat = op[1]
+    if flat is None:
+        layers.append({"type": "flatten", "name": "flat"})
+        flat = side * side * c
+    layers.append({"type": "dense", "name": "out", "in": flat, "out": N_CLASSES, "init": "xavier"})
     return {"name": "cnn", "input_shape": [IMAGE_SIDE, IMAGE_SIDE, 1], "layers": layers}
 
 
@@ -78,7 +114,7 @@ DEFAULTS = {
     "cnn": dict(epochs=15, batch_size=128, lr=3e-3, optimizer="adamw", schedule="onecycle",
                 weight_decay=1e-4, hidden=(), activation="relu", dropout=0.3,
                 label_smoothing=0.0, augment="shift=2,rotate=10,zoom=0.1,elastic=0",
-                channels=(32, 64, 256)),
+                plan="32c5-p-64c5-p-fc128"),
     "seed": dict(epochs=500, batch_size=None, lr=0.5, optimizer="sgd", schedule="constant",
                  weight_decay=0.0, hidden=(10,), activation="tanh", dropout=0.0,
                  label_smoothing=0.0, augment="none"),
