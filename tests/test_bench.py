@@ -1,0 +1,91 @@
+"""Smoke tests of scripts/bench.py on a tiny synthetic zip: it runs without torch and ends with
+one JSON line holding every figure the README table is built from."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import make_competition_zip
+
+REPO = Path(__file__).resolve().parent.parent
+SCRIPT = REPO / "scripts" / "bench.py"
+REQUIRED = ("mlp_samples_per_s", "torch_mlp_samples_per_s", "mlp_speedup_vs_torch",
+            "mlp_fraction_of_sgemm_peak", "cnn_epoch_s", "torch_cnn_epoch_s",
+            "cnn_time_ratio_vs_torch", "predict_28000_s", "load_csv_s", "noop_submit_s",
+            "peak_rss_mb")
+TINY = ["--skip-torch", "--threads", "1", "--epochs", "1", "--rows", "256", "--cnn-rows", "64",
+        "--sgemm-n", "128"]
+
+
+def run_bench(args, timeout=300):
+    env = {k: v for k, v in os.environ.items() if k != "DIGITS_ROOT"}
+    proc = subprocess.run([sys.executable, str(SCRIPT), *args], capture_output=True, text=True,
+                          timeout=timeout, env=env, cwd=REPO)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc
+
+
+@pytest.fixture(scope="module")
+def tiny_zip(tmp_path_factory):
+    return make_competition_zip(tmp_path_factory.mktemp("bench") / "digit-recognizer.zip",
+                                n_train=300, n_test=40)
+
+
+def test_json_line_has_every_figure_without_torch(tiny_zip):
+    # the last stdout line is one JSON object with every required key; torch figures are null
+    proc = run_bench(["--zip", str(tiny_zip), "--skip-submit", *TINY], timeout=120)
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert set(REQUIRED) <= set(result)
+    assert result["torch"] is None
+    for key in ("torch_mlp_samples_per_s", "mlp_speedup_vs_torch", "torch_cnn_epoch_s",
+                "cnn_time_ratio_vs_torch", "noop_submit_s", "peak_rss_mb"):
+        assert result[key] is None, key
+    for key in ("mlp_samples_per_s", "mlp_fraction_of_sgemm_peak", "cnn_epoch_s",
+                "predict_28000_s", "load_csv_s", "sgemm_gflops"):
+        assert result[key] > 0, key
+    assert result["threads"] == 1 and result["mlp_rows"] == 256 and result["cnn_rows"] == 64
+    assert result["targets_met"]["mlp_speedup_vs_torch"] is None
+    assert "MLP train samples/s" in proc.stdout  # the table precedes the JSON line
+
+
+def test_scratch_submit_measures_noop_and_memory(tiny_zip):
+    # the scratch `make submit` runs every stage once, then times a no-op rerun
+    proc = run_bench(["--zip", str(tiny_zip), "--submit-model", "mlp", *TINY])
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert result["submit_model"] == "mlp"
+    assert 0 < result["noop_submit_s"] < 60
+    assert 10 < result["peak_rss_mb"] < 4096
+
+
+def test_macs_per_sample_counts_dense_and_conv_layers():
+    # the FLOP count behind the *_fraction_of_sgemm_peak figures, against hand counts
+    sys.path.insert(0, str(SCRIPT.parent))
+    import bench
+
+    from pipeline.config import TrainConfig
+    from pipeline.nn.models import build_spec
+    from pipeline.train import hyperparameters
+    mlp = build_spec("mlp", hyperparameters(TrainConfig(**bench.MLP)))
+    assert bench.macs_per_sample(mlp) == 784 * 256 + 256 * 128 + 128 * 10
+    conv = {"input_shape": [28, 28, 1], "layers": [
+        {"type": "conv", "cin": 1, "cout": 8, "k": 5, "pad": 0},  # 24x24
+        {"type": "pool"},  # 12x12
+        {"type": "conv", "cin": 8, "cout": 16, "k": 3, "pad": 1},  # 12x12
+        {"type": "flatten"},
+        {"type": "dense", "in": 12 * 12 * 16, "out": 10}]}
+    expected = 24 * 24 * 25 * 8 + 12 * 12 * 9 * 8 * 16 + 12 * 12 * 16 * 10
+    assert bench.macs_per_sample(conv) == expected
+
+
+def test_bad_sizes_are_refused():
+    # a non-positive size is a usage error (exit 2) naming the option
+    proc = subprocess.run([sys.executable, str(SCRIPT), "--epochs", "-1"], capture_output=True,
+                          text=True, timeout=60, cwd=REPO)
+    assert proc.returncode == 2
+    assert "--epochs must be > 0" in proc.stderr
