@@ -324,6 +324,55 @@ def run(obj, mirror, **kw):
     _summary(stages.validate(paths))
 
 
+@cli.command()
+@options(PREDICT_OPTIONS)
+@click.pass_obj
+@locked
+def report(obj, **kw):
+    """Write data/reports/<run>/: learning curves, dev confusion matrix, the most confident
+    mistakes, what the first layer learned, test class shares, and a report.md tying them to the
+    run's parameters and metrics. Reused (quick) when the current model already has one."""
+    from . import stages
+    out = stages.report(obj["paths"], predict_config(kw))
+    click.echo(f"report: {out['path'] / 'report.md'}")
+
+
+@cli.command()
+@click.option("-n", "--last", type=click.IntRange(min=1), default=None,
+              help="Show only the last N runs.")
+@click.pass_obj
+def runs(obj, last):
+    """Past training runs, oldest first: when, model, dev accuracy, training time and the
+    options changed from their defaults (data/runs.jsonl)."""
+    from .report import read_runs, runs_table
+    rows = read_runs(obj["paths"].runs)
+    click.echo(runs_table(rows[-last:] if last else rows) if rows else
+               "no training runs recorded yet; run `make train`")
+
+
+@cli.command()
+@click.argument("n", type=click.IntRange(min=1))
+@click.option("--train", "from_train", is_flag=True,
+              help="Show row N of train.csv, with its label, instead of test.csv.")
+@click.pass_obj
+def show(obj, n, from_train):
+    """Print test digit N (its ImageId, from 1) as text art with the model's prediction and
+    top-3 probabilities."""
+    from . import glance
+    click.echo(glance.describe(glance.show(obj["paths"], n, train=from_train)))
+
+
+@cli.command("predict-image")
+@click.argument("image", type=click.Path(dir_okay=False, path_type=Path))
+@click.pass_obj
+def predict_image(obj, image):
+    """Classify your own handwritten digit: a PNG of any size, dark-on-light or light-on-dark,
+    prepared the way MNIST digits were (grayscale, cropped, scaled into 20x20, centered by mass
+    in 28x28)."""
+    from . import glance
+    click.echo(glance.describe(glance.predict_image(obj["paths"], image), top=10))
+
+
 def _summary(result: dict) -> None:
     model = f" ({result['model']})" if result.get("model") else ""
     click.echo(f"{result['path']}: valid, {result['rows']} rows, dev accuracy "

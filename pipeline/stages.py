@@ -37,6 +37,7 @@ STAGE_CODE = {
     "normalize": ("preprocess.py",),
     "train": ("train.py", "nn", "preprocess.py"),
     "predict": ("predict.py", "nn", "preprocess.py"),
+    "report": ("report.py", "figures.py", "predict.py", "nn", "preprocess.py"),
 }
 
 
@@ -151,6 +152,12 @@ def cached_call(stage: str, func, paths: Paths, *, inputs: dict[str, str], param
     last = paths.cache / "last" / f"{stage}.json"
     write_json(last, key)
     return result
+
+
+def in_cache(stage: str, func, paths: Paths, *, inputs: dict[str, str], params: dict) -> bool:
+    """Whether `cached_call` with these inputs and params would reuse a stored result."""
+    cached = memory(paths).cache(func, ignore=["files"])
+    return cached.check_call_in_cache({}, inputs, params, _combined(code_digests(stage)))
 
 
 # ----------------------------------------------------------------------------- the stages
@@ -279,7 +286,7 @@ def train(paths: Paths, cfg: TrainConfig, *, progress: bool = True) -> dict:
     inputs = {name: file_digest(Path(p), paths) for name, p in
               (("digits.npz", files["parsed"]), ("split.npz", files["split"]),
                ("normalizer.json", files["normalizer"]))}
-    results = []
+    results, computed = [], []
     for k in range(cfg.ensemble):
         member = cfg.replace(seed=cfg.seed + k, ensemble=1)
         params = asdict(member)
@@ -287,6 +294,7 @@ def train(paths: Paths, cfg: TrainConfig, *, progress: bool = True) -> dict:
         member_files = {**files, "checkpoint": str(paths.checkpoints / f"{key[:16]}.npz")}
         label = f" (model {k + 1}/{cfg.ensemble}, seed {member.seed})" if cfg.ensemble > 1 else ""
         start = time.perf_counter()
+        computed.append(not in_cache("train", _train, paths, inputs=inputs, params=params))
         result = cached_call("train", _train, paths, inputs=inputs,
                              params=params,
                              files={**member_files, "progress": progress}, label=label)
@@ -297,6 +305,10 @@ def train(paths: Paths, cfg: TrainConfig, *, progress: bool = True) -> dict:
     write_json(paths.history, [{"seed": m.seed, "best_epoch": r.best_epoch, "epochs": r.history}
                                for m, r, _ in results])
     write_json(paths.metrics, metrics)
+    if any(computed):  # one line of run history per training done, none for a cache reuse
+        from .fileio import append_line
+        from .report import run_record, utc_now
+        append_line(paths.runs, json.dumps(run_record(metrics, utc_now()), sort_keys=True))
     return metrics
 
 
@@ -307,16 +319,19 @@ def _train_metrics(cfg: TrainConfig, results, paths: Paths) -> dict:
         y_dev = np.load(paths.parsed, allow_pickle=False)["train_y"][split["dev_idx"]]
     members = [{"seed": m.seed, "dev_accuracy": r.dev_accuracy, "best_epoch": r.best_epoch,
                 "train_seconds": round(r.seconds, 2)} for m, r, _ in results]
-    dev_accuracy = None
+    dev_accuracy, dev = None, {}
     if y_dev is not None:
+        from .report import dev_metrics
         proba = np.mean([r.dev_proba for _, r, _ in results], axis=0)  # (n_dev, 10)
         dev_accuracy = float(np.mean(proba.argmax(1) == y_dev))
+        dev = dev_metrics(y_dev, proba)  # dev_loss, dev_size, per_class precision/recall
     params = asdict(cfg)
     return {"model": cfg.model, "params": params,
             "params_digest": hashlib.sha256(json.dumps(params, sort_keys=True).encode()
                                             ).hexdigest()[:12],
             "dev_accuracy": dev_accuracy, "members": members,
-            "train_seconds": round(sum(r.seconds for _, r, _ in results), 2)}
+            "train_seconds": round(sum(r.seconds for _, r, _ in results), 2),
+            "hyperparameters": results[0][1].hyperparameters, **dev}
 
 
 def predict(paths: Paths, cfg: PredictConfig) -> dict:
@@ -353,6 +368,42 @@ def validate(paths: Paths, path: Path | None = None) -> dict:
     metrics = _read_json_or_empty(paths.metrics)
     return {"path": path, "rows": len(labels), "sha256": sha256_file(path),
             "dev_accuracy": metrics.get("dev_accuracy"), "model": metrics.get("model")}
+
+
+def report(paths: Paths, cfg: PredictConfig) -> dict:
+    """Write data/reports/<run>/ (figures, report.md, metrics.json) explaining the trained model;
+    reuse an existing report made from the same files, parameters and code."""
+    from . import report as report_mod
+    files = {"model.npz": _require(paths.model, "make train", paths),
+             "history.json": _require(paths.history, "make train", paths),
+             "metrics.json": _require(paths.metrics, "make train", paths),
+             "digits.npz": _require(paths.parsed, "make data", paths),
+             "split.npz": _require(paths.split, "make split", paths),
+             "normalizer.json": _require(paths.normalizer, "make normalize", paths)}
+    inputs = {name: file_digest(p, paths) for name, p in files.items()}
+    key = {"inputs": inputs, "predict": asdict(cfg), "code": code_digests("report")}
+    found = report_mod.find_report(paths.reports, key)
+    if found is not None:
+        log.info("report: reused %s", _rel(found, paths))
+        return {"path": found, "reused": True}
+    log.info("report: drawing the figures")
+    from .nn import load_models
+    from .preprocess import normalize as apply_normalizer
+    test_proba = cached_call(
+        "predict", _predict, paths, params=asdict(cfg),
+        inputs={k: inputs[k] for k in ("model.npz", "digits.npz", "normalizer.json")},
+        files={"model": str(files["model.npz"]), "parsed": str(files["digits.npz"]),
+               "normalizer": str(files["normalizer.json"])})
+    parsed, dev_idx = read_npz(files["digits.npz"]), read_npz(files["split.npz"])["dev_idx"]
+    dev_pixels = parsed["train_x"][dev_idx]  # (n_dev, 784) uint8
+    out = report_mod.write_report(paths.reports, report_mod.ReportInputs(
+        models=load_models(files["model.npz"]), history=read_json(files["history.json"]),
+        metrics=read_json(files["metrics.json"]), dev_pixels=dev_pixels,
+        dev_x=apply_normalizer(dev_pixels, read_json(files["normalizer.json"])),
+        dev_y=parsed["train_y"][dev_idx], train_y=parsed["train_y"], test_proba=test_proba,
+        key=key))
+    log.info("report: wrote %s", _rel(out, paths))
+    return {"path": out, "reused": False}
 
 
 def _require(path: Path, make_target: str, paths: Paths) -> Path:

@@ -1,0 +1,182 @@
+"""The report's figures as PNG files, drawn with matplotlib's Agg backend (no display needed).
+
+Each function takes plain arrays and dicts, draws one figure of a fixed pixel size (FIGSIZE at
+DPI, never cropped) and saves it to the path it is given. What to draw (which rows, which layer)
+is decided in `report.py`; reading project files is not done here.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from .config import IMAGE_SIDE, N_CLASSES
+
+DPI = 100
+FIGSIZE = {  # inches; at DPI these are the PNGs' pixel sizes (width x height / 100)
+    "learning_curves": (11, 4),
+    "confusion": (15, 5),
+    "mistakes": (10, 7),
+    "weights": (8, 8),
+    "filters": (8, 4),
+    "feature_maps": (8, 4),
+    "class_distribution": (8, 4),
+}
+
+
+def _pyplot():
+    import matplotlib
+    matplotlib.use("Agg", force=True)
+    import matplotlib.pyplot as plt
+    return plt
+
+
+def _save(fig, path: Path) -> Path:
+    fig.savefig(path, dpi=DPI, format="png")
+    _pyplot().close(fig)
+    return Path(path)
+
+
+def _figure(name: str, *args, **kwargs):
+    return _pyplot().subplots(*args, figsize=FIGSIZE[name], dpi=DPI, **kwargs)
+
+
+def learning_curves(members: list[dict], path: Path) -> Path:
+    """Train/dev loss and accuracy per epoch, the learning rate on a second axis.
+
+    members: one {"seed", "best_epoch", "epochs": [{"epoch", "train_loss", "dev_loss",
+    "train_acc", "dev_acc", "lr"}, ...]} per ensemble member (history.json).
+    """
+    fig, (ax_loss, ax_acc) = _figure("learning_curves", 1, 2, layout="constrained")
+    for i, m in enumerate(members):
+        rows = m["epochs"]
+        ep = [r["epoch"] for r in rows]
+        tag = f" (seed {m['seed']})" if len(members) > 1 else ""
+        alpha = 1.0 if i == 0 else 0.4
+        for ax, key in ((ax_loss, "loss"), (ax_acc, "acc")):
+            ax.plot(ep, [r[f"train_{key}"] for r in rows], "o-", color="C0", alpha=alpha,
+                    label=f"train{tag}", markersize=3)
+            dev = [np.nan if r.get(f"dev_{key}") is None else r[f"dev_{key}"] for r in rows]
+            if not np.all(np.isnan(dev)):
+                ax.plot(ep, dev, "s-", color="C1", alpha=alpha, label=f"dev{tag}", markersize=3)
+        if i == 0 and m.get("best_epoch"):
+            for ax in (ax_loss, ax_acc):
+                ax.axvline(m["best_epoch"], color="gray", linestyle=":", linewidth=1)
+    from matplotlib.ticker import MaxNLocator
+    for ax, title in ((ax_loss, "loss (cross-entropy)"), (ax_acc, "accuracy")):
+        ax.set_xlabel("epoch")
+        ax.set_title(title)
+        ax.grid(alpha=0.3)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    rows = members[0]["epochs"]
+    lr_ax = ax_loss.twinx()  # the learning rate on a second axis of the loss panel
+    lr_ax.plot([r["epoch"] for r in rows], [r["lr"] for r in rows], "--", color="C2",
+               linewidth=1, label="learning rate (end of epoch)")
+    lr_ax.set_ylabel("learning rate", color="C2")
+    lr_ax.tick_params(axis="y", colors="C2")
+    lr_ax.ticklabel_format(axis="y", style="sci", scilimits=(-2, 3))
+    lines, labels = ax_loss.get_legend_handles_labels()
+    lr_lines, lr_labels = lr_ax.get_legend_handles_labels()
+    ax_loss.legend(lines + lr_lines, labels + lr_labels, fontsize=8, loc="upper right")
+    ax_acc.legend(fontsize=8, loc="lower right")
+    ax_loss.set_ylabel("loss")
+    ax_acc.set_ylabel("accuracy")
+    fig.suptitle("learning curves (dotted line: the epoch kept)")
+    return _save(fig, path)
+
+
+def confusion(cm: np.ndarray, precision: np.ndarray, recall: np.ndarray, path: Path) -> Path:
+    """Confusion matrix (rows true, columns predicted) as counts and row-normalized, and
+    per-class precision and recall as bars."""
+    fig, (ax_n, ax_r, ax_pr) = _figure("confusion", 1, 3, layout="constrained")
+    row_sums = np.maximum(cm.sum(axis=1, keepdims=True), 1)
+    normalized = cm / row_sums  # (10, 10) share of each true class
+    for ax, values, title, fmt in ((ax_n, cm, "counts", "{:d}"),
+                                   (ax_r, 100 * normalized,
+                                    "% of each true digit (recall on the diagonal)", "{:.1f}")):
+        shown = np.log1p(cm) if values is cm else normalized  # log: the errors stay visible
+        ax.imshow(shown, cmap="Blues")
+        for (i, j), v in np.ndenumerate(values):
+            if cm[i, j]:
+                dark = shown[i, j] > 0.6 * shown.max()
+                ax.text(j, i, fmt.format(int(v) if values is cm else float(v)), ha="center",
+                        va="center", fontsize=7, color="white" if dark else "black")
+        ax.set_xticks(range(N_CLASSES))
+        ax.set_yticks(range(N_CLASSES))
+        ax.set_xlabel("predicted")
+        ax.set_ylabel("true")
+        ax.set_title(title)
+    k = np.arange(N_CLASSES)
+    ax_pr.bar(k - 0.2, precision, width=0.4, label="precision")
+    ax_pr.bar(k + 0.2, recall, width=0.4, label="recall")
+    low = float(min(np.min(precision), np.min(recall)))
+    ax_pr.set_ylim(max(0.0, low - 0.05), 1.0)
+    ax_pr.set_xticks(k)
+    ax_pr.set_xlabel("class")
+    ax_pr.set_title("per-class precision and recall")
+    ax_pr.legend(fontsize=8, loc="lower right")
+    ax_pr.grid(axis="y", alpha=0.3)
+    fig.suptitle(f"dev confusion matrix ({int(cm.sum())} digits)")
+    return _save(fig, path)
+
+
+def digit_grid(images: np.ndarray, titles: list[str], path: Path, *, title: str,
+               name: str = "mistakes", cols: int = 8) -> Path:
+    """(n, 784) uint8 digits in a grid, each with its title; empty cells when n < rows*cols."""
+    n = len(images)
+    rows = max(1, int(np.ceil(n / cols)))
+    fig, axes = _figure(name, rows, cols, squeeze=False)
+    for ax in axes.flat:
+        ax.axis("off")
+    for ax, img, t in zip(axes.flat, images, titles):
+        ax.imshow(np.asarray(img).reshape(IMAGE_SIDE, IMAGE_SIDE), cmap="gray_r", vmin=0, vmax=255)
+        ax.set_title(t, fontsize=8)
+    if n == 0:
+        axes.flat[0].text(0.5, 0.5, "no mistakes on dev", ha="center", va="center")
+    fig.suptitle(title)
+    fig.subplots_adjust(left=0.02, right=0.98, bottom=0.02, top=0.88, hspace=0.5)
+    return _save(fig, path)
+
+
+def tiles(maps: np.ndarray, path: Path, *, title: str, name: str, diverging: bool = True,
+          labels: list[str] | None = None) -> Path:
+    """(n, h, w) maps as a grid of small images: weights in a diverging map centered on 0
+    (red positive, blue negative), activations in grayscale."""
+    n = len(maps)
+    cols = int(np.ceil(np.sqrt(n * 2))) if name != "weights" else int(np.ceil(np.sqrt(n)))
+    rows = max(1, int(np.ceil(n / cols)))
+    fig, axes = _figure(name, rows, cols, squeeze=False)
+    for ax in axes.flat:
+        ax.axis("off")
+    for i, (ax, m) in enumerate(zip(axes.flat, maps)):
+        if diverging:
+            v = float(np.abs(m).max()) or 1.0
+            ax.imshow(m, cmap="RdBu_r", vmin=-v, vmax=v)
+        else:
+            ax.imshow(m, cmap="gray", vmin=0, vmax=float(m.max()) or 1.0)
+        if labels is not None:
+            ax.set_title(labels[i], fontsize=7)
+    fig.suptitle(title)
+    fig.subplots_adjust(left=0.02, right=0.98, bottom=0.02, top=0.9, wspace=0.1, hspace=0.3)
+    return _save(fig, path)
+
+
+def class_distribution(train_share: np.ndarray, test_share: np.ndarray, path: Path) -> Path:
+    """Share of each class among the train labels and among the predictions on test.csv."""
+    fig, ax = _figure("class_distribution", layout="constrained")
+    k = np.arange(N_CLASSES)
+    ax.bar(k - 0.2, 100 * train_share, width=0.4, label="train.csv labels")
+    ax.bar(k + 0.2, 100 * test_share, width=0.4, label="predicted on test.csv")
+    ax.axhline(100 / N_CLASSES, color="gray", linestyle=":", linewidth=1)
+    ax.set_xticks(k)
+    ax.set_xlabel("digit")
+    ax.set_ylabel("% of rows")
+    ax.set_title("class distribution")
+    ax.legend(fontsize=8)
+    ax.grid(axis="y", alpha=0.3)
+    return _save(fig, path)
+
+
+__all__ = ["DPI", "FIGSIZE", "class_distribution", "confusion", "digit_grid", "learning_curves",
+           "tiles"]
