@@ -7,8 +7,10 @@ exit code 1; bad usage is click's exit code 2. The library below never sees clic
 
 from __future__ import annotations
 
+import errno
 import functools
 import logging
+import math
 import os
 import sys
 from pathlib import Path
@@ -40,13 +42,23 @@ class Hidden(click.ParamType):
         return sizes
 
 
+class FiniteRange(click.FloatRange):
+    """A FloatRange that also refuses nan and inf (which compare False to every bound)."""
+
+    def convert(self, value, param, ctx):
+        value = super().convert(value, param, ctx)
+        if not math.isfinite(value):
+            self.fail(f"{value} is not a finite number.", param, ctx)
+        return value
+
+
 def positive(kind=float):
-    return (click.FloatRange(min=0, min_open=True) if kind is float
+    return (FiniteRange(min=0, min_open=True) if kind is float
             else click.IntRange(min=1))
 
 
 SPLIT_OPTIONS = [
-    click.option("--dev-fraction", type=click.FloatRange(0, 1, min_open=True, max_open=True),
+    click.option("--dev-fraction", type=FiniteRange(0, 1, min_open=True, max_open=True),
                  default=SplitConfig.dev_fraction, show_default=True,
                  help="Share of train.csv held out (stratified) to measure accuracy."),
     click.option("--split-seed", type=int, default=SplitConfig.seed, show_default=True,
@@ -69,15 +81,15 @@ TRAIN_OPTIONS = [
                  help="Optimizer. [default: the model's own]"),
     click.option("--schedule", type=click.Choice(SCHEDULES), default=None,
                  help="Learning-rate schedule. [default: the model's own]"),
-    click.option("--weight-decay", type=click.FloatRange(min=0), default=None,
+    click.option("--weight-decay", type=FiniteRange(min=0), default=None,
                  help="Decoupled weight decay, >= 0. [default: the model's own]"),
     click.option("--hidden", type=Hidden(), default=None,
                  help="MLP hidden layer sizes, e.g. 256,128. [default: the model's own]"),
     click.option("--activation", type=click.Choice(ACTIVATIONS), default=None,
                  help="MLP activation. [default: the model's own]"),
-    click.option("--dropout", type=click.FloatRange(0, 1, max_open=True), default=None,
+    click.option("--dropout", type=FiniteRange(0, 1, max_open=True), default=None,
                  help="Dropout rate in [0, 1). [default: the model's own]"),
-    click.option("--label-smoothing", type=click.FloatRange(0, 1, max_open=True), default=None,
+    click.option("--label-smoothing", type=FiniteRange(0, 1, max_open=True), default=None,
                  help="Label smoothing in [0, 1). [default: the model's own]"),
     click.option("--augment", type=str, default=None,
                  help='Augmentation: "none", "default" or e.g. "shift=2,rotate=10,zoom=0.1,'
@@ -89,6 +101,9 @@ TRAIN_OPTIONS = [
                  help="Retrain on all labelled rows for the chosen number of epochs."),
     click.option("--seed", type=int, default=TrainConfig.seed, show_default=True,
                  help="Seed of initialization, shuffling and augmentation."),
+    click.option("--resume/--no-resume", default=True, show_default=True,
+                 help="Continue an interrupted training from its last epoch checkpoint (the "
+                      "result equals an uninterrupted run); --no-resume starts afresh."),
     click.option("--ensemble", type=positive(int), default=TrainConfig.ensemble,
                  show_default=True, help="Train this many models (seeds seed, seed+1, ...) "
                                          "and average their probabilities."),
@@ -172,6 +187,9 @@ class UserFacingError(click.ClickException):
         click.echo(f"digits: error: {self.message}", err=True)
 
 
+DISK_FULL = (errno.ENOSPC, errno.EFBIG, errno.EDQUOT)
+
+
 class DigitsGroup(click.Group):
     """Turns the library's UserError (and Ctrl-C) into a message and exit code, not a traceback."""
 
@@ -183,6 +201,13 @@ class DigitsGroup(click.Group):
         except KeyboardInterrupt:
             raise UserFacingError("interrupted; finished outputs are intact, rerun to "
                                   "continue.", exit_code=130) from None
+        except OSError as e:
+            if e.errno not in DISK_FULL:
+                raise
+            where = f" writing {e.filename}" if e.filename else ""
+            raise UserFacingError(f"no space left (or file too large){where}: "
+                                  f"{os.strerror(e.errno)}. Earlier outputs are intact; free "
+                                  f"some space and rerun.") from None
 
 
 @click.group(cls=DigitsGroup, context_settings={"help_option_names": ["-h", "--help"],
@@ -249,7 +274,8 @@ def normalize(obj):
 def train(obj, **kw):
     """Train the network (or an ensemble) and save weights, history and metrics."""
     from . import stages
-    metrics = stages.train(obj["paths"], train_config(kw), progress=obj["progress"])
+    metrics = stages.train(obj["paths"], train_config(kw), progress=obj["progress"],
+                           resume=kw["resume"])
     click.echo(f"model: {obj['paths'].model} ({metrics['model']}, dev accuracy "
                f"{_pct(metrics['dev_accuracy'])})")
 
@@ -319,7 +345,7 @@ def run(obj, mirror, **kw):
     stages.download(paths, sources(mirror or default_mirror(paths.root)), progress=obj["progress"])
     stages.split(paths, split_config(kw))
     stages.normalize(paths)
-    stages.train(paths, train_cfg, progress=obj["progress"])
+    stages.train(paths, train_cfg, progress=obj["progress"], resume=kw["resume"])
     stages.predict(paths, predict_config(kw))
     _summary(stages.validate(paths))
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import io
 import zipfile
+import zlib
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
@@ -61,7 +62,7 @@ def check_zip(path: Path) -> None:
             bad = z.testzip()
     except zipfile.BadZipFile as e:
         raise DataError(f"{path} is not a valid zip file ({e}). {FIX_HINT}") from None
-    except (OSError, EOFError, zipfile.LargeZipFile, NotImplementedError) as e:
+    except (OSError, EOFError, zlib.error, zipfile.LargeZipFile, NotImplementedError) as e:
         raise DataError(f"{path} could not be read as a zip file ({e}). {FIX_HINT}") from None
     if bad is not None:
         raise DataError(f"{path}: member {bad} fails its CRC check (the file is corrupt). "
@@ -131,22 +132,29 @@ def read_csv(z: zipfile.ZipFile | None, member: str | Path, columns: tuple[str, 
             _check_header(name, header.split(","), columns)
             dtype = np.uint8 if max_value is not None and max_value <= 255 else np.int64
             chunks = []
-            reader = pd.read_csv(f, header=None, names=list(columns), chunksize=CHUNK_ROWS,
-                                 engine="c", skip_blank_lines=True)
+            # no names=: given names, pandas silently turns an extra leading value into an index
+            reader = pd.read_csv(f, header=None, chunksize=CHUNK_ROWS, engine="c",
+                                 skip_blank_lines=True)
             row0 = 0
             for chunk in _progress(reader, name, progress):
                 if chunk.empty:
                     continue
+                if chunk.shape[1] != len(columns):
+                    raise DataError(f"{name} row {row0 + 1}: {chunk.shape[1]} values, expected "
+                                    f"{len(columns)} (one per column of the header).")
+                chunk.columns = list(columns)
                 chunks.append(_check_chunk(name, chunk, row0, max_value).astype(dtype))
                 row0 += len(chunk)
     except DataError:
         raise
+    except pd.errors.EmptyDataError:  # a header and nothing after it
+        chunks = []
     except pd.errors.ParserError as e:
         raise DataError(f"{name}: malformed CSV ({_first_line(e)}); every row must have "
                         f"{len(columns)} comma-separated values.") from None
     except UnicodeDecodeError:
         raise DataError(f"{name} is not UTF-8 text; is it really a competition CSV?") from None
-    except (zipfile.BadZipFile, EOFError, OSError) as e:
+    except (zipfile.BadZipFile, EOFError, OSError, zlib.error) as e:
         raise DataError(f"{name} could not be read ({e}). {FIX_HINT}") from None
     if not chunks:
         raise DataError(f"{name} has a header but no rows.")
@@ -184,9 +192,15 @@ def _check_chunk(name: str, chunk: pd.DataFrame, row0: int, max_value: int | Non
         col = bad_cols[0]
         values = pd.to_numeric(chunk[col], errors="coerce")
         bad = ~(values.notna() & (values == values.round()))
-        row = int(np.argmax(bad.to_numpy())) if bad.any() else 0
-        raise DataError(f"{name} row {row0 + row + 1}, column {col}: {chunk[col].iloc[row]!r} "
-                        f"is not an integer (empty, NaN, decimal or text).")
+        if not bad.any():  # only integral decimals like 3.0 or 1e2: the cell cannot be told apart
+            raise DataError(f"{name} rows {row0 + 1}-{row0 + len(chunk)}, column {col}: values "
+                            f"that are not plain integers (decimals like 3.0, or too large); "
+                            f"expected integers.")
+        row = int(np.argmax(bad.to_numpy()))
+        cell = chunk[col].iloc[row]
+        shown = "an empty or NaN cell (a short row?)" if pd.isna(cell) else repr(str(cell))
+        raise DataError(f"{name} row {row0 + row + 1}, column {col}: {shown} is not an integer "
+                        f"(empty, NaN, decimal or text).")
     values = chunk.to_numpy(dtype=np.int64)  # (rows, columns)
     low = values < 0
     high = values > max_value if max_value is not None else np.zeros_like(low)

@@ -8,6 +8,7 @@ artifact where a later stage would read it. Nothing here knows about digits.
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import json
 import os
@@ -31,6 +32,12 @@ def atomic_path(path: Path) -> Iterator[Path]:
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
         os.replace(tmp, path)
+    except OSError as e:
+        tmp.unlink(missing_ok=True)
+        if e.errno in (errno.ENOSPC, errno.EFBIG, errno.EDQUOT) and not e.filename:
+            # a failed write() names no file; say which output could not be written
+            raise OSError(e.errno, os.strerror(e.errno), str(path)) from None
+        raise
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise

@@ -17,6 +17,7 @@ import logging
 import os
 import shutil
 import time
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,7 +26,9 @@ import numpy as np
 
 from . import data as data_mod
 from .config import ZIP_NAME, Paths, PredictConfig, SplitConfig, TrainConfig, UserError, asdict
-from .fileio import atomic_path, read_json, read_npz, sha256_file, write_json, write_npz
+from .fileio import (atomic_path, read_json, read_npz, sha256_file, write_json, write_npz,
+                     write_text)
+
 
 log = logging.getLogger("pipeline")
 
@@ -144,11 +147,14 @@ def cached_call(stage: str, func, paths: Paths, *, inputs: dict[str, str], param
     cached = memory(paths).cache(func, ignore=["files"])
     name = f"{stage}{label}"
     args = (files or {}, inputs, params, _combined(code))
+    result = None
     if cached.check_call_in_cache(*args):
-        log.info("%s: reused from cache", name)
+        result = _load_checked(cached, args, name, paths)
     else:
         log.info("%s: recomputing (%s)", name, _why(stage, key, paths))
-    result = cached(*args)
+    if result is None:
+        result = cached(*args)
+        write_text(_seal_path(cached.call_and_shelve(*args)), joblib.hash(result))
     last = paths.cache / "last" / f"{stage}.json"
     write_json(last, key)
     return result
@@ -158,6 +164,31 @@ def in_cache(stage: str, func, paths: Paths, *, inputs: dict[str, str], params: 
     """Whether `cached_call` with these inputs and params would reuse a stored result."""
     cached = memory(paths).cache(func, ignore=["files"])
     return cached.check_call_in_cache({}, inputs, params, _combined(code_digests(stage)))
+
+
+def _seal_path(shelved) -> Path:
+    """Beside a joblib entry's output.pkl: the digest of the result, written when stored."""
+    return Path(shelved.store_backend.location, shelved.func_id, shelved.args_id, "digest")
+
+
+def _load_checked(cached, args, name: str, paths: Paths):
+    """The cached result when it loads and matches its sealed digest; else None, after saying so
+    in one line and clearing the entry (a truncated or bit-flipped pickle is recomputed)."""
+    shelved = cached.call_and_shelve(*args)  # a reference; nothing is loaded yet
+    seal = _seal_path(shelved)
+    try:
+        result = shelved.get()
+        sealed = seal.read_text().strip() if seal.is_file() else None
+        problem = None if sealed == joblib.hash(result) else "its digest does not match"
+    except Exception as e:  # unpickling a damaged file can raise almost anything
+        problem = f"it cannot be read: {type(e).__name__}"
+    if problem is None:
+        log.info("%s: reused from cache", name)
+        return result
+    log.warning("%s: cache entry %s is corrupt (%s); recomputing", name,
+                _rel(seal.parent, paths), problem)
+    shelved.clear()
+    return None
 
 
 # ----------------------------------------------------------------------------- the stages
@@ -277,8 +308,12 @@ def normalize(paths: Paths) -> Path:
     return paths.normalizer
 
 
-def train(paths: Paths, cfg: TrainConfig, *, progress: bool = True) -> dict:
-    """Train cfg.ensemble models (seeds seed, seed+1, ...), save them together, write metrics."""
+def train(paths: Paths, cfg: TrainConfig, *, progress: bool = True, resume: bool = True) -> dict:
+    """Train cfg.ensemble models (seeds seed, seed+1, ...), save them together, write metrics.
+
+    Each model checkpoints every epoch; an interrupted run continues from its last checkpoint
+    (the same result as an uninterrupted run), unless `resume` is False.
+    """
     from .nn import save_models
     files = {"parsed": str(_require(paths.parsed, "make data", paths)),
              "split": str(_require(paths.split, "make split", paths)),
@@ -290,9 +325,11 @@ def train(paths: Paths, cfg: TrainConfig, *, progress: bool = True) -> dict:
     for k in range(cfg.ensemble):
         member = cfg.replace(seed=cfg.seed + k, ensemble=1)
         params = asdict(member)
-        key = hashlib.sha256(json.dumps([inputs, params], sort_keys=True).encode()).hexdigest()
+        key = hashlib.sha256(json.dumps([inputs, params, code_digests("train")],
+                                        sort_keys=True).encode()).hexdigest()
         member_files = {**files, "checkpoint": str(paths.checkpoints / f"{key[:16]}.npz")}
         label = f" (model {k + 1}/{cfg.ensemble}, seed {member.seed})" if cfg.ensemble > 1 else ""
+        _check_checkpoint(Path(member_files["checkpoint"]), resume, paths, f"train{label}")
         start = time.perf_counter()
         computed.append(not in_cache("train", _train, paths, inputs=inputs, params=params))
         result = cached_call("train", _train, paths, inputs=inputs,
@@ -310,6 +347,28 @@ def train(paths: Paths, cfg: TrainConfig, *, progress: bool = True) -> dict:
         from .report import run_record, utc_now
         append_line(paths.runs, json.dumps(run_record(metrics, utc_now()), sort_keys=True))
     return metrics
+
+
+def _check_checkpoint(path: Path, resume: bool, paths: Paths, name: str) -> None:
+    """Keep a readable checkpoint to resume from and say so; drop an unreadable one (or any,
+    without resume) so training starts afresh instead of failing."""
+    if not path.exists():
+        return
+    if not resume:
+        path.unlink()
+        log.info("%s: --no-resume: discarded the checkpoint %s", name, _rel(path, paths))
+        return
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            arrays = {k: z[k] for k in z.files}  # reads every member, checking its CRC
+        epoch, phase = int(arrays["epoch"]), int(arrays["phase"])
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as e:
+        path.unlink(missing_ok=True)
+        log.warning("%s: checkpoint %s is unreadable (%s); training from the start",
+                    name, _rel(path, paths), type(e).__name__)
+        return
+    log.info("%s: resuming from the checkpoint after epoch %d%s", name, epoch,
+             " of the refit" if phase else "")
 
 
 def _train_metrics(cfg: TrainConfig, results, paths: Paths) -> dict:

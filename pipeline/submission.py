@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import csv
 import json
+import re
 import shutil
 import time
 from pathlib import Path
@@ -20,6 +21,7 @@ from .config import N_CLASSES, N_TEST, UserError
 from .fileio import append_line, atomic_path, sha256_file
 
 HEADER = ("ImageId", "Label")
+_ASCII_DIGITS = re.compile(r"[0-9]+")  # str.isdigit() also accepts '²' and '٣'
 
 
 class SubmissionError(UserError):
@@ -52,7 +54,10 @@ def validate_submission(path: Path, image_ids: np.ndarray | None = None) -> np.n
     if not lines:
         raise SubmissionError(f"{path} is empty: expected the header ImageId,Label and "
                               f"{len(expected)} rows. {fix}")
-    rows = list(csv.reader(lines))
+    try:
+        rows = list(csv.reader(lines))
+    except csv.Error as e:  # e.g. a field over the csv module's 128 KiB limit
+        raise SubmissionError(f"{path} is not a plain CSV ({e}). {fix}") from None
     if tuple(rows[0]) != HEADER:
         raise SubmissionError(f"{path}: header is {','.join(rows[0])!r}, expected exactly "
                               f"'ImageId,Label'. {fix}")
@@ -67,11 +72,11 @@ def validate_submission(path: Path, image_ids: np.ndarray | None = None) -> np.n
             raise SubmissionError(f"{path} line {line}: {len(row)} values, expected 2 "
                                   f"(ImageId,Label). {fix}")
         image_id, label = row
-        if not image_id.isdigit() or int(image_id) != expected[i]:
+        if not _ASCII_DIGITS.fullmatch(image_id) or int(image_id) != expected[i]:
             raise SubmissionError(f"{path} line {line}: ImageId {image_id!r}, expected "
                                   f"{expected[i]} (ImageIds run 1..{len(expected)} in order, "
                                   f"each once). {fix}")
-        if not (label.isdigit() and len(label) == 1):
+        if not (_ASCII_DIGITS.fullmatch(label) and len(label) == 1):
             raise SubmissionError(f"{path} line {line}: Label {label!r} is not an integer "
                                   f"0-{N_CLASSES - 1}. {fix}")
         labels[i] = int(label)
