@@ -29,7 +29,6 @@ from .config import ZIP_NAME, Paths, PredictConfig, SplitConfig, TrainConfig, Us
 from .fileio import (atomic_path, read_json, read_npz, sha256_file, write_json, write_npz,
                      write_text)
 
-
 log = logging.getLogger("pipeline")
 
 PACKAGE = Path(__file__).resolve().parent
