@@ -119,7 +119,8 @@ def utc_now() -> dt.datetime:
 
 def run_name(metrics: dict, when: dt.datetime) -> str:
     """`<UTC time>-<model>-<params digest>`, e.g. 20240601T120301Z-cnn-68287b67f9bb."""
-    return f"{when:%Y%m%dT%H%M%SZ}-{metrics.get('model', 'model')}-{metrics.get('params_digest', 'na')}"
+    model, digest = metrics.get("model", "model"), metrics.get("params_digest", "na")
+    return f"{when:%Y%m%dT%H%M%SZ}-{model}-{digest}"
 
 
 def changed_params(params: dict) -> dict:
@@ -231,8 +232,9 @@ def write_report(reports: Path, inputs: ReportInputs, *, when: dt.datetime | Non
     try:
         dev_proba = predict_proba(inputs.models, inputs.dev_x)  # (N_dev, 10)
         facts = _draw(tmp, inputs, dev_proba)
+        seconds = round(time.perf_counter() - start, 2)
         run_metrics = {**inputs.metrics, "run": name,
-                       "report": {**facts["json"], "seconds": round(time.perf_counter() - start, 2)}}
+                       "report": {**facts["json"], "seconds": seconds}}
         _write(tmp / "metrics.json", json.dumps(run_metrics, indent=2, sort_keys=True) + "\n")
         _write(tmp / "report.md", markdown(name, when, inputs, facts))
         _write(tmp / KEY_FILE, json.dumps(inputs.key, sort_keys=True) + "\n")
@@ -376,7 +378,8 @@ def markdown(name: str, when: dt.datetime, inputs: ReportInputs, facts: dict) ->
             out.append(f"| {k} | `{_short(hp[k])}` | {'option' if k in changed else 'default'} |")
     for k in ("patience", "refit", "seed", "ensemble"):
         if k in params:
-            out.append(f"| {k} | `{_short(params[k])}` | {'option' if k in changed else 'default'} |")
+            by = "option" if k in changed else "default"
+            out.append(f"| {k} | `{_short(params[k])}` | {by} |")
     out += ["", "## Learning curves", "", f"![learning curves]({files['learning_curves']})", "",
             _curve_note(inputs.history), "",
             "## Confusion matrix (dev)", "", f"![confusion matrix]({files['confusion']})", "",
