@@ -34,8 +34,8 @@ def atomic_path(path: Path) -> Iterator[Path]:
         os.replace(tmp, path)
     except OSError as e:
         tmp.unlink(missing_ok=True)
-        if e.errno in (errno.ENOSPC, errno.EFBIG, errno.EDQUOT) and not e.filename:
-            # a failed write() names no file; say which output could not be written
+        if e.errno in (errno.ENOSPC, errno.EFBIG, errno.EDQUOT):
+            # write() names no file and shutil names the source: say which output failed
             raise OSError(e.errno, os.strerror(e.errno), str(path)) from None
         raise
     except BaseException:
