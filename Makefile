@@ -75,7 +75,7 @@ help: ## list the targets
 	@echo "  ACTIVATION DROPOUT AUGMENT PATIENCE REFIT=0|1 SEED=$(SEED) ENSEMBLE=$(ENSEMBLE) TTA=0|1"
 	@echo "  DEV_FRACTION=$(DEV_FRACTION) SPLIT_SEED MAX_TRAIN=rows MIRROR=dir MESSAGE='...' (see digits <stage> --help)"
 
-submit: validate ## everything: venv, data, split, normalize, train, predict, validate
+submit: validate report ## everything: venv, data, split, normalize, train, predict, validate, report
 
 # The virtual environment is a real file target: rebuilt only when setup.cfg changes.
 $(INSTALLED): setup.cfg pyproject.toml
@@ -114,6 +114,12 @@ $(SUBMISSION_FILE): $(MODEL_FILE) $(STAMPS)/predict.args
 
 validate: $(SUBMISSION_FILE) ## check the submission and print it with the dev accuracy
 	@$(DIGITS) validate $(SUBMISSION_FILE)
+
+# `digits report` reuses the report of an unchanged model; the stamp skips even that call.
+report: $(STAMPS)/report ## figures + report.md of the model in data/reports/<run>/ (also latest/)
+$(STAMPS)/report: $(SUBMISSION_FILE) $(SRC)
+	$(DIGITS) report $(PREDICT_ARGS)
+	@touch $@
 
 run: $(INSTALLED) ## all stages in one process (`digits run`), same caching as submit
 	$(DIGITS) run $(DOWNLOAD_ARGS) $(SPLIT_ARGS) $(TRAIN_ARGS) $(PREDICT_ARGS)

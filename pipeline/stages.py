@@ -442,6 +442,7 @@ def report(paths: Paths, cfg: PredictConfig) -> dict:
     key = {"inputs": inputs, "predict": asdict(cfg), "code": code_digests("report")}
     found = report_mod.find_report(paths.reports, key)
     if found is not None:
+        report_mod.point_latest(paths.reports, found.name)
         log.info("report: reused %s", _rel(found, paths))
         return {"path": found, "reused": True}
     log.info("report: drawing the figures")
