@@ -26,8 +26,7 @@ import numpy as np
 
 from . import data as data_mod
 from .config import ZIP_NAME, Paths, PredictConfig, SplitConfig, TrainConfig, UserError, asdict
-from .fileio import (atomic_path, read_json, read_npz, sha256_file, write_json, write_npz,
-                     write_text)
+from .fileio import atomic_path, read_json, read_npz, sha256_file, write_json, write_npz, write_text
 
 log = logging.getLogger("pipeline")
 
