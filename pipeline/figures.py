@@ -152,9 +152,9 @@ def tiles(maps: np.ndarray, path: Path, *, title: str, name: str, diverging: boo
     for i, (ax, m) in enumerate(zip(axes.flat, maps)):
         if diverging:
             v = float(np.abs(m).max()) or 1.0
-            ax.imshow(m, cmap="RdBu_r", vmin=-v, vmax=v)
+            ax.imshow(m, cmap="RdBu_r", vmin=-v, vmax=v, interpolation="nearest")
         else:
-            ax.imshow(m, cmap="gray", vmin=0, vmax=float(m.max()) or 1.0)
+            ax.imshow(m, cmap="gray", vmin=0, vmax=float(m.max()) or 1.0, interpolation="nearest")
         if labels is not None:
             ax.set_title(labels[i], fontsize=7)
     fig.suptitle(title)

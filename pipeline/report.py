@@ -395,7 +395,9 @@ def markdown(name: str, when: dt.datetime, inputs: ReportInputs, facts: dict) ->
     if "weights" in files:
         out += [f"![first-layer weights]({files['weights']})", "",
                 "Each tile is one first-layer unit's 784 weights drawn as a 28x28 image: the "
-                "pixels that push it on (red) or off (blue).", ""]
+                "pixels that push it on (red) or off (blue). A wide layer trained for a few "
+                "epochs moves little from its random start, so tiles that still look like noise "
+                "are expected; strokes and blobs emerge with longer training or fewer units.", ""]
     elif "filters" in files:
         out += [f"![conv filters]({files['filters']})", "",
                 f"![feature maps]({files['feature_maps']})", "",
@@ -425,9 +427,12 @@ def _curve_note(history: list[dict]) -> str:
             f"Last epoch: train loss {_num(last.get('train_loss'))}, "
             f"accuracy {_pct(last.get('train_acc'))}")
     if last.get("dev_loss") is not None:
-        note += (f"; dev loss {_num(last['dev_loss'])}, accuracy {_pct(last.get('dev_acc'))}. "
-                 + ("Dev loss above train loss by a wide margin means overfitting; "
-                    "both still falling means more epochs would help."))
+        note += f"; dev loss {_num(last['dev_loss'])}, accuracy {_pct(last.get('dev_acc'))}. "
+        if last["dev_loss"] < last.get("train_loss", 0):
+            note += ("Dev loss below train loss is normal here: train figures are measured on "
+                     "augmented batches with dropout on, which are harder than the dev rows. ")
+        note += ("Dev loss rising while train loss falls means overfitting; both still falling "
+                 "means more epochs would help")
     return note if note.endswith(".") else note + "."
 
 
