@@ -120,6 +120,20 @@ def test_run_history_has_one_line_per_computed_training(project):
     assert "hidden=32" in table
 
 
+@pytest.mark.parametrize("command", ["report", "runs", "show", "predict-image"])
+def test_commands_have_help(command, tmp_path):
+    # each reporting command documents itself
+    result = invoke(tmp_path, command, "--help")
+    assert result.exit_code == 0 and "Usage:" in result.output
+
+
+def test_runs_and_report_before_any_training(tmp_path):
+    # with nothing trained, `runs` says so and `report` names the missing step (exit 1)
+    assert "no training runs recorded yet" in invoke(tmp_path, "runs").output
+    result = invoke(tmp_path, "report")
+    assert result.exit_code == 1 and "make train" in result.output
+
+
 def test_show_prints_text_art_and_top3(project):
     # `show N` draws the digit in 28 text lines and names the prediction and 3 probabilities
     out = invoke(project, "show", "1").output.splitlines()
