@@ -108,7 +108,7 @@ ARCHITECTURES = {"mlp": mlp_spec, "cnn": cnn_spec, "seed": seed_spec}
 
 # Defaults per model. batch_size None = the whole training set (full-batch gradient descent).
 DEFAULTS = {
-    "mlp": dict(epochs=30, batch_size=128, lr=1e-3, optimizer="adamw", schedule="onecycle",
+    "mlp": dict(epochs=20, batch_size=128, lr=2e-3, optimizer="adamw", schedule="onecycle",
                 weight_decay=1e-4, hidden=(512, 256), activation="relu", dropout=0.1,
                 label_smoothing=0.0, augment="shift=2,rotate=10,zoom=0.1,elastic=0"),
     "cnn": dict(epochs=15, batch_size=128, lr=3e-3, optimizer="adamw", schedule="onecycle",
