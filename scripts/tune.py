@@ -24,6 +24,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from pipeline.config import TrainConfig  # noqa: E402
+from pipeline.nn import save_models  # noqa: E402
 from pipeline.predict import predict_proba  # noqa: E402
 from pipeline.train import train  # noqa: E402
 
@@ -80,9 +81,10 @@ def main():
     ap.add_argument("--hidden", type=str, help="comma-separated sizes")
     ap.add_argument("--tta", action="store_true")
     ap.add_argument("--no-progress", action="store_true")
+    ap.add_argument("--save", type=Path, help="directory to save each member as seed<k>.npz")
     a = ap.parse_args()
     fields = {k: v for k, v in vars(a).items() if v is not None and k not in
-              ("zip", "tta", "no_progress", "hidden")}
+              ("zip", "tta", "no_progress", "hidden", "save")}
     if a.hidden:
         fields["hidden"] = tuple(int(h) for h in a.hidden.split(","))
     cfg = TrainConfig(**fields)
@@ -92,6 +94,9 @@ def main():
         r = train(cfg.replace(seed=cfg.seed + k), xt, yt, xd, yd, progress=not a.no_progress)
         total += r.seconds
         models.append(r.model)
+        if a.save:
+            save_models(a.save / f"{cfg.model}-seed{cfg.seed + k}.npz", [r.model],
+                        extra={"history": r.history, "best_epoch": r.best_epoch, "seconds": r.seconds})
         for h in r.history:
             print(json.dumps({k2: round(v, 5) if isinstance(v, float) else v for k2, v in h.items()}))
         print(f"member {k}: seed {cfg.seed + k} best_epoch {r.best_epoch} dev_acc {r.dev_accuracy:.4f} "
@@ -99,6 +104,9 @@ def main():
     t = time.perf_counter()
     p = predict_proba(models, xd, tta=a.tta)
     acc = float((p.argmax(1) == yd).mean())
+    if a.tta is False and len(models) > 1:
+        singles = [float((predict_proba([m], xd).argmax(1) == yd).mean()) for m in models]
+        print("members' dev_acc:", " ".join(f"{v:.4f}" for v in singles))
     print(f"RESULT model={cfg.model} members={len(models)} tta={a.tta} dev_acc={acc:.4f} "
           f"train_seconds={total:.1f} predict_seconds={time.perf_counter() - t:.2f} hp={json.dumps(r.hyperparameters)}")
 

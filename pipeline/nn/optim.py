@@ -12,6 +12,8 @@ Hutter 2019). Learning rates come from `schedules.py`; this module only applies 
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 
@@ -86,21 +88,22 @@ def _nesterov(opt, theta, g, lr):
 
 def _adam_core(opt, theta, g, lr):
     # m <- b1 m + (1-b1) g ; v <- b2 v + (1-b2) g^2 ; theta -= lr * mhat / (sqrt(vhat) + eps)
+    # with mhat = m/bc1, vhat = v/bc2, computed as the identical
+    # theta -= (lr sqrt(bc2)/bc1) * m / (sqrt(v) + eps sqrt(bc2)): no bias-corrected copies.
     m, v, tmp = opt.state["m"], opt.state["v"], opt.tmp
     b1, b2, t = opt.beta1, opt.beta2, opt.t
-    m *= b1
-    np.multiply(g, 1.0 - b1, out=tmp)
+    np.subtract(g, m, out=tmp)  # m += (1-b1)(g - m)
+    tmp *= 1.0 - b1
     m += tmp
-    v *= b2
-    np.multiply(g, g, out=tmp)
-    tmp *= 1.0 - b2
-    v += tmp
+    np.multiply(g, g, out=g)  # v += (1-b2)(g^2 - v); g is scratch from here on
+    g -= v
+    g *= 1.0 - b2
+    v += g
     bc1, bc2 = 1.0 - b1 ** t, 1.0 - b2 ** t
     np.sqrt(v, out=tmp)
-    tmp *= 1.0 / np.sqrt(bc2)
-    tmp += opt.eps
+    tmp += opt.eps * math.sqrt(bc2)
     np.divide(m, tmp, out=tmp)
-    tmp *= lr / bc1
+    tmp *= lr * math.sqrt(bc2) / bc1
     theta -= tmp
 
 
