@@ -108,8 +108,10 @@ def parse_args(argv=None):
                    help="skip the scratch `make submit` (noop_submit_s, peak_rss_mb)")
     p.add_argument("--submit-model", choices=("cnn", "mlp"), default=None,
                    help="model of the scratch `make submit` (default cnn; --quick mlp)")
-    p.add_argument("--profile", choices=("mlp", "cnn"), default=None,
-                   help="instead of benchmarking, cProfile our training loop and print it")
+    p.add_argument("--profile", choices=("mlp", "cnn", "predict"), default=None,
+                   help="instead of benchmarking: per-layer times of one training step and a "
+                        "cProfile of train() (mlp, cnn), or a cProfile of predicting the test "
+                        "rows with the default cnn (predict)")
     p.add_argument("--seed", type=int, default=0)
     a = p.parse_args(argv)
     a.epochs = a.epochs or (1 if a.quick else 3)
@@ -374,6 +376,25 @@ def profile(args, x, y):
     print("\n".join(lines[next(i for i, t in enumerate(lines) if "ncalls" in t):]))
 
 
+def profile_predict(args, x_test):
+    from pipeline.nn.model import Model
+    model = Model(build_spec("cnn", hyperparameters(TrainConfig(**CNN))),
+                  rng=np.random.default_rng(args.seed))
+    predict_proba([model], x_test[:1000])
+    prof = cProfile.Profile()
+    t0 = time.perf_counter()
+    prof.enable()
+    predict_proba([model], x_test)
+    prof.disable()
+    seconds = time.perf_counter() - t0
+    out = io.StringIO()
+    pstats.Stats(prof, stream=out).sort_stats("tottime").print_stats(15)
+    print(f"cProfile of predict_proba, default cnn, {len(x_test)} rows, {args.threads} thread(s): "
+          f"{seconds:.3f} s")
+    lines = out.getvalue().splitlines()
+    print("\n".join(lines[next(i for i, t in enumerate(lines) if "ncalls" in t):]))
+
+
 def layer_times(model, hp, xb, yb, rng, repeats=20):
     """Median seconds of each layer's forward and backward in one training step (through the
     layer table of pipeline.nn.model), the output shape of each, and the rest of the step."""
@@ -515,6 +536,9 @@ def main(argv=None):
     if args.rows:
         x, y = x[:args.rows], y[:args.rows]
 
+    if args.profile == "predict":
+        profile_predict(args, x_test)
+        return 0
     if args.profile:
         profile(args, x, y)
         return 0
