@@ -335,9 +335,11 @@ def submissions(obj, offline):
 @cli.command()
 @MIRROR_OPTION
 @options(SPLIT_OPTIONS + TRAIN_OPTIONS + PREDICT_OPTIONS)
+@click.option("--report/--no-report", "with_report", default=True, show_default=True,
+              help="End with the report stage (figures and report.md under data/reports).")
 @click.pass_obj
 @locked
-def run(obj, mirror, **kw):
+def run(obj, mirror, with_report, **kw):
     """Run every stage in order (each reused from cache when nothing changed)."""
     from . import stages
     paths = obj["paths"]
@@ -348,6 +350,9 @@ def run(obj, mirror, **kw):
     stages.train(paths, train_cfg, progress=obj["progress"], resume=kw["resume"])
     stages.predict(paths, predict_config(kw))
     _summary(stages.validate(paths))
+    if with_report:
+        out = stages.report(paths, predict_config(kw))
+        click.echo(f"report: {out['path'] / 'report.md'}")
 
 
 @cli.command()
