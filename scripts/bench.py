@@ -19,11 +19,14 @@ It prints a table and, as its last line, one JSON object with every figure. What
   loading, no model build), after a one-epoch warm-up on 1024 rows. The torch twin is built
   layer by layer from the same spec and trained with the same loop shape (shuffle, gather the
   batch, forward, loss, backward, step, read back loss and accuracy) and the same thread count.
+  The two take turns epoch by epoch (ours, torch, ours, ...), so a change in load hits both;
+  each of our epochs is a one-epoch train() call on a fresh model.
   mlp_fraction_of_sgemm_peak = samples/s * 6 * MACs per sample / sgemm rate (forward 2 FLOP per
   multiply-add, backward 4; the first layer's unneeded input gradient is counted too).
 - cnn_*: the default `cnn` (its DEFAULTS architecture, batch size and AdamW) with a constant
   learning rate and no augmentation (the torch twin has none), timed on the first --cnn-rows
-  rows and scaled to one 42000-row epoch; cnn_time_ratio_vs_torch = ours / torch.
+  rows (fastest of --cnn-epochs, taking turns as above) and scaled to one 42000-row epoch;
+  cnn_time_ratio_vs_torch = ours / torch.
 - predict_28000_s: `pipeline.predict.predict_proba` of the CNN just trained on the 28000 test
   rows (batch 1000, no TTA), best of two after a warm-up.
 - noop_submit_s, peak_rss_mb: in a scratch copy of the repo (the package, Makefile, setup files
@@ -98,6 +101,8 @@ def parse_args(argv=None):
     p.add_argument("--epochs", type=int, default=None, help="timed MLP epochs (default 3)")
     p.add_argument("--rows", type=int, default=None,
                    help="train.csv rows for the MLP (default all; --quick 8192)")
+    p.add_argument("--cnn-epochs", type=int, default=1,
+                   help="timed CNN epochs, each on --cnn-rows rows (default 1)")
     p.add_argument("--cnn-rows", type=int, default=None,
                    help="rows of the timed CNN epoch, scaled to 42000 (default 8192; --quick 512)")
     p.add_argument("--sgemm-n", type=int, default=None, help="matrix side (default 4096)")
@@ -122,7 +127,7 @@ def parse_args(argv=None):
         a.rows = 8192
     if a.threads is None:
         a.threads = len(os.sched_getaffinity(0))
-    for name in ("epochs", "cnn_rows", "sgemm_n", "threads"):
+    for name in ("epochs", "cnn_epochs", "cnn_rows", "sgemm_n", "threads"):
         if getattr(a, name) <= 0:
             p.error(f"--{name.replace('_', '-')} must be > 0, got {getattr(a, name)}")
     return a
@@ -181,12 +186,28 @@ def _timed(f, *args, **kw):
     return time.perf_counter() - t0
 
 
-def train_ours(settings, x, y, epochs, seed):
-    """-> (per-epoch seconds, TrainResult) of train() after a one-epoch warm-up."""
+def ours_trainer(settings, x, y, seed):
+    """Warm up, then -> a function that runs one timed epoch of train() (a one-epoch train()
+    call on a fresh model) and returns (the epoch loop's seconds, the TrainResult)."""
     cfg = TrainConfig(**settings, epochs=1, seed=seed)
     train(cfg, x[:WARMUP_ROWS], y[:WARMUP_ROWS], progress=False)
-    result = train(cfg.replace(epochs=epochs), x, y, progress=False)
-    return [row["seconds"] for row in result.history], result
+
+    def epoch():
+        result = train(cfg, x, y, progress=False)
+        return result.history[0]["seconds"], result
+
+    return epoch
+
+
+def alternate(trainers, epochs):
+    """Run `epochs` epochs of each trainer, taking turns (ours, torch, ours, torch, ...), so a
+    change in the machine's load hits both. -> (per-trainer epoch seconds, last results)."""
+    secs, last = [[] for _ in trainers], [None] * len(trainers)
+    for _ in range(epochs):
+        for k, epoch in enumerate(trainers):
+            seconds, last[k] = epoch()
+            secs[k].append(seconds)
+    return secs, last
 
 
 def time_predict(model, x_test):
@@ -266,8 +287,9 @@ def torch_epoch(torch, net, opt, X, Y, batch, gen):
     return time.perf_counter() - t0
 
 
-def train_torch(torch, settings, x, y, epochs, seed):
-    """-> per-epoch seconds of the torch twin after a one-epoch warm-up on 1024 rows."""
+def torch_trainer(torch, settings, x, y, seed):
+    """The torch twin of `settings`, warmed up on 1024 rows -> a function that trains it one
+    timed epoch and returns (seconds, the net)."""
     hp = hyperparameters(TrainConfig(**settings))
     torch.manual_seed(seed)
     gen = torch.Generator().manual_seed(seed)
@@ -276,8 +298,11 @@ def train_torch(torch, settings, x, y, epochs, seed):
     X = torch.from_numpy(np.ascontiguousarray(x.transpose(0, 3, 1, 2)))  # (N, 1, 28, 28)
     Y = torch.from_numpy(y.astype(np.int64))
     torch_epoch(torch, net, opt, X[:WARMUP_ROWS], Y[:WARMUP_ROWS], hp["batch_size"], gen)
-    secs = [torch_epoch(torch, net, opt, X, Y, hp["batch_size"], gen) for _ in range(epochs)]
-    return secs, net
+
+    def epoch():
+        return torch_epoch(torch, net, opt, X, Y, hp["batch_size"], gen), net
+
+    return epoch
 
 
 def torch_predict(torch, net, x_test):
@@ -552,27 +577,28 @@ def main(argv=None):
 
     mlp_spec = build_spec("mlp", hyperparameters(TrainConfig(**MLP)))
     mlp_flop = 6 * macs_per_sample(mlp_spec)
-    log(f"MLP ours: {args.epochs} epoch(s) on {len(x)} rows ...")
-    mlp_secs, _ = train_ours(MLP, x, y, args.epochs, args.seed)
-    mlp_sps = len(x) / min(mlp_secs)
-    t_mlp_secs, t_mlp_sps = None, None
+    log(f"MLP: {args.epochs} epoch(s) on {len(x)} rows, ours and torch in turn ...")
+    trainers = [ours_trainer(MLP, x, y, args.seed)]
     if torch is not None:
-        log("MLP torch ...")
-        t_mlp_secs, _ = train_torch(torch, MLP, x, y, args.epochs, args.seed)
-        t_mlp_sps = len(x) / min(t_mlp_secs)
+        trainers.append(torch_trainer(torch, MLP, x, y, args.seed))
+    (mlp_secs, *t_mlp), _ = alternate(trainers, args.epochs)
+    mlp_sps = len(x) / min(mlp_secs)
+    t_mlp_secs = t_mlp[0] if t_mlp else None
+    t_mlp_sps = len(x) / min(t_mlp_secs) if t_mlp else None
 
     cnn_spec = build_spec("cnn", hyperparameters(TrainConfig(**CNN)))
     cnn_flop = 6 * macs_per_sample(cnn_spec)
     xc, yc = x[:args.cnn_rows], y[:args.cnn_rows]
     scale = EPOCH_ROWS / len(xc)
-    log(f"CNN ours: 1 epoch on {len(xc)} rows ...")
-    cnn_secs, cnn_result = train_ours(CNN, xc, yc, 1, args.seed)
-    cnn_epoch = cnn_secs[0] * scale
-    t_cnn_epoch = t_net = None
+    log(f"CNN: {args.cnn_epochs} epoch(s) on {len(xc)} rows, ours and torch in turn ...")
+    trainers = [ours_trainer(CNN, xc, yc, args.seed)]
     if torch is not None:
-        log("CNN torch ...")
-        t_cnn_secs, t_net = train_torch(torch, CNN, xc, yc, 1, args.seed)
-        t_cnn_epoch = t_cnn_secs[0] * scale
+        trainers.append(torch_trainer(torch, CNN, xc, yc, args.seed))
+    (cnn_secs, *t_cnn), (cnn_result, *t_last) = alternate(trainers, args.cnn_epochs)
+    cnn_epoch = min(cnn_secs) * scale
+    t_cnn_secs = t_cnn[0] if t_cnn else None
+    t_cnn_epoch = min(t_cnn_secs) * scale if t_cnn else None
+    t_net = t_last[0] if t_last else None
 
     log(f"predict {len(x_test)} test rows ...")
     predict_s = time_predict(cnn_result.model, x_test) * TEST_ROWS / len(x_test)
@@ -613,6 +639,9 @@ def main(argv=None):
         "torch_mlp_fraction_of_sgemm_peak": frac(t_mlp_sps, mlp_flop),
         "cnn_plan": hyperparameters(TrainConfig(**CNN)).get("plan"),
         "cnn_rows": len(xc),
+        "cnn_epochs": args.cnn_epochs,
+        "cnn_epoch_rows_s": cnn_secs,
+        "torch_cnn_epoch_rows_s": t_cnn_secs,
         "cnn_epoch_s": cnn_epoch,
         "torch_cnn_epoch_s": t_cnn_epoch,
         "cnn_time_ratio_vs_torch": ratio(cnn_epoch, t_cnn_epoch),
