@@ -60,13 +60,14 @@ def colsum(x2):
     return np.ones(x2.shape[0], dtype=x2.dtype) @ x2
 
 
-def col2im(dcols, Hp, Wp):
-    """dcols (N, Ho, Wo, kh, kw, C) -> dxp (N, Hp, Wp, C): slice-adds per kernel offset."""
-    N, Ho, Wo, kh, kw, C = dcols.shape
-    dxp = np.zeros((N, Hp, Wp, C), dtype=dcols.dtype)  # (N, Hp, Wp, C)
+def col2im(dblocks, Hp, Wp):
+    """dblocks (kh, kw, N, Ho, Wo, C), the input gradient per kernel offset -> dxp (N, Hp, Wp, C):
+    one slice-add per offset, each reading a contiguous block."""
+    kh, kw, N, Ho, Wo, C = dblocks.shape
+    dxp = np.zeros((N, Hp, Wp, C), dtype=dblocks.dtype)  # (N, Hp, Wp, C)
     for i in range(kh):
         for j in range(kw):
-            dxp[:, i:i + Ho, j:j + Wo, :] += dcols[:, :, :, i, j, :]
+            dxp[:, i:i + Ho, j:j + Wo, :] += dblocks[i, j]
     return dxp
 
 
@@ -95,9 +96,12 @@ def conv2d_backward(dz, cache, dw=None, db=None, need_dx=True):
     db = _into(db, colsum(dz2)) if has_bias else None  # (F,)
     if not need_dx:
         return None, dw, db
-    dcols = dz2 @ w.reshape(kh * kw * C, F).T  # (N*Ho*Wo, K)
+    # the gradient of each kernel offset's input window as its own contiguous block:
+    # (N*Ho*Wo, F) @ (kh*kw, F, C) -> (kh*kw, N*Ho*Wo, C), one batched matrix product
+    wT = np.ascontiguousarray(w.reshape(kh * kw, C, F).transpose(0, 2, 1))  # (kh*kw, F, C)
+    dblocks = np.matmul(dz2, wT)  # (kh*kw, N*Ho*Wo, C)
     Ho, Wo = dz.shape[1], dz.shape[2]
-    dxp = col2im(dcols.reshape(N, Ho, Wo, kh, kw, C), H + 2 * pad, W + 2 * pad)
+    dxp = col2im(dblocks.reshape(kh, kw, N, Ho, Wo, C), H + 2 * pad, W + 2 * pad)
     dx = dxp[:, pad:pad + H, pad:pad + W, :] if pad else dxp  # (N, H, W, C)
     return dx, dw, db
 
@@ -107,29 +111,30 @@ def conv2d_backward(dz, cache, dw=None, db=None, need_dx=True):
 
 
 def maxpool_forward(x):
-    """x (N, H, W, C) -> out (N, H/2, W/2, C): elementwise max of the four strided sub-grids."""
+    """x (N, H, W, C) -> out (N, H/2, W/2, C): elementwise max of the four strided sub-grids.
+    The cache keeps which of the four won (the first on ties) as uint8 0..3."""
     N, H, W, C = x.shape
     assert H % 2 == 0 and W % 2 == 0, f"maxpool needs even H, W, got {H}x{W}"
-    out = np.maximum(x[:, 0::2, 0::2], x[:, 0::2, 1::2])  # (N, H/2, W/2, C)
-    np.maximum(out, x[:, 1::2, 0::2], out=out)
-    np.maximum(out, x[:, 1::2, 1::2], out=out)
-    xr = x.reshape(N, H // 2, 2, W // 2, 2, C)  # (N, Ho, 2, Wo, 2, C), a view
-    return out, (xr, out)
+    subs = (x[:, 0::2, 0::2], x[:, 0::2, 1::2], x[:, 1::2, 0::2], x[:, 1::2, 1::2])
+    out = np.maximum(subs[0], subs[1])  # (N, H/2, W/2, C)
+    np.maximum(out, subs[2], out=out)
+    np.maximum(out, subs[3], out=out)
+    # arg = 0 if s0 won, else 1 if s1 won, else 2 if s2 won, else 3 (ties go to the first)
+    arg = np.not_equal(subs[2], out).view(np.uint8)  # (N, H/2, W/2, C)
+    arg += 1
+    arg *= np.not_equal(subs[1], out)
+    arg += 1
+    arg *= np.not_equal(subs[0], out)
+    return out, (arg, x.shape)
 
 
 def maxpool_backward(dout, cache):
-    """dout (N, Ho, Wo, C) -> dx (N, H, W, C): each window's gradient goes to its first max."""
-    xr, out = cache
-    N, Ho, _, Wo, _, C = xr.shape
-    dxr = np.zeros(xr.shape, dtype=dout.dtype)  # (N, Ho, 2, Wo, 2, C)
-    taken = np.zeros(out.shape, dtype=bool)  # (N, Ho, Wo, C)
-    for i in (0, 1):
-        for j in (0, 1):
-            hit = xr[:, :, i, :, j, :] == out  # (N, Ho, Wo, C)
-            hit &= ~taken
-            taken |= hit
-            np.multiply(dout, hit, out=dxr[:, :, i, :, j, :])
-    return dxr.reshape(N, 2 * Ho, 2 * Wo, C)
+    """dout (N, Ho, Wo, C) -> dx (N, H, W, C): each window's gradient goes to its max."""
+    arg, shape = cache
+    dx = np.empty(shape, dtype=dout.dtype)  # (N, H, W, C)
+    for k, (i, j) in enumerate(((0, 0), (0, 1), (1, 0), (1, 1))):
+        np.multiply(dout, arg == k, out=dx[:, i::2, j::2])
+    return dx
 
 
 # ----------------------------------------------------------------------------------------------
@@ -138,7 +143,8 @@ def maxpool_backward(dout, cache):
 
 def batchnorm_forward(x, gamma, beta, running_mean, running_var, train, momentum=0.1, eps=1e-5):
     """x (..., C) -> y (..., C). In train mode uses batch stats and updates the running stats
-    in place (running = (1-momentum)*running + momentum*batch); in eval mode uses running stats."""
+    in place (running = (1-momentum)*running + momentum*batch); in eval mode uses running stats.
+    Column sums are matrix-vector products (see colsum)."""
     C = x.shape[-1]
     x2 = x.reshape(-1, C)  # (M, C)
     if not train:
@@ -148,11 +154,10 @@ def batchnorm_forward(x, gamma, beta, running_mean, running_var, train, momentum
         return y.reshape(x.shape), None
     M = x2.shape[0]
     mu = colsum(x2) * (1.0 / M)  # (C,)
-    xc = x2 - mu  # (M, C)
-    var = np.einsum("mc,mc->c", xc, xc) / M  # (C,) biased variance
+    xhat = x2 - mu  # (M, C), centred; scaled to xhat below
+    var = np.einsum("mc,mc->c", xhat, xhat) * (1.0 / M)  # (C,) biased variance
     rstd = 1.0 / np.sqrt(var + eps)  # (C,)
-    xhat = xc
-    xhat *= rstd  # (M, C), reuses xc's buffer
+    xhat *= rstd
     y = xhat * gamma  # (M, C)
     y += beta
     running_mean *= 1.0 - momentum
@@ -169,7 +174,7 @@ def batchnorm_backward(dy, cache, dgamma=None, dbeta=None):
     dy2 = dy.reshape(M, C)  # (M, C)
     dbeta = _into(dbeta, colsum(dy2))  # (C,)
     dgamma = np.einsum("mc,mc->c", dy2, xhat, out=dgamma)  # (C,)
-    # dx = gamma*rstd/M * (M*dy - sum(dy) - xhat*sum(dy*xhat))
+    # dx = gamma*rstd * (dy - mean(dy) - xhat*mean(dy*xhat))
     dx = xhat * (-dgamma / M)  # (M, C)
     dx += dy2
     dx -= dbeta / M
