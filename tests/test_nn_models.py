@@ -142,3 +142,20 @@ def test_bad_spec_names_the_value():
         build_spec("resnet", {})
     with pytest.raises(ValueError, match="'swish'"):
         Model({"layers": [{"type": "act", "name": "a", "fn": "swish"}]})
+
+
+def test_eval_folds_batchnorm_exactly():
+    # inference with BatchNorm folded into the conv/dense weights equals the layer-by-layer pass
+    from pipeline.nn.model import LAYER_KINDS
+    m = Model(build_spec("cnn", hp("cnn", plan="4c5-p-4c5-p-fc8")), rng=np.random.default_rng(0))
+    rng = np.random.default_rng(1)
+    for k, v in m.params.items():
+        if k.endswith((".mean", ".beta")):
+            v[...] = rng.normal(size=v.shape)
+        if k.endswith((".var", ".gamma")):
+            v[...] = rng.uniform(0.5, 2, size=v.shape)
+    x, _ = batch(300)
+    h = x
+    for ly, P in zip(m.spec["layers"], m._P):
+        h, _ = LAYER_KINDS[ly["type"]][1](ly, P, h, False, None)
+    np.testing.assert_allclose(m.forward(x), h, rtol=1e-4, atol=1e-4)

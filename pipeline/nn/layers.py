@@ -141,7 +141,10 @@ def maxpool_backward(dout, cache):
 # BatchNorm over every axis but the last (N for dense, N,H,W for conv)
 
 
-def batchnorm_forward(x, gamma, beta, running_mean, running_var, train, momentum=0.1, eps=1e-5):
+BN_EPS = 1e-5
+
+
+def batchnorm_forward(x, gamma, beta, running_mean, running_var, train, momentum=0.1, eps=BN_EPS):
     """x (..., C) -> y (..., C). In train mode uses batch stats and updates the running stats
     in place (running = (1-momentum)*running + momentum*batch); in eval mode uses running stats.
     Column sums are matrix-vector products (see colsum)."""

@@ -194,16 +194,38 @@ class Model:
     # forward/backward -------------------------------------------------------------------------
     def forward(self, x, train=False, rng=None):
         """x (N, 28, 28, 1) -> logits (N, 10). train=True uses batch statistics and dropout
-        (and updates BatchNorm running stats); it needs `rng` for dropout. In eval mode large
-        inputs go through in chunks of EVAL_CHUNK rows, whose activations stay in cache."""
-        if not train and x.shape[0] > EVAL_CHUNK:
-            out = np.empty((x.shape[0], self.spec["layers"][-1]["out"]), dtype=np.float32)
-            for s in range(0, x.shape[0], EVAL_CHUNK):
-                out[s:s + EVAL_CHUNK] = self.forward(x[s:s + EVAL_CHUNK])
-            return out
-        for ly, P in zip(self.spec["layers"], self._P):
-            x, _ = LAYER_KINDS[ly["type"]][1](ly, P, x, train, rng)
-        return x
+        (and updates BatchNorm running stats); it needs `rng` for dropout. Eval mode folds each
+        BatchNorm into the conv/dense layer before it (exact) and runs large inputs in chunks of
+        EVAL_CHUNK rows, whose activations stay in cache."""
+        if train:
+            for ly, P in zip(self.spec["layers"], self._P):
+                x, _ = LAYER_KINDS[ly["type"]][1](ly, P, x, True, rng)
+            return x
+        plan = self._eval_plan()
+        out = np.empty((x.shape[0], self.spec["layers"][-1]["out"]), dtype=np.float32)  # (N, 10)
+        for s in range(0, x.shape[0], EVAL_CHUNK):
+            h = x[s:s + EVAL_CHUNK]
+            for ly, P in plan:
+                h, _ = LAYER_KINDS[ly["type"]][1](ly, P, h, False, None)
+            out[s:s + EVAL_CHUNK] = h
+        return out
+
+    def _eval_plan(self):
+        """-> [(layer, params)] for inference, with conv/dense -> BatchNorm pairs merged:
+        w' = w * gamma/sqrt(var+eps), b' = (b - mean) * gamma/sqrt(var+eps) + beta."""
+        layers, plan, i = self.spec["layers"], [], 0
+        while i < len(layers):
+            ly, P = layers[i], self._P[i]
+            if ly["type"] in ("conv", "dense") and i + 1 < len(layers) and layers[i + 1]["type"] == "bn":
+                bn = self._P[i + 1]
+                scale = bn["gamma"] / np.sqrt(bn["var"] + L.BN_EPS)  # (C,)
+                b = P["b"] if "b" in P else np.zeros_like(scale)
+                plan.append((ly, {"w": P["w"] * scale, "b": (b - bn["mean"]) * scale + bn["beta"]}))
+                i += 2
+            else:
+                plan.append((ly, P))
+                i += 1
+        return plan
 
     def forward_train(self, x, rng):
         """x (N, 28, 28, 1) -> (logits (N, 10), caches) in training mode."""
