@@ -33,8 +33,10 @@ from pipeline.nn.model import Model
 from pipeline.nn.models import ARCHITECTURES, DEFAULTS, build_spec
 from pipeline.nn.optim import OPTIMIZERS, Optimizer
 from pipeline.nn.schedules import SCHEDULES, make_schedule
+from pipeline.nn.threads import blas_threads
 
 EVAL_BATCH = 1000
+TRAIN_THREADS = 1  # OpenBLAS threads during training; see train()
 
 
 @dataclass
@@ -271,7 +273,16 @@ def _load_checkpoint(path, cfg_key, rng, hp):
 
 def train(cfg: TrainConfig, x_train, y_train, x_dev=None, y_dev=None, *, progress: bool = True,
           checkpoint: Path | None = None, resume: bool = False) -> TrainResult:
-    """Train one model per `cfg` and return it with its history and dev figures."""
+    """Train one model per `cfg` and return it with its history and dev figures.
+
+    Runs with one OpenBLAS thread (TRAIN_THREADS): the batch-sized matrix products gain little
+    from a second thread, and on two cores shared with other processes two threads made a
+    training step up to 30x slower (docs/bench-notes.md)."""
+    with blas_threads(TRAIN_THREADS):
+        return _train(cfg, x_train, y_train, x_dev, y_dev, progress, checkpoint, resume)
+
+
+def _train(cfg, x_train, y_train, x_dev, y_dev, progress, checkpoint, resume):
     t_start = time.perf_counter()
     hp = hyperparameters(cfg)
     hp["model"] = cfg.model
