@@ -69,6 +69,16 @@ def prepare(zip_path):
     return norm(x[tr]), y[tr], norm(x[dv]), y[dv]
 
 
+def evaluate_saved(directory, xd, yd):
+    from pipeline.nn import load_models
+    files = sorted(directory.glob("*.npz"))
+    models = [load_models(f)[0] for f in files]
+    acc = lambda ms, tta: float((predict_proba(ms, xd, tta=tta).argmax(1) == yd).mean())
+    for f, m in zip(files, models):
+        print(f"{f.name}: dev_acc {acc([m], False):.4f}  with TTA {acc([m], True):.4f}")
+    print(f"ENSEMBLE of {len(models)}: dev_acc {acc(models, False):.4f}  with TTA {acc(models, True):.4f}")
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--zip", default="/work/shared/data/digit-recognizer.zip")
@@ -81,7 +91,9 @@ def main():
     ap.add_argument("--hidden", type=str, help="comma-separated sizes")
     ap.add_argument("--tta", action="store_true")
     ap.add_argument("--no-progress", action="store_true")
-    ap.add_argument("--save", type=Path, help="directory to save each member as seed<k>.npz")
+    ap.add_argument("--save", type=Path, help="directory to save each member as <model>-seed<k>.npz")
+    ap.add_argument("--eval", type=Path, help="instead of training: dev accuracy of every saved "
+                    "model in this directory, alone and as an ensemble, without and with TTA")
     a = ap.parse_args()
     fields = {k: v for k, v in vars(a).items() if v is not None and k not in
               ("zip", "tta", "no_progress", "hidden", "save")}
@@ -89,6 +101,8 @@ def main():
         fields["hidden"] = tuple(int(h) for h in a.hidden.split(","))
     cfg = TrainConfig(**fields)
     xt, yt, xd, yd = prepare(a.zip)
+    if a.eval:
+        return evaluate_saved(a.eval, xd, yd)
     models, total = [], 0.0
     for k in range(cfg.ensemble):
         r = train(cfg.replace(seed=cfg.seed + k), xt, yt, xd, yd, progress=not a.no_progress)
