@@ -110,15 +110,17 @@ def conv2d_backward(dz, cache, dw=None, db=None, need_dx=True):
 # MaxPool 2x2, stride 2 (H and W must be even)
 
 
-def maxpool_forward(x):
+def maxpool_forward(x, train=True):
     """x (N, H, W, C) -> out (N, H/2, W/2, C): elementwise max of the four strided sub-grids.
-    The cache keeps which of the four won (the first on ties) as uint8 0..3."""
+    In train mode the cache keeps which of the four won (the first on ties) as uint8 0..3."""
     N, H, W, C = x.shape
     assert H % 2 == 0 and W % 2 == 0, f"maxpool needs even H, W, got {H}x{W}"
     subs = (x[:, 0::2, 0::2], x[:, 0::2, 1::2], x[:, 1::2, 0::2], x[:, 1::2, 1::2])
     out = np.maximum(subs[0], subs[1])  # (N, H/2, W/2, C)
     np.maximum(out, subs[2], out=out)
     np.maximum(out, subs[3], out=out)
+    if not train:
+        return out, None
     # arg = 0 if s0 won, else 1 if s1 won, else 2 if s2 won, else 3 (ties go to the first)
     arg = np.not_equal(subs[2], out).view(np.uint8)  # (N, H/2, W/2, C)
     arg += 1

@@ -81,7 +81,7 @@ def _act_bwd(ly, P, G, dout, cache, need_dx):
 
 
 def _pool_fwd(ly, P, x, train, rng):
-    return L.maxpool_forward(x)
+    return L.maxpool_forward(x, train)
 
 
 def _pool_bwd(ly, P, G, dout, cache, need_dx):
