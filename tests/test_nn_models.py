@@ -159,3 +159,24 @@ def test_eval_folds_batchnorm_exactly():
     for ly, P in zip(m.spec["layers"], m._P):
         h, _ = LAYER_KINDS[ly["type"]][1](ly, P, h, False, None)
     np.testing.assert_allclose(m.forward(x), h, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("name", ["mlp", "cnn", "seed"])
+def test_float32_end_to_end(name):
+    # no silent float64: every activation and input gradient of a training step stays float32
+    from pipeline.nn.model import LAYER_KINDS
+    rng = np.random.default_rng(0)
+    m = Model(build_spec(name, hp(name, plan="4c5-p-4c5-p-fc8")), rng=rng)
+    x, y = batch(8)
+    h, caches = x, []
+    for ly, P in zip(m.spec["layers"], m._P):
+        h, c = LAYER_KINDS[ly["type"]][1](ly, P, h, True, rng)
+        caches.append(c)
+        assert h.dtype == np.float32, ly
+    _, lc = softmax_cross_entropy_forward(h, y, 0.1)
+    d = softmax_cross_entropy_backward(lc)
+    for i in range(len(m.spec["layers"]) - 1, 0, -1):
+        ly = m.spec["layers"][i]
+        d = LAYER_KINDS[ly["type"]][2](ly, m._P[i], m._G[i], d, caches[i], True)
+        assert d.dtype == np.float32, ly
+    assert m.grad.dtype == np.float32 and np.isfinite(m.grad).all()
