@@ -140,6 +140,7 @@ class _Fit:
     best_epoch: int = 0
     best_acc: float = -1.0
     best_params: dict | None = None
+    stopped: bool = False  # stopped early: a resumed run must not train on
 
 
 def _snapshot(model):
@@ -168,7 +169,7 @@ def _run_epochs(fit, hp, rng, x, y, x_dev, y_dev, epochs, patience, progress, sa
         bar = tqdm(total=epochs * steps_per_epoch, initial=fit.epoch * steps_per_epoch,
                    desc=f"{hp['model']}{' refit' if phase else ''}", unit="batch", leave=False)
     try:
-        while fit.epoch < epochs:
+        while fit.epoch < epochs and not fit.stopped:
             t0 = time.perf_counter()
             perm = rng.permutation(N) if B < N else None
             loss_sum, correct = 0.0, 0
@@ -202,11 +203,9 @@ def _run_epochs(fit, hp, rng, x, y, x_dev, y_dev, epochs, patience, progress, sa
                 fit.best_epoch = fit.epoch
             row["seconds"] = time.perf_counter() - t0
             fit.history.append(row)
-            stop = x_dev is not None and patience and fit.epoch - fit.best_epoch >= patience
+            fit.stopped = bool(x_dev is not None and patience and fit.epoch - fit.best_epoch >= patience)
             if save is not None:
-                save(fit, phase, done=stop or fit.epoch >= epochs)
-            if stop:
-                break
+                save(fit, phase, done=fit.stopped or fit.epoch >= epochs)
     finally:
         if bar is not None:
             bar.close()
@@ -233,7 +232,7 @@ def _save_checkpoint(path, cfg_key, rng, fit, phase, first):
         "cfg": np.array(cfg_key), "phase": np.array(phase), "epoch": np.array(fit.epoch),
         "rng": np.array(json.dumps(rng.bit_generator.state)),
         "history": np.array(json.dumps(fit.history)),
-        "best": np.array(json.dumps([fit.best_epoch, fit.best_acc])),
+        "best": np.array(json.dumps([fit.best_epoch, fit.best_acc, fit.stopped])),
         "first": np.array(json.dumps(first)),
     }
     arrays.update({f"param/{k}": v for k, v in fit.model.params.items()})
@@ -259,7 +258,7 @@ def _load_checkpoint(path, cfg_key, rng, hp):
     fit.opt.load_state_dict({k[4:]: v for k, v in d.items() if k.startswith("opt/")})
     fit.epoch = int(d["epoch"])
     fit.history = json.loads(str(d["history"]))
-    fit.best_epoch, fit.best_acc = json.loads(str(d["best"]))
+    fit.best_epoch, fit.best_acc, fit.stopped = json.loads(str(d["best"]))
     best = {k[5:]: v for k, v in d.items() if k.startswith("best/")}
     fit.best_params = best or None
     first = json.loads(str(d["first"]))

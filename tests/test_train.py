@@ -131,6 +131,20 @@ def test_resume_equals_uninterrupted(tmp_path, refit):
     np.testing.assert_array_equal(whole.dev_proba, parts.dev_proba)
 
 
+def test_resume_after_early_stop_does_not_train_on(tmp_path):
+    # a checkpoint written when early stopping fired resumes to the same stopped result
+    x, y = toy(100, 0)
+    xd, yd = toy(50, 1)
+    cfg = FAST.replace(epochs=8, patience=1, lr=2e-3, schedule="constant")
+    ck = tmp_path / "ck.npz"
+    first = train(cfg, x, y, xd, yd, progress=False, checkpoint=ck)
+    assert len(first.history) < 8
+    again = train(cfg, x, y, xd, yd, progress=False, checkpoint=ck, resume=True)
+    assert len(again.history) == len(first.history) and again.best_epoch == first.best_epoch
+    for k in first.model.params:
+        np.testing.assert_array_equal(first.model.params[k], again.model.params[k])
+
+
 def test_resume_refuses_other_config(tmp_path):
     # a checkpoint written for other settings is not silently resumed
     x, y = toy(40, 0)
