@@ -89,3 +89,23 @@ def test_bad_sizes_are_refused():
                           text=True, timeout=60, cwd=REPO)
     assert proc.returncode == 2
     assert "--epochs must be > 0" in proc.stderr
+
+
+def test_profile_mode_prints_layer_table_and_cprofile(tiny_zip):
+    # --profile mlp times each layer of one step, then prints cProfile rows of train()
+    proc = run_bench(["--zip", str(tiny_zip), "--profile", "mlp", "--threads", "1",
+                      "--rows", "256"], timeout=120)
+    assert "fc1" in proc.stdout and "optimizer step (adam" in proc.stdout
+    assert "ncalls" in proc.stdout and "dense_backward" in proc.stdout
+
+
+def test_package_never_imports_torch():
+    # torch is for scripts/bench.py alone: importing every module of the package leaves it out
+    code = ("import pkgutil, importlib, sys, pipeline\n"
+            "for m in pkgutil.walk_packages(pipeline.__path__, 'pipeline.'):\n"
+            "    if not m.name.endswith('__main__'):\n"
+            "        importlib.import_module(m.name)\n"
+            "assert 'torch' not in sys.modules, 'the package imported torch'\n")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=120, cwd=REPO)
+    assert proc.returncode == 0, proc.stderr[-2000:]
