@@ -23,6 +23,11 @@ It prints a table and, as its last line, one JSON object with every figure. What
   each of our epochs is a one-epoch train() call on a fresh model.
   mlp_fraction_of_sgemm_peak = samples/s * 6 * MACs per sample / sgemm rate (forward 2 FLOP per
   multiply-add, backward 4; the first layer's unneeded input gradient is counted too).
+  Threads: train() pins its own BLAS thread count (pipeline.train.TRAIN_THREADS, 1 today), so
+  the torch twins train with that many (torch.set_num_threads) and `train_threads` reports it;
+  sgemm, predict_proba and torch inference use --threads. mlp_fraction_of_sgemm_peak is
+  against the machine's rate at --threads; mlp_fraction_of_sgemm_train_threads against the
+  rate at the training thread count.
 - cnn_*: the default `cnn` (its DEFAULTS architecture, batch size and AdamW) with a constant
   learning rate and no augmentation (the torch twin has none), timed on the first --cnn-rows
   rows (fastest of --cnn-epochs, taking turns as above) and scaled to one 42000-row epoch;
@@ -62,9 +67,11 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from pipeline import train as train_module  # noqa: E402
 from pipeline.config import TrainConfig  # noqa: E402
 from pipeline.data import read_competition  # noqa: E402
 from pipeline.nn.models import build_spec  # noqa: E402
+from pipeline.nn.threads import blas_threads  # noqa: E402
 from pipeline.predict import predict_proba  # noqa: E402
 from pipeline.preprocess import fit_normalizer, normalize  # noqa: E402
 from pipeline.train import hyperparameters, train  # noqa: E402
@@ -219,12 +226,16 @@ def time_predict(model, x_test):
 # The torch twin
 
 
-def import_torch(threads):
+def training_threads(threads):
+    """The BLAS threads our train() really uses: its own TRAIN_THREADS when it pins them."""
+    return getattr(train_module, "TRAIN_THREADS", None) or threads
+
+
+def import_torch():
     try:
         import torch
     except ImportError:
         return None
-    torch.set_num_threads(threads)
     return torch
 
 
@@ -536,6 +547,8 @@ def print_table(r):
     for name, ours, theirs, q in rows:
         print(f"{name:<28} {fmt(ours):>12} {fmt(theirs):>12} {fmt(q):>11}")
     print()
+    if r["submit_error"]:
+        print(f"note: the scratch `make submit` failed: {r['submit_error']}")
     if r["under_load"]:
         print(f"note: load average {r['loadavg_start']} at the start, {r['loadavg_end']} at the "
               f"end: other processes shared the CPU, absolute figures are low and noisy")
@@ -571,12 +584,19 @@ def main(argv=None):
         profile(args, x, y)
         return 0
 
-    torch = None if args.skip_torch else import_torch(args.threads)
+    torch = None if args.skip_torch else import_torch()
+    train_threads = training_threads(args.threads)
     if torch is None and not args.skip_torch:
         log("torch is not installed: reporting our figures alone (pip install torch==2.13.0)")
 
     log(f"sgemm {args.sgemm_n}x{args.sgemm_n} ...")
     gflops = sgemm_gflops(args.sgemm_n)
+    gflops_train = gflops
+    if train_threads != args.threads:
+        with blas_threads(train_threads):
+            gflops_train = sgemm_gflops(args.sgemm_n)
+    if torch is not None:
+        torch.set_num_threads(train_threads)  # the twin trains with as many threads as ours
 
     mlp_spec = build_spec("mlp", hyperparameters(TrainConfig(**MLP)))
     mlp_flop = 6 * macs_per_sample(mlp_spec)
@@ -603,25 +623,32 @@ def main(argv=None):
     t_cnn_epoch = min(t_cnn_secs) * scale if t_cnn else None
     t_net = t_last[0] if t_last else None
 
+    if torch is not None:
+        torch.set_num_threads(args.threads)  # predict_proba does not pin threads
     log(f"predict {len(x_test)} test rows ...")
     predict_s = time_predict(cnn_result.model, x_test) * TEST_ROWS / len(x_test)
     t_predict_s = None
     if torch is not None:
         t_predict_s = torch_predict(torch, t_net, x_test) * TEST_ROWS / len(x_test)
 
-    peak_mb = noop_s = None
+    peak_mb = noop_s = submit_error = None
     if not args.skip_submit:
         log(f"scratch make submit MODEL={args.submit_model} EPOCHS=1, then two no-op reruns ...")
         with tempfile.TemporaryDirectory(prefix="digits-bench-") as tmp:
-            peak_mb, noop_s = scratch_submit(args.zip, args.submit_model, tmp)
+            try:
+                peak_mb, noop_s = scratch_submit(args.zip, args.submit_model, tmp)
+            except RuntimeError as e:  # a broken stage must not cost the figures measured so far
+                log(str(e))
+                submit_error = str(e).splitlines()[-1]
 
-    def frac(sps, flop):
-        return None if sps is None else sps * flop / (gflops * 1e9)
+    def frac(sps, flop, rate=gflops):
+        return None if sps is None else sps * flop / (rate * 1e9)
 
     r = {
         "date": dt.datetime.fromtimestamp(started).isoformat(timespec="seconds"),
         "machine": machine(),
         "threads": args.threads,
+        "train_threads": train_threads,
         "numpy": np.__version__,
         "torch": None if torch is None else torch.__version__,
         "loadavg_start": round(load_start, 2),
@@ -629,6 +656,7 @@ def main(argv=None):
         "quick": args.quick,
         "sgemm_n": args.sgemm_n,
         "sgemm_gflops": gflops,
+        "sgemm_gflops_train_threads": gflops_train,
         "mlp_rows": len(x),
         "mlp_epochs": args.epochs,
         "mlp_epoch_s": mlp_secs,
@@ -640,6 +668,7 @@ def main(argv=None):
         "torch_mlp_gflops": None if t_mlp_sps is None else t_mlp_sps * mlp_flop / 1e9,
         "mlp_fraction_of_sgemm_peak": frac(mlp_sps, mlp_flop),
         "torch_mlp_fraction_of_sgemm_peak": frac(t_mlp_sps, mlp_flop),
+        "mlp_fraction_of_sgemm_train_threads": frac(mlp_sps, mlp_flop, gflops_train),
         "cnn_plan": hyperparameters(TrainConfig(**CNN)).get("plan"),
         "cnn_rows": len(xc),
         "cnn_epochs": args.cnn_epochs,
@@ -658,6 +687,7 @@ def main(argv=None):
         "submit_model": None if args.skip_submit else args.submit_model,
         "noop_submit_s": noop_s,
         "peak_rss_mb": peak_mb,
+        "submit_error": submit_error,
     }
     r["under_load"] = max(r["loadavg_start"], r["loadavg_end"]) > 0.5 * len(os.sched_getaffinity(0))
     r["targets_met"] = {key: met(r[key], target, how) for key, target, how in TARGETS}
