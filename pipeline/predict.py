@@ -20,8 +20,9 @@ def shift_images(x, dr, dc, fill):
     """Move the content of x (N, H, W, C) by dr rows and dc columns, filling with `fill`."""
     out = np.full_like(x, fill)
     H, W = x.shape[1:3]
-    out[:, max(dr, 0):H + min(dr, 0), max(dc, 0):W + min(dc, 0)] = \
-        x[:, max(-dr, 0):H - max(dr, 0), max(-dc, 0):W - max(dc, 0)]
+    out[:, max(dr, 0) : H + min(dr, 0), max(dc, 0) : W + min(dc, 0)] = x[
+        :, max(-dr, 0) : H - max(dr, 0), max(-dc, 0) : W - max(dc, 0)
+    ]
     return out
 
 
@@ -38,11 +39,11 @@ def predict_proba(models, x, *, batch_size=1000, tta=False) -> np.ndarray:
     fill = float(x.min()) if x.size else 0.0
     proba = np.zeros((x.shape[0], N_CLASSES), dtype=np.float32)  # (N, 10)
     for s in range(0, x.shape[0], batch_size):
-        xb = x[s:s + batch_size]  # (B, 28, 28, 1)
+        xb = x[s : s + batch_size]  # (B, 28, 28, 1)
         for dr, dc in shifts:
             xs = xb if (dr, dc) == (0, 0) else shift_images(xb, dr, dc, fill)
             for m in models:
-                proba[s:s + batch_size] += softmax(m.forward(xs))
+                proba[s : s + batch_size] += softmax(m.forward(xs))
     proba *= 1.0 / (len(models) * len(shifts))
     return proba
 

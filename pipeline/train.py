@@ -28,7 +28,11 @@ from pipeline.config import IMAGE_SIDE, N_CLASSES, TrainConfig, asdict
 from pipeline.fileio import atomic_path
 from pipeline.nn.augment import augment_batch, parse_augment
 from pipeline.nn.layers import ACTIVATIONS
-from pipeline.nn.losses import softmax, softmax_cross_entropy_backward, softmax_cross_entropy_forward
+from pipeline.nn.losses import (
+    softmax,
+    softmax_cross_entropy_backward,
+    softmax_cross_entropy_forward,
+)
 from pipeline.nn.model import Model
 from pipeline.nn.models import ARCHITECTURES, DEFAULTS, build_spec
 from pipeline.nn.optim import OPTIMIZERS, Optimizer
@@ -87,7 +91,9 @@ def hyperparameters(cfg: TrainConfig) -> dict:
     if hp["schedule"] not in SCHEDULES:
         raise ValueError(f"schedule must be one of {sorted(SCHEDULES)}, got {hp['schedule']!r}")
     if hp["activation"] not in ACTIVATIONS:
-        raise ValueError(f"activation must be one of {sorted(ACTIVATIONS)}, got {hp['activation']!r}")
+        raise ValueError(
+            f"activation must be one of {sorted(ACTIVATIONS)}, got {hp['activation']!r}"
+        )
     if not 0 <= hp["dropout"] < 1:
         raise ValueError(f"dropout must be in [0, 1), got {hp['dropout']}")
     if not 0 <= hp["label_smoothing"] < 1:
@@ -104,7 +110,9 @@ def _check_data(x, y, what):
     if x.ndim != 4 or x.shape[1:] != (IMAGE_SIDE, IMAGE_SIDE, 1):
         raise ValueError(f"x_{what} must have shape (N, 28, 28, 1), got {x.shape}")
     if y is None or y.shape != (x.shape[0],):
-        raise ValueError(f"y_{what} must have shape ({x.shape[0]},), got {None if y is None else y.shape}")
+        raise ValueError(
+            f"y_{what} must have shape ({x.shape[0]},), got {None if y is None else y.shape}"
+        )
     if x.shape[0] == 0:
         raise ValueError(f"x_{what} is empty")
     if y.min() < 0 or y.max() >= N_CLASSES:
@@ -121,9 +129,9 @@ def evaluate(model, x, y, batch_size=EVAL_BATCH):
     proba = np.empty((x.shape[0], N_CLASSES), dtype=np.float32)
     loss = 0.0
     for s in range(0, x.shape[0], batch_size):
-        z = model.forward(x[s:s + batch_size])  # (B, 10)
-        loss += softmax_cross_entropy_forward(z, y[s:s + batch_size])[0] * z.shape[0]
-        proba[s:s + batch_size] = softmax(z)
+        z = model.forward(x[s : s + batch_size])  # (B, 10)
+        loss += softmax_cross_entropy_forward(z, y[s : s + batch_size])[0] * z.shape[0]
+        proba[s : s + batch_size] = softmax(z)
     return loss / x.shape[0], float((proba.argmax(axis=1) == y).mean()), proba
 
 
@@ -149,7 +157,9 @@ def _snapshot(model):
 
 def _new_fit(hp, rng):
     model = Model(build_spec(hp["model"], hp), rng=rng)
-    opt = Optimizer(hp["optimizer"], model.theta.size, model.n_decay, weight_decay=hp["weight_decay"])
+    opt = Optimizer(
+        hp["optimizer"], model.theta.size, model.n_decay, weight_decay=hp["weight_decay"]
+    )
     return _Fit(model, opt)
 
 
@@ -166,8 +176,14 @@ def _run_epochs(fit, hp, rng, x, y, x_dev, y_dev, epochs, patience, progress, sa
     bar = None
     if progress:
         from tqdm.auto import tqdm
-        bar = tqdm(total=epochs * steps_per_epoch, initial=fit.epoch * steps_per_epoch,
-                   desc=f"{hp['model']}{' refit' if phase else ''}", unit="batch", leave=False)
+
+        bar = tqdm(
+            total=epochs * steps_per_epoch,
+            initial=fit.epoch * steps_per_epoch,
+            desc=f"{hp['model']}{' refit' if phase else ''}",
+            unit="batch",
+            leave=False,
+        )
     try:
         while fit.epoch < epochs and not fit.stopped:
             t0 = time.perf_counter()
@@ -178,7 +194,7 @@ def _run_epochs(fit, hp, rng, x, y, x_dev, y_dev, epochs, patience, progress, sa
                 if perm is None:
                     xb, yb = x, y
                 else:
-                    idx = perm[i * B:(i + 1) * B]
+                    idx = perm[i * B : (i + 1) * B]
                     xb, yb = x[idx], y[idx]  # (B, 28, 28, 1), (B,)
                 xb = augment_batch(xb, aug, rng, fill)
                 z, caches = model.forward_train(xb, rng)  # (B, 10)
@@ -193,17 +209,30 @@ def _run_epochs(fit, hp, rng, x, y, x_dev, y_dev, epochs, patience, progress, sa
                     if i % 20 == 0:
                         bar.set_postfix(loss=f"{loss:.4f}", dev_acc=_last(fit.history, "dev_acc"))
             fit.epoch += 1
-            row = {"epoch": fit.epoch, "train_loss": loss_sum / N, "train_acc": correct / N,
-                   "dev_loss": None, "dev_acc": None, "lr": lr, "seconds": 0.0}
+            row = {
+                "epoch": fit.epoch,
+                "train_loss": loss_sum / N,
+                "train_acc": correct / N,
+                "dev_loss": None,
+                "dev_acc": None,
+                "lr": lr,
+                "seconds": 0.0,
+            }
             if x_dev is not None:
                 row["dev_loss"], row["dev_acc"], _ = evaluate(model, x_dev, y_dev)
                 if row["dev_acc"] > fit.best_acc:
-                    fit.best_epoch, fit.best_acc, fit.best_params = fit.epoch, row["dev_acc"], _snapshot(model)
+                    fit.best_epoch, fit.best_acc, fit.best_params = (
+                        fit.epoch,
+                        row["dev_acc"],
+                        _snapshot(model),
+                    )
             else:
                 fit.best_epoch = fit.epoch
             row["seconds"] = time.perf_counter() - t0
             fit.history.append(row)
-            fit.stopped = bool(x_dev is not None and patience and fit.epoch - fit.best_epoch >= patience)
+            fit.stopped = bool(
+                x_dev is not None and patience and fit.epoch - fit.best_epoch >= patience
+            )
             if save is not None:
                 save(fit, phase, done=fit.stopped or fit.epoch >= epochs)
     finally:
@@ -221,15 +250,22 @@ def _last(history, key):
 
 
 def _cfg_key(cfg, hp):
-    return json.dumps({"cfg": asdict(cfg), "hp": {k: list(v) if isinstance(v, tuple) else v
-                                                 for k, v in hp.items()}}, sort_keys=True)
+    return json.dumps(
+        {
+            "cfg": asdict(cfg),
+            "hp": {k: list(v) if isinstance(v, tuple) else v for k, v in hp.items()},
+        },
+        sort_keys=True,
+    )
 
 
 def _save_checkpoint(path, cfg_key, rng, fit, phase, first):
     first = dict(first)
     proba = first.pop("dev_proba", None)
     arrays = {
-        "cfg": np.array(cfg_key), "phase": np.array(phase), "epoch": np.array(fit.epoch),
+        "cfg": np.array(cfg_key),
+        "phase": np.array(phase),
+        "epoch": np.array(fit.epoch),
         "rng": np.array(json.dumps(rng.bit_generator.state)),
         "history": np.array(json.dumps(fit.history)),
         "best": np.array(json.dumps([fit.best_epoch, fit.best_acc, fit.stopped])),
@@ -250,8 +286,10 @@ def _load_checkpoint(path, cfg_key, rng, hp):
     with np.load(path, allow_pickle=False) as z:
         d = {k: z[k] for k in z.files}
     if str(d["cfg"]) != cfg_key:
-        raise ValueError(f"checkpoint {path} was written for a different configuration; "
-                         "delete it or train without resume")
+        raise ValueError(
+            f"checkpoint {path} was written for a different configuration; "
+            "delete it or train without resume"
+        )
     rng.bit_generator.state = json.loads(str(d["rng"]))
     fit = _new_fit(hp, np.random.default_rng(0))
     fit.model.load_params({k[6:]: v for k, v in d.items() if k.startswith("param/")})
@@ -270,8 +308,17 @@ def _load_checkpoint(path, cfg_key, rng, hp):
 # ----------------------------------------------------------------------------------------------
 
 
-def train(cfg: TrainConfig, x_train, y_train, x_dev=None, y_dev=None, *, progress: bool = True,
-          checkpoint: Path | None = None, resume: bool = False) -> TrainResult:
+def train(
+    cfg: TrainConfig,
+    x_train,
+    y_train,
+    x_dev=None,
+    y_dev=None,
+    *,
+    progress: bool = True,
+    checkpoint: Path | None = None,
+    resume: bool = False,
+) -> TrainResult:
     """Train one model per `cfg` and return it with its history and dev figures.
 
     Runs with one OpenBLAS thread (TRAIN_THREADS): the batch-sized matrix products gain little
@@ -301,27 +348,60 @@ def _train(cfg, x_train, y_train, x_dev, y_dev, progress, checkpoint, resume):
             _save_checkpoint(checkpoint, cfg_key, rng, f, ph, first)
 
     if phase == 0:
-        _run_epochs(fit, hp, rng, x_train, y_train, x_dev, y_dev, hp["epochs"], cfg.patience,
-                    progress, save, phase=0)
+        _run_epochs(
+            fit,
+            hp,
+            rng,
+            x_train,
+            y_train,
+            x_dev,
+            y_dev,
+            hp["epochs"],
+            cfg.patience,
+            progress,
+            save,
+            phase=0,
+        )
         if fit.best_params is not None:
             fit.model.load_params(fit.best_params)
         dev_acc = dev_proba = None
         if x_dev is not None:
             _, dev_acc, dev_proba = evaluate(fit.model, x_dev, y_dev)
-        first = {"best_epoch": fit.best_epoch, "dev_accuracy": dev_acc, "history": fit.history,
-                 "dev_proba": dev_proba}
+        first = {
+            "best_epoch": fit.best_epoch,
+            "dev_accuracy": dev_acc,
+            "history": fit.history,
+            "dev_proba": dev_proba,
+        }
         if not (cfg.refit and x_dev is not None):
-            return TrainResult(fit.model, fit.history, fit.best_epoch, dev_acc, dev_proba,
-                               time.perf_counter() - t_start, _jsonable(hp))
+            return TrainResult(
+                fit.model,
+                fit.history,
+                fit.best_epoch,
+                dev_acc,
+                dev_proba,
+                time.perf_counter() - t_start,
+                _jsonable(hp),
+            )
         phase = 1
         fit = _new_fit(hp, rng)
         save(fit, 1, done=False)
     # phase 1: refit on every labelled row for the dev-selected number of epochs
     x_all = np.concatenate([x_train, x_dev])
     y_all = np.concatenate([y_train, y_dev])
-    _run_epochs(fit, hp, rng, x_all, y_all, None, None, first["best_epoch"], 0, progress, save, phase=1)
-    return TrainResult(fit.model, first["history"], first["best_epoch"], first["dev_accuracy"],
-                       first["dev_proba"], time.perf_counter() - t_start, _jsonable(hp), fit.history)
+    _run_epochs(
+        fit, hp, rng, x_all, y_all, None, None, first["best_epoch"], 0, progress, save, phase=1
+    )
+    return TrainResult(
+        fit.model,
+        first["history"],
+        first["best_epoch"],
+        first["dev_accuracy"],
+        first["dev_proba"],
+        time.perf_counter() - t_start,
+        _jsonable(hp),
+        fit.history,
+    )
 
 
 def _jsonable(hp):

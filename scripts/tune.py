@@ -36,6 +36,7 @@ def load_train(zip_path):
         with np.load(CACHE) as z:
             return z["x"], z["y"]
     import pandas as pd
+
     with zipfile.ZipFile(zip_path) as zf:
         df = pd.read_csv(io.BytesIO(zf.read("train.csv")), dtype=np.uint8)
     y = df["label"].to_numpy(np.int64)
@@ -51,7 +52,7 @@ def split(y, dev_fraction=0.1, seed=0):
     for c in range(10):
         idx = np.flatnonzero(y == c)
         rng.shuffle(idx)
-        dev.append(idx[:int(round(dev_fraction * len(idx)))])
+        dev.append(idx[: int(round(dev_fraction * len(idx)))])
     dev = np.sort(np.concatenate(dev))
     train = np.setdiff1d(np.arange(len(y)), dev)
     return train, dev
@@ -64,39 +65,70 @@ def prepare(zip_path):
     mean, std = xt.mean(), xt.std()
 
     def norm(a):
-        return ((a.astype(np.float32) / 255.0 - np.float32(mean)) / np.float32(std)).reshape(-1, 28, 28, 1)
+        return ((a.astype(np.float32) / 255.0 - np.float32(mean)) / np.float32(std)).reshape(
+            -1, 28, 28, 1
+        )
 
     return norm(x[tr]), y[tr], norm(x[dv]), y[dv]
 
 
 def evaluate_saved(directory, xd, yd):
     from pipeline.nn import load_models
+
     files = sorted(directory.glob("*.npz"))
     models = [load_models(f)[0] for f in files]
-    acc = lambda ms, tta: float((predict_proba(ms, xd, tta=tta).argmax(1) == yd).mean())
+
+    def acc(ms, tta):
+        return float((predict_proba(ms, xd, tta=tta).argmax(1) == yd).mean())
+
     for f, m in zip(files, models):
         print(f"{f.name}: dev_acc {acc([m], False):.4f}  with TTA {acc([m], True):.4f}")
-    print(f"ENSEMBLE of {len(models)}: dev_acc {acc(models, False):.4f}  with TTA {acc(models, True):.4f}")
+    print(
+        f"ENSEMBLE of {len(models)}: dev_acc {acc(models, False):.4f}  "
+        f"with TTA {acc(models, True):.4f}"
+    )
 
 
 def main():
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--zip", default="/work/shared/data/digit-recognizer.zip")
     ap.add_argument("--model", default="cnn")
-    for name, typ in [("epochs", int), ("batch-size", int), ("lr", float), ("optimizer", str),
-                      ("schedule", str), ("weight-decay", float), ("activation", str),
-                      ("dropout", float), ("label-smoothing", float), ("augment", str),
-                      ("patience", int), ("seed", int), ("ensemble", int)]:
+    for name, typ in [
+        ("epochs", int),
+        ("batch-size", int),
+        ("lr", float),
+        ("optimizer", str),
+        ("schedule", str),
+        ("weight-decay", float),
+        ("activation", str),
+        ("dropout", float),
+        ("label-smoothing", float),
+        ("augment", str),
+        ("patience", int),
+        ("seed", int),
+        ("ensemble", int),
+    ]:
         ap.add_argument(f"--{name}", type=typ)
     ap.add_argument("--hidden", type=str, help="comma-separated sizes")
     ap.add_argument("--tta", action="store_true")
     ap.add_argument("--no-progress", action="store_true")
-    ap.add_argument("--save", type=Path, help="directory to save each member as <model>-seed<k>.npz")
-    ap.add_argument("--eval", type=Path, help="instead of training: dev accuracy of every saved "
-                    "model in this directory, alone and as an ensemble, without and with TTA")
+    ap.add_argument(
+        "--save", type=Path, help="directory to save each member as <model>-seed<k>.npz"
+    )
+    ap.add_argument(
+        "--eval",
+        type=Path,
+        help="instead of training: dev accuracy of every saved "
+        "model in this directory, alone and as an ensemble, without and with TTA",
+    )
     a = ap.parse_args()
-    fields = {k: v for k, v in vars(a).items() if v is not None and k not in
-              ("zip", "tta", "no_progress", "hidden", "save")}
+    fields = {
+        k: v
+        for k, v in vars(a).items()
+        if v is not None and k not in ("zip", "tta", "no_progress", "hidden", "save")
+    }
     if a.hidden:
         fields["hidden"] = tuple(int(h) for h in a.hidden.split(","))
     cfg = TrainConfig(**fields)
@@ -109,20 +141,32 @@ def main():
         total += r.seconds
         models.append(r.model)
         if a.save:
-            save_models(a.save / f"{cfg.model}-seed{cfg.seed + k}.npz", [r.model],
-                        extra={"history": r.history, "best_epoch": r.best_epoch, "seconds": r.seconds})
+            save_models(
+                a.save / f"{cfg.model}-seed{cfg.seed + k}.npz",
+                [r.model],
+                extra={"history": r.history, "best_epoch": r.best_epoch, "seconds": r.seconds},
+            )
         for h in r.history:
-            print(json.dumps({k2: round(v, 5) if isinstance(v, float) else v for k2, v in h.items()}))
-        print(f"member {k}: seed {cfg.seed + k} best_epoch {r.best_epoch} dev_acc {r.dev_accuracy:.4f} "
-              f"seconds {r.seconds:.1f}", flush=True)
+            print(
+                json.dumps({k2: round(v, 5) if isinstance(v, float) else v for k2, v in h.items()})
+            )
+        print(
+            f"member {k}: seed {cfg.seed + k} best_epoch {r.best_epoch} "
+            f"dev_acc {r.dev_accuracy:.4f} "
+            f"seconds {r.seconds:.1f}",
+            flush=True,
+        )
     t = time.perf_counter()
     p = predict_proba(models, xd, tta=a.tta)
     acc = float((p.argmax(1) == yd).mean())
     if a.tta is False and len(models) > 1:
         singles = [float((predict_proba([m], xd).argmax(1) == yd).mean()) for m in models]
         print("members' dev_acc:", " ".join(f"{v:.4f}" for v in singles))
-    print(f"RESULT model={cfg.model} members={len(models)} tta={a.tta} dev_acc={acc:.4f} "
-          f"train_seconds={total:.1f} predict_seconds={time.perf_counter() - t:.2f} hp={json.dumps(r.hyperparameters)}")
+    print(
+        f"RESULT model={cfg.model} members={len(models)} tta={a.tta} dev_acc={acc:.4f} "
+        f"train_seconds={total:.1f} predict_seconds={time.perf_counter() - t:.2f} "
+        f"hp={json.dumps(r.hyperparameters)}"
+    )
 
 
 if __name__ == "__main__":

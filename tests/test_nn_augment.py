@@ -68,7 +68,12 @@ def test_parse_augment():
     # parsing: none/default/key=value, and errors naming the bad part
     assert parse_augment("none") == {"shift": 0, "rotate": 0, "zoom": 0, "elastic": 0}
     assert parse_augment("default")["rotate"] == 10
-    assert parse_augment("shift=3,elastic=1.5") == {"shift": 3, "rotate": 0, "zoom": 0, "elastic": 1.5}
+    assert parse_augment("shift=3,elastic=1.5") == {
+        "shift": 3,
+        "rotate": 0,
+        "zoom": 0,
+        "elastic": 1.5,
+    }
     for bad, msg in [("spin=3", "spin"), ("shift=x", "'x'"), ("shift=-1", "-1"), ("zoom=1", "1")]:
         with pytest.raises(ValueError, match=msg):
             parse_augment(bad)

@@ -38,10 +38,15 @@ def test_dense_gradients(rng):
     # Dense: dx, dw, db match finite differences of sum(out * R)
     x, w, b = rng.normal(size=(4, 5)), rng.normal(size=(5, 3)), rng.normal(size=3)
     R = rng.normal(size=(4, 3))
-    f = lambda: np.sum(L.dense_forward(x, w, b)[0] * R)
+
+    def f():
+        return np.sum(L.dense_forward(x, w, b)[0] * R)
+
     out, cache = L.dense_forward(x, w, b)
     dx, dw, db = L.dense_backward(R, cache)
-    close(dx, numgrad(f, x)); close(dw, numgrad(f, w)); close(db, numgrad(f, b))
+    close(dx, numgrad(f, x))
+    close(dw, numgrad(f, w))
+    close(db, numgrad(f, b))
 
 
 @pytest.mark.parametrize("pad,k", [(0, 3), (1, 3), (2, 5)])
@@ -50,9 +55,14 @@ def test_conv2d_gradients(rng, pad, k):
     x, w, b = rng.normal(size=(2, 6, 6, 2)), rng.normal(size=(k, k, 2, 3)), rng.normal(size=3)
     out, cache = L.conv2d_forward(x, w, b, pad)
     R = rng.normal(size=out.shape)
-    f = lambda: np.sum(L.conv2d_forward(x, w, b, pad)[0] * R)
+
+    def f():
+        return np.sum(L.conv2d_forward(x, w, b, pad)[0] * R)
+
     dx, dw, db = L.conv2d_backward(R, cache)
-    close(dx, numgrad(f, x)); close(dw, numgrad(f, w)); close(db, numgrad(f, b))
+    close(dx, numgrad(f, x))
+    close(dw, numgrad(f, w))
+    close(db, numgrad(f, b))
 
 
 def test_conv2d_matches_direct_convolution(rng):
@@ -60,8 +70,12 @@ def test_conv2d_matches_direct_convolution(rng):
     x, w, b = rng.normal(size=(1, 5, 5, 2)), rng.normal(size=(3, 3, 2, 4)), rng.normal(size=4)
     out, _ = L.conv2d_forward(x, w, b, pad=1)
     xp = np.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)))
-    ref = np.array([[np.einsum("ijc,ijcf->f", xp[0, r:r + 3, c:c + 3], w) + b for c in range(5)]
-                    for r in range(5)])
+    ref = np.array(
+        [
+            [np.einsum("ijc,ijcf->f", xp[0, r : r + 3, c : c + 3], w) + b for c in range(5)]
+            for r in range(5)
+        ]
+    )
     close(out[0], ref, 1e-12)
 
 
@@ -71,7 +85,10 @@ def test_maxpool_gradients(rng):
     out, cache = L.maxpool_forward(x)
     assert out.shape == (2, 2, 3, 3)
     R = rng.normal(size=out.shape)
-    f = lambda: np.sum(L.maxpool_forward(x)[0] * R)
+
+    def f():
+        return np.sum(L.maxpool_forward(x)[0] * R)
+
     close(L.maxpool_backward(R, cache), numgrad(f, x))
 
 
@@ -94,7 +111,9 @@ def test_batchnorm_gradients(rng, shape):
 
     _, cache = L.batchnorm_forward(x, gamma, beta, np.zeros(C), np.ones(C), True)
     dx, dgamma, dbeta = L.batchnorm_backward(R, cache)
-    close(dx, numgrad(f, x), 1e-5); close(dgamma, numgrad(f, gamma)); close(dbeta, numgrad(f, beta))
+    close(dx, numgrad(f, x), 1e-5)
+    close(dgamma, numgrad(f, gamma))
+    close(dbeta, numgrad(f, beta))
 
 
 def test_batchnorm_train_vs_eval(rng):
@@ -115,7 +134,10 @@ def test_dropout_fixed_mask_gradient(rng):
     x = rng.normal(size=(4, 5))
     mask = (rng.random((4, 5)) > 0.5) / 0.5
     R = rng.normal(size=x.shape)
-    f = lambda: np.sum(L.dropout_forward(x, 0.5, True, mask=mask)[0] * R)
+
+    def f():
+        return np.sum(L.dropout_forward(x, 0.5, True, mask=mask)[0] * R)
+
     _, m = L.dropout_forward(x, 0.5, True, mask=mask)
     close(L.dropout_backward(R, m), numgrad(f, x))
 
@@ -133,7 +155,10 @@ def test_flatten_gradient(rng):
     # Flatten: backward reshapes the gradient back (finite differences agree)
     x = rng.normal(size=(2, 3, 3, 2))
     R = rng.normal(size=(2, 18))
-    f = lambda: np.sum(L.flatten_forward(x)[0] * R)
+
+    def f():
+        return np.sum(L.flatten_forward(x)[0] * R)
+
     _, shape = L.flatten_forward(x)
     close(L.flatten_backward(R, shape), numgrad(f, x))
 
@@ -145,7 +170,10 @@ def test_activation_gradients(rng, name):
     x = rng.normal(size=(4, 6))
     x[np.abs(x) < 1e-3] = 0.5
     R = rng.normal(size=x.shape)
-    f = lambda: np.sum(fwd(x)[0] * R)
+
+    def f():
+        return np.sum(fwd(x)[0] * R)
+
     _, cache = fwd(x)
     close(bwd(R, cache), numgrad(f, x))
 
@@ -154,7 +182,10 @@ def test_activation_gradients(rng, name):
 def test_softmax_cross_entropy_gradient(rng, smoothing):
     # softmax cross-entropy (with and without label smoothing): dz matches finite differences
     z, y = rng.normal(size=(5, 10)) * 3, rng.integers(0, 10, 5)
-    f = lambda: softmax_cross_entropy_forward(z, y, smoothing)[0]
+
+    def f():
+        return softmax_cross_entropy_forward(z, y, smoothing)[0]
+
     _, cache = softmax_cross_entropy_forward(z, y, smoothing)
     close(softmax_cross_entropy_backward(cache), numgrad(f, z))
 

@@ -22,13 +22,17 @@ def hp(name, **kw):
     return {**DEFAULTS[name], "model": name, **kw}
 
 
-@pytest.mark.parametrize("name,opt,lr,steps", [("mlp", "adam", 1e-3, 60), ("cnn", "adam", 3e-3, 40),
-                                               ("seed", "sgd", 0.5, 300)])
+@pytest.mark.parametrize(
+    "name,opt,lr,steps",
+    [("mlp", "adam", 1e-3, 60), ("cnn", "adam", 3e-3, 40), ("seed", "sgd", 0.5, 300)],
+)
 def test_overfit_one_batch(name, opt, lr, steps):
     # a few steps on one fixed batch of 16 random images drive the loss near zero, accuracy 100%
     x, y = batch()
     rng = np.random.default_rng(0)
-    model = Model(build_spec(name, hp(name, dropout=0.0, hidden=(32,) if name != "cnn" else ())), rng=rng)
+    model = Model(
+        build_spec(name, hp(name, dropout=0.0, hidden=(32,) if name != "cnn" else ())), rng=rng
+    )
     if name == "cnn":
         model = Model(build_spec("cnn", hp("cnn", dropout=0.0, plan="8c5-p-8c5-p-fc32")), rng=rng)
     o = Optimizer(opt, model.theta.size, model.n_decay)
@@ -51,7 +55,10 @@ def test_model_gradient_matches_finite_differences():
     from pipeline.nn.model import LAYER_KINDS
 
     def loss_and_grads():
-        P = [{p: params[f"{ly['name']}.{p}"] for p in LAYER_KINDS[ly["type"]][0](ly)} for ly in spec["layers"]]
+        P = [
+            {p: params[f"{ly['name']}.{p}"] for p in LAYER_KINDS[ly["type"]][0](ly)}
+            for ly in spec["layers"]
+        ]
         G = [{p: np.zeros_like(v) for p, v in Pi.items()} for Pi in P]
         h, caches = x.astype(np.float64), []
         for ly, Pi in zip(spec["layers"], P):
@@ -62,7 +69,9 @@ def test_model_gradient_matches_finite_differences():
         for i in range(len(spec["layers"]) - 1, -1, -1):
             ly = spec["layers"][i]
             d = LAYER_KINDS[ly["type"]][2](ly, P[i], G[i], d, caches[i], i > 0)
-        return loss, {f"{ly['name']}.{p}": g for ly, Gi in zip(spec["layers"], G) for p, g in Gi.items()}
+        return loss, {
+            f"{ly['name']}.{p}": g for ly, Gi in zip(spec["layers"], G) for p, g in Gi.items()
+        }
 
     _, grads = loss_and_grads()
     for name in ["c1.w", "c3.w", "c1bn.gamma", "c3bn.beta", "fc5.w", "fc5bn.gamma", "out.b"]:
@@ -147,6 +156,7 @@ def test_bad_spec_names_the_value():
 def test_eval_folds_batchnorm_exactly():
     # inference with BatchNorm folded into the conv/dense weights equals the layer-by-layer pass
     from pipeline.nn.model import LAYER_KINDS
+
     m = Model(build_spec("cnn", hp("cnn", plan="4c5-p-4c5-p-fc8")), rng=np.random.default_rng(0))
     rng = np.random.default_rng(1)
     for k, v in m.params.items():
@@ -165,6 +175,7 @@ def test_eval_folds_batchnorm_exactly():
 def test_float32_end_to_end(name):
     # no silent float64: every activation and input gradient of a training step stays float32
     from pipeline.nn.model import LAYER_KINDS
+
     rng = np.random.default_rng(0)
     m = Model(build_spec(name, hp(name, plan="4c5-p-4c5-p-fc8")), rng=rng)
     x, y = batch(8)

@@ -24,7 +24,9 @@ def expected(name, steps=3, lr=0.1, wd=0.0, mu=0.9, b1=0.9, b2=0.999, eps=1e-8):
     """Hand-written textbook updates in float64; decay applies to the first 2 entries."""
     th = THETA0.copy()
     decay = np.array([1.0, 1.0, 0.0]) * wd
-    v = np.zeros(3); m = np.zeros(3); s = np.zeros(3)
+    v = np.zeros(3)
+    m = np.zeros(3)
+    s = np.zeros(3)
     for t in range(1, steps + 1):
         g = A * th
         if name != "adamw":
@@ -42,7 +44,7 @@ def expected(name, steps=3, lr=0.1, wd=0.0, mu=0.9, b1=0.9, b2=0.999, eps=1e-8):
                 th = th * (1 - lr * decay)
             m = b1 * m + (1 - b1) * g
             s = b2 * s + (1 - b2) * g * g
-            mhat, shat = m / (1 - b1 ** t), s / (1 - b2 ** t)
+            mhat, shat = m / (1 - b1**t), s / (1 - b2**t)
             th = th - lr * mhat / (np.sqrt(shat) + eps)
     return th
 
@@ -60,7 +62,7 @@ def test_optimizer_descends_quadratic():
     # every optimizer drives the quadratic's loss down over many steps
     for name in ["sgd", "momentum", "nesterov", "adam", "adamw"]:
         th = run(name, steps=200, lr=0.05)
-        assert 0.5 * np.sum(A * th ** 2) < 1e-2, name
+        assert 0.5 * np.sum(A * th**2) < 1e-2, name
 
 
 def test_optimizer_rejects_bad_names():
@@ -79,10 +81,14 @@ def test_schedules_shapes():
     st = make_schedule("step", 0.1, n)
     assert math.isclose(st(0), 0.1) and math.isclose(st(30), 0.01) and st(99) < 1e-3
     co = [make_schedule("cosine", 0.1, n)(s) for s in range(n)]
-    assert math.isclose(co[0], 0.1) and abs(co[-1]) < 1e-12 and all(a >= b for a, b in zip(co, co[1:]))
+    assert (
+        math.isclose(co[0], 0.1) and abs(co[-1]) < 1e-12 and all(a >= b for a, b in zip(co, co[1:]))
+    )
     oc = [make_schedule("onecycle", 0.1, n)(s) for s in range(n)]
     assert int(np.argmax(oc)) == 25 and math.isclose(oc[25], 0.1)
     assert math.isclose(oc[0], 0.1 / 25) and oc[-1] < 1e-4
-    assert all(a <= b for a, b in zip(oc[:25], oc[1:26])) and all(a >= b for a, b in zip(oc[25:], oc[26:]))
+    assert all(a <= b for a, b in zip(oc[:25], oc[1:26])) and all(
+        a >= b for a, b in zip(oc[25:], oc[26:])
+    )
     with pytest.raises(ValueError, match="'linear'"):
         make_schedule("linear", 0.1, n)

@@ -15,7 +15,7 @@ def toy(n, seed):
     x = np.full((n, 28, 28, 1), -0.4, np.float32)
     for i, c in enumerate(y):
         r, col = 2 + 8 * (c // 4), 2 + 6 * (c % 4)
-        x[i, r:r + 6, col:col + 6] = 2.0
+        x[i, r : r + 6, col : col + 6] = 2.0
     x += rng.normal(scale=0.1, size=x.shape).astype(np.float32)
     return x, y
 
@@ -31,24 +31,45 @@ def test_mlp_learns_toy_problem():
     assert r.dev_accuracy == 1.0 and len(r.history) == 3 and 1 <= r.best_epoch <= 3
     assert r.dev_proba.shape == (50, 10) and r.dev_proba.dtype == np.float32
     assert np.allclose(r.dev_proba.sum(1), 1, atol=1e-5)
-    assert set(r.history[0]) >= {"epoch", "train_loss", "train_acc", "dev_loss", "dev_acc", "lr", "seconds"}
+    assert set(r.history[0]) >= {
+        "epoch",
+        "train_loss",
+        "train_acc",
+        "dev_loss",
+        "dev_acc",
+        "lr",
+        "seconds",
+    }
 
 
 def test_cnn_and_seed_train_without_dev():
     # cnn and seed models train one epoch with no dev set (dev figures are None)
     x, y = toy(64, 0)
-    for cfg in [TrainConfig(model="cnn", epochs=1, batch_size=32), TrainConfig(model="seed", epochs=5)]:
+    for cfg in [
+        TrainConfig(model="cnn", epochs=1, batch_size=32),
+        TrainConfig(model="seed", epochs=5),
+    ]:
         r = train(cfg, x, y, None, None, progress=False)
         assert r.dev_accuracy is None and r.dev_proba is None and r.best_epoch == len(r.history)
 
 
-@pytest.mark.parametrize("field,value,msg", [
-    ("lr", -0.1, "lr must be > 0, got -0.1"), ("epochs", -2, "-2"), ("batch_size", -1, "-1"),
-    ("optimizer", "rmsprop", "'rmsprop'"), ("schedule", "linear", "'linear'"),
-    ("activation", "swish", "'swish'"), ("dropout", 1.0, "1.0"), ("label_smoothing", 1.5, "1.5"),
-    ("hidden", (0,), r"\[0\]"), ("augment", "spin=1", "spin"), ("model", "resnet", "'resnet'"),
-    ("patience", -1, "-1"),
-])
+@pytest.mark.parametrize(
+    "field,value,msg",
+    [
+        ("lr", -0.1, "lr must be > 0, got -0.1"),
+        ("epochs", -2, "-2"),
+        ("batch_size", -1, "-1"),
+        ("optimizer", "rmsprop", "'rmsprop'"),
+        ("schedule", "linear", "'linear'"),
+        ("activation", "swish", "'swish'"),
+        ("dropout", 1.0, "1.0"),
+        ("label_smoothing", 1.5, "1.5"),
+        ("hidden", (0,), r"\[0\]"),
+        ("augment", "spin=1", "spin"),
+        ("model", "resnet", "'resnet'"),
+        ("patience", -1, "-1"),
+    ],
+)
 def test_bad_hyperparameters_are_named(field, value, msg):
     # each bad hyperparameter raises ValueError naming the bad value, before any training
     with pytest.raises(ValueError, match=msg):
@@ -97,18 +118,27 @@ def test_resume_equals_uninterrupted(tmp_path, refit):
     # parameters and history (timings aside) to one uninterrupted run with the same seed
     x, y = toy(96, 0)
     xd, yd = toy(40, 1)
-    cfg = TrainConfig(model="cnn", epochs=2, batch_size=32, refit=refit, dropout=0.2,
-                      augment="shift=1,rotate=5,elastic=1")
+    cfg = TrainConfig(
+        model="cnn",
+        epochs=2,
+        batch_size=32,
+        refit=refit,
+        dropout=0.2,
+        augment="shift=1,rotate=5,elastic=1",
+    )
     whole = train(cfg, x, y, xd, yd, progress=False)
     ck = tmp_path / "ck.npz"
     import pipeline.train as T
+
     real = T._run_epochs
 
     def one_epoch_then_crash(fit, *a, **k):  # simulate an interruption after every epoch
         save = a[-1]
+
         def save_and_stop(f, ph, done):
             save(f, ph, done)
             raise KeyboardInterrupt
+
         return real(fit, *a[:-1], save_and_stop, **k)
 
     T._run_epochs = one_epoch_then_crash
@@ -125,7 +155,10 @@ def test_resume_equals_uninterrupted(tmp_path, refit):
     assert crashes == 2 + (len(whole.refit_history) if refit else 0)
     for k in whole.model.params:
         np.testing.assert_array_equal(whole.model.params[k], parts.model.params[k])
-    strip = lambda h: [{k: v for k, v in row.items() if k != "seconds"} for row in h]
+
+    def strip(h):
+        return [{k: v for k, v in row.items() if k != "seconds"} for row in h]
+
     assert strip(whole.history) == strip(parts.history)
     assert strip(whole.refit_history) == strip(parts.refit_history)
     np.testing.assert_array_equal(whole.dev_proba, parts.dev_proba)
@@ -151,4 +184,13 @@ def test_resume_refuses_other_config(tmp_path):
     ck = tmp_path / "ck.npz"
     train(FAST.replace(epochs=1), x, y, None, None, progress=False, checkpoint=ck)
     with pytest.raises(ValueError, match="different configuration"):
-        train(FAST.replace(epochs=1, lr=0.1), x, y, None, None, progress=False, checkpoint=ck, resume=True)
+        train(
+            FAST.replace(epochs=1, lr=0.1),
+            x,
+            y,
+            None,
+            None,
+            progress=False,
+            checkpoint=ck,
+            resume=True,
+        )

@@ -7,5 +7,12 @@ No autograd and no GPU: every layer is an explicit forward/backward pair (`layer
 from pipeline.nn.model import Model, ModelFileError, load_extra, load_models, save_models
 from pipeline.nn.models import ARCHITECTURES, DEFAULTS
 
-__all__ = ["ARCHITECTURES", "DEFAULTS", "Model", "ModelFileError", "load_extra", "load_models",
-           "save_models"]
+__all__ = [
+    "ARCHITECTURES",
+    "DEFAULTS",
+    "Model",
+    "ModelFileError",
+    "load_extra",
+    "load_models",
+    "save_models",
+]

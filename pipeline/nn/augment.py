@@ -32,8 +32,10 @@ def parse_augment(text):
         key, sep, value = part.partition("=")
         key = key.strip()
         if not sep or key not in KEYS:
-            raise ValueError(f"augment must be 'none', 'default' or key=value pairs with keys "
-                             f"{', '.join(KEYS)}; got {part!r} in {text!r}")
+            raise ValueError(
+                f"augment must be 'none', 'default' or key=value pairs with keys "
+                f"{', '.join(KEYS)}; got {part!r} in {text!r}"
+            )
         try:
             out[key] = float(value)
         except ValueError:
@@ -80,7 +82,9 @@ def affine(x, angle, scale, tx, ty, fill, disp=None):
     elastic displacement (rows, cols) to the source coordinates."""
     N, H, W, _ = x.shape
     cy, cx = (H - 1) / 2.0, (W - 1) / 2.0
-    rows, cols = np.meshgrid(np.arange(H, dtype=np.float32), np.arange(W, dtype=np.float32), indexing="ij")
+    rows, cols = np.meshgrid(
+        np.arange(H, dtype=np.float32), np.arange(W, dtype=np.float32), indexing="ij"
+    )
     th = np.deg2rad(np.asarray(angle, dtype=np.float32))[:, None, None]  # (N, 1, 1)
     inv = (1.0 / np.asarray(scale, dtype=np.float32))[:, None, None]
     cos, sin = np.cos(th) * inv, np.sin(th) * inv

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 
+
 def _into(out, value):
     """Copy `value` into the caller's buffer `out` if there is one; return the result."""
     if out is None:
@@ -48,7 +49,9 @@ def im2col(xp, kh, kw):
     sliding-window view (5x faster than kh*kw slice copies with C-float inner runs)."""
     N, Hp, Wp, C = xp.shape
     Ho, Wo = Hp - kh + 1, Wp - kw + 1
-    win = np.lib.stride_tricks.sliding_window_view(xp, (kh, kw), axis=(1, 2))  # (N, Ho, Wo, C, kh, kw)
+    win = np.lib.stride_tricks.sliding_window_view(
+        xp, (kh, kw), axis=(1, 2)
+    )  # (N, Ho, Wo, C, kh, kw)
     cols = np.empty((N, Ho, Wo, kh, kw, C), dtype=xp.dtype)  # (N, Ho, Wo, kh, kw, C)
     np.copyto(cols, win.transpose(0, 1, 2, 4, 5, 3))
     return cols
@@ -67,7 +70,7 @@ def col2im(dblocks, Hp, Wp):
     dxp = np.zeros((N, Hp, Wp, C), dtype=dblocks.dtype)  # (N, Hp, Wp, C)
     for i in range(kh):
         for j in range(kw):
-            dxp[:, i:i + Ho, j:j + Wo, :] += dblocks[i, j]
+            dxp[:, i : i + Ho, j : j + Wo, :] += dblocks[i, j]
     return dxp
 
 
@@ -102,7 +105,7 @@ def conv2d_backward(dz, cache, dw=None, db=None, need_dx=True):
     dblocks = np.matmul(dz2, wT)  # (kh*kw, N*Ho*Wo, C)
     Ho, Wo = dz.shape[1], dz.shape[2]
     dxp = col2im(dblocks.reshape(kh, kw, N, Ho, Wo, C), H + 2 * pad, W + 2 * pad)
-    dx = dxp[:, pad:pad + H, pad:pad + W, :] if pad else dxp  # (N, H, W, C)
+    dx = dxp[:, pad : pad + H, pad : pad + W, :] if pad else dxp  # (N, H, W, C)
     return dx, dw, db
 
 

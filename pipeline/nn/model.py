@@ -29,7 +29,8 @@ class ModelFileError(UserError):
 
 # ----------------------------------------------------------------------------------------------
 # Layer kinds: name -> (parameter shapes, forward, backward). Parameters are named "<layer>.<p>".
-# forward(layer, P, x, train, rng) -> (out, cache); backward(layer, P, G, dout, cache, need_dx) -> dx
+# forward(layer, P, x, train, rng) -> (out, cache)
+# backward(layer, P, G, dout, cache, need_dx) -> dx
 
 
 def _dense_shapes(ly):
@@ -64,8 +65,9 @@ def _bn_shapes(ly):
 
 
 def _bn_fwd(ly, P, x, train, rng):
-    return L.batchnorm_forward(x, P["gamma"], P["beta"], P["mean"], P["var"], train,
-                               momentum=ly.get("momentum", 0.1))
+    return L.batchnorm_forward(
+        x, P["gamma"], P["beta"], P["mean"], P["var"], train, momentum=ly.get("momentum", 0.1)
+    )
 
 
 def _bn_bwd(ly, P, G, dout, cache, need_dx):
@@ -129,7 +131,9 @@ def _param_table(spec):
         if kind not in LAYER_KINDS:
             raise ValueError(f"layer type must be one of {sorted(LAYER_KINDS)}, got {kind!r}")
         if kind == "act" and ly.get("fn") not in L.ACTIVATIONS:
-            raise ValueError(f"activation must be one of {sorted(L.ACTIVATIONS)}, got {ly.get('fn')!r}")
+            raise ValueError(
+                f"activation must be one of {sorted(L.ACTIVATIONS)}, got {ly.get('fn')!r}"
+            )
         for p, shape in LAYER_KINDS[kind][0](ly).items():
             rows.append((f"{ly['name']}.{p}", p, tuple(int(s) for s in shape), ly))
     order = {p: 0 if p in DECAYED else (2 if p in BUFFERS else 1) for _, p, _, _ in rows}
@@ -161,8 +165,8 @@ class Model:
                 arr = np.zeros(shape, dtype=np.float32)
             else:
                 size = int(np.prod(shape))
-                arr = self.theta[offset:offset + size].reshape(shape)
-                self.grads[name] = self._G[i][p] = self.grad[offset:offset + size].reshape(shape)
+                arr = self.theta[offset : offset + size].reshape(shape)
+                self.grads[name] = self._G[i][p] = self.grad[offset : offset + size].reshape(shape)
                 offset += size
             self.params[name] = self._P[i][p] = arr
         if params is not None:
@@ -185,10 +189,14 @@ class Model:
         missing = sorted(set(self.params) - set(params))
         extra = sorted(set(params) - set(self.params))
         if missing or extra:
-            raise ValueError(f"parameters do not match the spec: missing {missing}, unexpected {extra}")
+            raise ValueError(
+                f"parameters do not match the spec: missing {missing}, unexpected {extra}"
+            )
         for k, v in self.params.items():
             if np.shape(params[k]) != v.shape:
-                raise ValueError(f"parameter {k} must have shape {v.shape}, got {np.shape(params[k])}")
+                raise ValueError(
+                    f"parameter {k} must have shape {v.shape}, got {np.shape(params[k])}"
+                )
             v[...] = params[k]
 
     # forward/backward -------------------------------------------------------------------------
@@ -204,10 +212,10 @@ class Model:
         plan = self._eval_plan()
         out = np.empty((x.shape[0], self.spec["layers"][-1]["out"]), dtype=np.float32)  # (N, 10)
         for s in range(0, x.shape[0], EVAL_CHUNK):
-            h = x[s:s + EVAL_CHUNK]
+            h = x[s : s + EVAL_CHUNK]
             for ly, P in plan:
                 h, _ = LAYER_KINDS[ly["type"]][1](ly, P, h, False, None)
-            out[s:s + EVAL_CHUNK] = h
+            out[s : s + EVAL_CHUNK] = h
         return out
 
     def _eval_plan(self):
@@ -216,7 +224,11 @@ class Model:
         layers, plan, i = self.spec["layers"], [], 0
         while i < len(layers):
             ly, P = layers[i], self._P[i]
-            if ly["type"] in ("conv", "dense") and i + 1 < len(layers) and layers[i + 1]["type"] == "bn":
+            if (
+                ly["type"] in ("conv", "dense")
+                and i + 1 < len(layers)
+                and layers[i + 1]["type"] == "bn"
+            ):
                 bn = self._P[i + 1]
                 scale = bn["gamma"] / np.sqrt(bn["var"] + L.BN_EPS)  # (C,)
                 b = P["b"] if "b" in P else np.zeros_like(scale)
@@ -261,8 +273,11 @@ class Model:
 
 def save_models(path, models, extra=None):
     """Write `models` (and a JSON-able `extra` dict) to one .npz, atomically."""
-    arrays = {"format": np.array(FORMAT), "n_models": np.array(len(models), dtype=np.int64),
-              "extra": np.array(json.dumps(extra or {}))}
+    arrays = {
+        "format": np.array(FORMAT),
+        "n_models": np.array(len(models), dtype=np.int64),
+        "extra": np.array(json.dumps(extra or {})),
+    }
     for i, m in enumerate(models):
         arrays[f"m{i}/spec"] = np.array(json.dumps(m.spec))
         for k, v in m.params.items():
@@ -279,8 +294,9 @@ def _read(path):
     except FileNotFoundError:
         raise ModelFileError(f"model file {path} does not exist; train a model first") from None
     except Exception as e:  # zipfile.BadZipFile, ValueError, EOFError, ...
-        raise ModelFileError(f"model file {path} is corrupt or not a model file ({e}); "
-                             "delete it and train again") from None
+        raise ModelFileError(
+            f"model file {path} is corrupt or not a model file ({e}); delete it and train again"
+        ) from None
 
 
 def load_models(path):
@@ -288,18 +304,25 @@ def load_models(path):
     z = _read(path)
     if "format" not in z or str(z["format"]) != FORMAT:
         got = str(z["format"]) if "format" in z else "no format tag"
-        raise ModelFileError(f"model file {path} has format {got!r}, expected {FORMAT!r}; "
-                             "train again with this version")
+        raise ModelFileError(
+            f"model file {path} has format {got!r}, expected {FORMAT!r}; "
+            "train again with this version"
+        )
     models = []
     try:
         for i in range(int(z["n_models"])):
             spec = json.loads(str(z[f"m{i}/spec"]))
             prefix = f"m{i}/"
-            params = {k[len(prefix):]: v for k, v in z.items() if k.startswith(prefix) and k != f"m{i}/spec"}
+            params = {
+                k[len(prefix) :]: v
+                for k, v in z.items()
+                if k.startswith(prefix) and k != f"m{i}/spec"
+            }
             models.append(Model(spec, params))
     except (KeyError, ValueError, TypeError) as e:
-        raise ModelFileError(f"model file {path} is incompatible with this version ({e}); "
-                             "train again") from None
+        raise ModelFileError(
+            f"model file {path} is incompatible with this version ({e}); train again"
+        ) from None
     if not models:
         raise ModelFileError(f"model file {path} holds no models")
     return models

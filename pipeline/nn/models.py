@@ -36,7 +36,9 @@ def parse_plan(plan):
     for tok in plan.split("-"):
         m = re.fullmatch(r"(\d+)c(\d+)(s?)|p|fc(\d+)", tok)
         if not m:
-            raise ValueError(f"cnn plan token must look like 32c3, 32c3s, p or fc128, got {tok!r} in {plan!r}")
+            raise ValueError(
+                f"cnn plan token must look like 32c3, 32c3s, p or fc128, got {tok!r} in {plan!r}"
+            )
         if tok == "p":
             out.append(("pool",))
         elif tok.startswith("fc"):
@@ -59,10 +61,20 @@ def cnn_spec(hp):
             _, f, k, pad = op
             side = side + 2 * pad - k + 1
             if flat is not None or side < 1:
-                raise ValueError(f"cnn plan {hp['plan']!r} has a conv after fc or shrinks the image to nothing")
+                raise ValueError(
+                    f"cnn plan {hp['plan']!r} has a conv after fc or shrinks the image to nothing"
+                )
             layers += [
-                {"type": "conv", "name": f"c{i}", "cin": c, "cout": f, "k": k, "pad": pad, "init": "he",
-                 "bias": False},  # BatchNorm's beta does a bias's job
+                {
+                    "type": "conv",
+                    "name": f"c{i}",
+                    "cin": c,
+                    "cout": f,
+                    "k": k,
+                    "pad": pad,
+                    "init": "he",
+                    "bias": False,
+                },  # BatchNorm's beta does a bias's job
                 {"type": "bn", "name": f"c{i}bn", "c": f},
                 {"type": "act", "name": f"c{i}a", "fn": act},
             ]
@@ -70,7 +82,7 @@ def cnn_spec(hp):
         elif op[0] == "pool":
             if side % 2:
                 raise ValueError(f"cnn plan {hp['plan']!r} pools an odd side of {side}")
-            # pool before the activation: max and ReLU commute, and the ReLU then sees 4x fewer values
+            # pool before the activation: max and ReLU commute; ReLU then sees 4x fewer values
             at = len(layers) - 1 if layers and layers[-1]["type"] == "act" else len(layers)
             layers.insert(at, {"type": "pool", "name": f"p{i}"})
             side //= 2
@@ -96,28 +108,62 @@ def cnn_spec(hp):
 def seed_spec(hp):
     """The seed project's 784-10-10 network: one small hidden layer, sigmoid/tanh."""
     h = int(hp["hidden"][0]) if hp["hidden"] else 10
-    return {"name": "seed", "input_shape": [IMAGE_SIDE, IMAGE_SIDE, 1], "layers": [
-        {"type": "flatten", "name": "flat"},
-        {"type": "dense", "name": "fc1", "in": N_PIXELS, "out": h, "init": "xavier"},
-        {"type": "act", "name": "a1", "fn": hp["activation"]},
-        {"type": "dense", "name": "out", "in": h, "out": N_CLASSES, "init": "xavier"},
-    ]}
+    return {
+        "name": "seed",
+        "input_shape": [IMAGE_SIDE, IMAGE_SIDE, 1],
+        "layers": [
+            {"type": "flatten", "name": "flat"},
+            {"type": "dense", "name": "fc1", "in": N_PIXELS, "out": h, "init": "xavier"},
+            {"type": "act", "name": "a1", "fn": hp["activation"]},
+            {"type": "dense", "name": "out", "in": h, "out": N_CLASSES, "init": "xavier"},
+        ],
+    }
 
 
 ARCHITECTURES = {"mlp": mlp_spec, "cnn": cnn_spec, "seed": seed_spec}
 
 # Defaults per model. batch_size None = the whole training set (full-batch gradient descent).
 DEFAULTS = {
-    "mlp": dict(epochs=20, batch_size=128, lr=2e-3, optimizer="adamw", schedule="onecycle",
-                weight_decay=1e-4, hidden=(512, 256), activation="relu", dropout=0.1,
-                label_smoothing=0.0, augment="shift=2,rotate=10,zoom=0.1,elastic=0"),
-    "cnn": dict(epochs=15, batch_size=128, lr=3e-3, optimizer="adamw", schedule="onecycle",
-                weight_decay=1e-4, hidden=(), activation="relu", dropout=0.3,
-                label_smoothing=0.0, augment="shift=2,rotate=10,zoom=0.1,elastic=0",
-                plan="32c5-p-64c5-p-fc128"),
-    "seed": dict(epochs=500, batch_size=None, lr=0.5, optimizer="sgd", schedule="constant",
-                 weight_decay=0.0, hidden=(10,), activation="tanh", dropout=0.0,
-                 label_smoothing=0.0, augment="none"),
+    "mlp": dict(
+        epochs=20,
+        batch_size=128,
+        lr=2e-3,
+        optimizer="adamw",
+        schedule="onecycle",
+        weight_decay=1e-4,
+        hidden=(512, 256),
+        activation="relu",
+        dropout=0.1,
+        label_smoothing=0.0,
+        augment="shift=2,rotate=10,zoom=0.1,elastic=0",
+    ),
+    "cnn": dict(
+        epochs=15,
+        batch_size=128,
+        lr=3e-3,
+        optimizer="adamw",
+        schedule="onecycle",
+        weight_decay=1e-4,
+        hidden=(),
+        activation="relu",
+        dropout=0.3,
+        label_smoothing=0.0,
+        augment="shift=2,rotate=10,zoom=0.1,elastic=0",
+        plan="32c5-p-64c5-p-fc128",
+    ),
+    "seed": dict(
+        epochs=500,
+        batch_size=None,
+        lr=0.5,
+        optimizer="sgd",
+        schedule="constant",
+        weight_decay=0.0,
+        hidden=(10,),
+        activation="tanh",
+        dropout=0.0,
+        label_smoothing=0.0,
+        augment="none",
+    ),
 }
 
 

@@ -20,8 +20,9 @@ import numpy as np
 class Optimizer:
     """`step(theta, grad, lr)` updates `theta` in place. `grad` is used as scratch (clobbered)."""
 
-    def __init__(self, name, n, n_decay=None, weight_decay=0.0, momentum=0.9,
-                 betas=(0.9, 0.999), eps=1e-8):
+    def __init__(
+        self, name, n, n_decay=None, weight_decay=0.0, momentum=0.9, betas=(0.9, 0.999), eps=1e-8
+    ):
         if name not in OPTIMIZERS:
             raise ValueError(f"optimizer must be one of {sorted(OPTIMIZERS)}, got {name!r}")
         if weight_decay < 0:
@@ -41,7 +42,10 @@ class Optimizer:
         OPTIMIZERS[self.name][0](self, theta, grad, float(lr))
 
     def state_dict(self):
-        return {"t": np.array(self.t, dtype=np.int64), **{k: v.copy() for k, v in self.state.items()}}
+        return {
+            "t": np.array(self.t, dtype=np.int64),
+            **{k: v.copy() for k, v in self.state.items()},
+        }
 
     def load_state_dict(self, d):
         self.t = int(d["t"])
@@ -99,7 +103,7 @@ def _adam_core(opt, theta, g, lr):
     g -= v
     g *= 1.0 - b2
     v += g
-    bc1, bc2 = 1.0 - b1 ** t, 1.0 - b2 ** t
+    bc1, bc2 = 1.0 - b1**t, 1.0 - b2**t
     np.sqrt(v, out=tmp)
     tmp += opt.eps * math.sqrt(bc2)
     np.divide(m, tmp, out=tmp)
@@ -115,7 +119,7 @@ def _adam(opt, theta, g, lr):
 def _adamw(opt, theta, g, lr):
     # theta <- theta * (1 - lr*wd) on the decayed part, then the Adam step
     if opt.weight_decay:
-        theta[:opt.n_decay] *= 1.0 - lr * opt.weight_decay
+        theta[: opt.n_decay] *= 1.0 - lr * opt.weight_decay
     _adam_core(opt, theta, g, lr)
 
 

@@ -22,7 +22,9 @@ def step_decay(lr, total_steps, drops=3, gamma=0.1):
 def cosine(lr, total_steps, final=0.0):
     """Half a cosine from lr at step 0 to `final`*lr at the last step."""
     last = max(1, total_steps - 1)
-    return lambda step: lr * (final + (1 - final) * 0.5 * (1 + math.cos(math.pi * min(step, last) / last)))
+    return lambda step: (
+        lr * (final + (1 - final) * 0.5 * (1 + math.cos(math.pi * min(step, last) / last)))
+    )
 
 
 def one_cycle(lr, total_steps, pct_start=0.25, div=25.0, final_div=1e4):

@@ -13,14 +13,20 @@ import contextlib
 import ctypes
 import re
 
-_SUFFIXES = ("scipy_openblas_{}_num_threads64_", "openblas_{}_num_threads64_", "openblas_{}_num_threads")
+_SUFFIXES = (
+    "scipy_openblas_{}_num_threads64_",
+    "openblas_{}_num_threads64_",
+    "openblas_{}_num_threads",
+)
 
 
 def _openblas():
     """-> (get, set) ctypes functions of the loaded OpenBLAS, or None."""
     try:
         with open("/proc/self/maps") as f:
-            paths = sorted({line.split()[-1] for line in f if re.search(r"openblas[^/]*\.so", line)})
+            paths = sorted(
+                {line.split()[-1] for line in f if re.search(r"openblas[^/]*\.so", line)}
+            )
     except OSError:
         return None
     for path in paths:
