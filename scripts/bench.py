@@ -639,7 +639,9 @@ def main(argv=None):
                 peak_mb, noop_s = scratch_submit(args.zip, args.submit_model, tmp)
             except RuntimeError as e:  # a broken stage must not cost the figures measured so far
                 log(str(e))
-                submit_error = str(e).splitlines()[-1]
+                lines = str(e).splitlines()
+                errors = [t for t in lines if "Error" in t and not t.startswith("make")]
+                submit_error = (errors or lines)[-1].strip()
 
     def frac(sps, flop, rate=gflops):
         return None if sps is None else sps * flop / (rate * 1e9)
