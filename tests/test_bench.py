@@ -23,8 +23,9 @@ TINY = ["--skip-torch", "--threads", "1", "--epochs", "1", "--rows", "256", "--c
         "--sgemm-n", "128"]
 
 
-def run_bench(args, timeout=300):
+def run_bench(args, timeout=300, extra_env=None):
     env = {k: v for k, v in os.environ.items() if k != "DIGITS_ROOT"}
+    env.update(extra_env or {})
     proc = subprocess.run([sys.executable, str(SCRIPT), *args], capture_output=True, text=True,
                           timeout=timeout, env=env, cwd=REPO)
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -52,6 +53,20 @@ def test_json_line_has_every_figure_without_torch(tiny_zip):
     assert result["threads"] == 1 and result["mlp_rows"] == 256 and result["cnn_rows"] == 64
     assert result["targets_met"]["mlp_speedup_vs_torch"] is None
     assert "MLP train samples/s" in proc.stdout  # the table precedes the JSON line
+
+
+def test_runs_when_torch_is_not_installed(tiny_zip, tmp_path):
+    # an `import torch` that fails (a stub package first on the path) leaves our figures alone
+    stub = tmp_path / "stub" / "torch"
+    stub.mkdir(parents=True)
+    (stub / "__init__.py").write_text("raise ImportError('no torch here')\n")
+    tiny = [a for a in TINY if a != "--skip-torch"]
+    proc = run_bench(["--zip", str(tiny_zip), "--skip-submit", *tiny], timeout=120,
+                     extra_env={"PYTHONPATH": str(stub.parent)})
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert result["torch"] is None and result["torch_mlp_samples_per_s"] is None
+    assert result["mlp_samples_per_s"] > 0
+    assert "torch is not installed" in proc.stderr
 
 
 def test_scratch_submit_measures_noop_and_memory(tiny_zip):
