@@ -138,7 +138,7 @@ DEFAULTS = {
         augment="shift=2,rotate=10,zoom=0.1,elastic=0",
     ),
     "cnn": dict(
-        epochs=15,
+        epochs=20,  # 15 epochs: 99.52% (seed 0), 99.62%, 99.62% (seeds 1, 2)
         batch_size=128,
         lr=3e-3,
         optimizer="adamw",
