@@ -126,10 +126,11 @@ def parse_args(argv=None):
                         "rows with the default cnn (predict)")
     p.add_argument("--seed", type=int, default=0)
     a = p.parse_args(argv)
-    a.epochs = a.epochs or (1 if a.quick else 3)
-    a.cnn_rows = a.cnn_rows or (512 if a.quick else 8192)
-    a.sgemm_n = a.sgemm_n or (2048 if a.quick else 4096)
-    a.submit_model = a.submit_model or ("mlp" if a.quick else "cnn")
+    defaults = {"epochs": (1, 3), "cnn_rows": (512, 8192), "sgemm_n": (2048, 4096),
+                "submit_model": ("mlp", "cnn")}  # (--quick, full run)
+    for name, (quick, full) in defaults.items():
+        if getattr(a, name) is None:
+            setattr(a, name, quick if a.quick else full)
     if a.rows is None and a.quick:
         a.rows = 8192
     if a.threads is None:

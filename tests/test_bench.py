@@ -100,10 +100,11 @@ def test_macs_per_sample_counts_dense_and_conv_layers():
 
 def test_bad_sizes_are_refused():
     # a non-positive size is a usage error (exit 2) naming the option
-    proc = subprocess.run([sys.executable, str(SCRIPT), "--epochs", "-1"], capture_output=True,
-                          text=True, timeout=60, cwd=REPO)
-    assert proc.returncode == 2
-    assert "--epochs must be > 0" in proc.stderr
+    for bad in (["--epochs", "0"], ["--cnn-rows", "-1"]):
+        proc = subprocess.run([sys.executable, str(SCRIPT), *bad], capture_output=True,
+                              text=True, timeout=60, cwd=REPO)
+        assert proc.returncode == 2
+        assert f"{bad[0]} must be > 0, got {bad[1]}" in proc.stderr
 
 
 def test_profile_mode_prints_layer_table_and_cprofile(tiny_zip):
