@@ -210,11 +210,13 @@ class Model:
                 x, _ = LAYER_KINDS[ly["type"]][1](ly, P, x, True, rng)
             return x
         plan = self._eval_plan()
-        out = np.empty((x.shape[0], self.spec["layers"][-1]["out"]), dtype=np.float32)  # (N, 10)
+        out = None  # (N, 10) for a whole model; any shape for a truncated one (reports)
         for s in range(0, x.shape[0], EVAL_CHUNK):
             h = x[s : s + EVAL_CHUNK]
             for ly, P in plan:
                 h, _ = LAYER_KINDS[ly["type"]][1](ly, P, h, False, None)
+            if out is None:
+                out = np.empty((x.shape[0], *h.shape[1:]), dtype=np.float32)
             out[s : s + EVAL_CHUNK] = h
         return out
 
