@@ -127,7 +127,7 @@ def main():
     fields = {
         k: v
         for k, v in vars(a).items()
-        if v is not None and k not in ("zip", "tta", "no_progress", "hidden", "save")
+        if v is not None and k not in ("zip", "tta", "no_progress", "hidden", "save", "eval")
     }
     if a.hidden:
         fields["hidden"] = tuple(int(h) for h in a.hidden.split(","))
