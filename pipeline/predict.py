@@ -11,6 +11,9 @@ import numpy as np
 
 from pipeline.config import N_CLASSES
 from pipeline.nn.losses import softmax
+from pipeline.nn.threads import blas_threads
+
+PREDICT_THREADS = 1  # OpenBLAS threads during inference; see predict_proba()
 
 # (rows, cols) shifts averaged by test-time augmentation; (0, 0) is the image itself
 TTA_SHIFTS = ((0, 0), (1, 0), (-1, 0), (0, 1), (0, -1))
@@ -27,7 +30,15 @@ def shift_images(x, dr, dc, fill):
 
 
 def predict_proba(models, x, *, batch_size=1000, tta=False) -> np.ndarray:
-    """models (list of Model), x (N, 28, 28, 1) -> probabilities (N, 10) float32."""
+    """models (list of Model), x (N, 28, 28, 1) -> probabilities (N, 10) float32.
+
+    Runs with PREDICT_THREADS OpenBLAS threads, as training does: on two shared cores two
+    threads made inference ~3x slower (docs/bench-notes.md)."""
+    with blas_threads(PREDICT_THREADS):
+        return _predict_proba(models, x, batch_size, tta)
+
+
+def _predict_proba(models, x, batch_size, tta):
     if not models:
         raise ValueError("predict_proba needs at least one model, got none")
     if batch_size <= 0:
