@@ -173,6 +173,7 @@ def _run_epochs(fit, hp, rng, x, y, x_dev, y_dev, epochs, patience, progress, sa
     fill = float(x.min())
     smoothing = float(hp["label_smoothing"])
     model, opt = fit.model, fit.opt
+    xbuf = np.empty((B, *x.shape[1:]), dtype=x.dtype)  # the batch, gathered in place each step
     bar = None
     if progress:
         from tqdm.auto import tqdm
@@ -195,7 +196,8 @@ def _run_epochs(fit, hp, rng, x, y, x_dev, y_dev, epochs, patience, progress, sa
                     xb, yb = x, y
                 else:
                     idx = perm[i * B : (i + 1) * B]
-                    xb, yb = x[idx], y[idx]  # (B, 28, 28, 1), (B,)
+                    xb = np.take(x, idx, axis=0, out=xbuf[: len(idx)])  # (B, 28, 28, 1)
+                    yb = y[idx]  # (B,)
                 xb = augment_batch(xb, aug, rng, fill)
                 z, caches = model.forward_train(xb, rng)  # (B, 10)
                 loss, lcache = softmax_cross_entropy_forward(z, yb, smoothing)
