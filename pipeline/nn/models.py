@@ -86,7 +86,7 @@ def cnn_spec(hp):
             # commute, and BatchNorm then normalizes the pooled map (a different but equally
             # standard network); both then see 4x fewer values, ~15% of a training step
             at = len(layers)
-            if hp.get("pool_first", False) and len(layers) >= 3 and layers[-3]["type"] == "conv":
+            if hp.get("pool_first", True) and len(layers) >= 3 and layers[-3]["type"] == "conv":
                 at = len(layers) - 2
             elif layers and layers[-1]["type"] == "act":
                 at = len(layers) - 1
@@ -144,7 +144,7 @@ DEFAULTS = {
         augment="shift=2,rotate=10,zoom=0.1,elastic=0",
     ),
     "cnn": dict(
-        epochs=20,  # 15 epochs: 99.52% (seed 0), 99.62%, 99.62% (seeds 1, 2)
+        epochs=20,  # 99.62% dev (best epoch 19, last 99.57%), 386 s; see docs/nn-results.md
         batch_size=128,
         lr=3e-3,
         optimizer="adamw",
@@ -156,6 +156,7 @@ DEFAULTS = {
         label_smoothing=0.0,
         augment="shift=2,rotate=10,zoom=0.1,elastic=0",
         plan="32c5-p-64c5-p-fc128",
+        pool_first=True,  # conv -> pool -> BatchNorm -> ReLU: ~15% faster, same accuracy
     ),
     "seed": dict(
         epochs=500,
