@@ -78,15 +78,15 @@ def evaluate_saved(directory, xd, yd):
     files = sorted(directory.glob("*.npz"))
     models = [load_models(f)[0] for f in files]
 
-    def acc(ms, tta):
-        return float((predict_proba(ms, xd, tta=tta).argmax(1) == yd).mean())
+    def scores(ms, tta):
+        p = predict_proba(ms, xd, tta=tta)
+        loss = float(-np.log(np.maximum(p[np.arange(len(yd)), yd], 1e-12)).mean())
+        return f"{float((p.argmax(1) == yd).mean()):.4f} (log loss {loss:.4f})"
 
     for f, m in zip(files, models):
-        print(f"{f.name}: dev_acc {acc([m], False):.4f}  with TTA {acc([m], True):.4f}")
-    print(
-        f"ENSEMBLE of {len(models)}: dev_acc {acc(models, False):.4f}  "
-        f"with TTA {acc(models, True):.4f}"
-    )
+        print(f"{f.name}: dev_acc {scores([m], False)}  with TTA {scores([m], True)}")
+    both = f"dev_acc {scores(models, False)}  with TTA {scores(models, True)}"
+    print(f"ENSEMBLE of {len(models)}: {both}")
 
 
 def main():
