@@ -92,22 +92,25 @@ def truncated(model, stop: int):
 
 
 def feature_maps(model, conv_index: int, x: np.ndarray) -> np.ndarray:
-    """One normalized image x (28, 28, 1) -> (F, H, W) outputs of the first conv layer after
-    its BatchNorm (when one follows) and the block's activation, at full resolution (a max pool
-    placed before the activation is skipped: max and the activation commute)."""
-    from .nn.layers import ACTIVATIONS
+    """One normalized image x (28, 28, 1) -> (F, H, W) outputs of a conv layer after its
+    BatchNorm (eval mode) and activation, at the conv's full resolution. A max pool inside the
+    block, before or after the BatchNorm, is skipped: it only subsamples the same maps."""
+    from .nn.layers import ACTIVATIONS, BN_EPS
     layers = model.spec["layers"]
-    stop = conv_index + 1
-    while stop < len(layers) and layers[stop].get("type") == "bn":
-        stop += 1
-    out = truncated(model, stop).forward(x[None])[0]  # (H, W, F)
-    for ly in layers[stop:stop + 2]:
-        if ly.get("type") == "act":
+    out = truncated(model, conv_index + 1).forward(x[None])[0]  # (H, W, F)
+    for ly in layers[conv_index + 1:]:
+        kind = ly.get("type")
+        if kind == "pool":
+            continue
+        if kind == "bn":
+            p = {k.rsplit(".", 1)[1]: v for k, v in model.params.items()
+                 if k.rsplit(".", 1)[0] == ly["name"]}
+            out = (out - p["mean"]) / np.sqrt(p["var"] + BN_EPS) * p["gamma"] + p["beta"]
+            continue
+        if kind == "act":
             out = ACTIVATIONS[ly["fn"]][0](out)[0]
-            break
-        if ly.get("type") != "pool":
-            break
-    return np.moveaxis(out, -1, 0)
+        break
+    return np.moveaxis(out, -1, 0).astype(np.float32)
 
 
 # ------------------------------------------------------------------------ run names and history

@@ -156,7 +156,7 @@ DEFAULTS = {
         label_smoothing=0.0,
         augment="shift=2,rotate=10,zoom=0.1,elastic=0",
         plan="32c5-p-64c5-p-fc128",
-        pool_first=False,  # True (conv -> pool -> BatchNorm): ~15% faster, 99.62%; see docs
+        pool_first=True,  # conv -> pool -> BatchNorm: ~15% faster than BN first, same accuracy
     ),
     "seed": dict(
         epochs=500,
