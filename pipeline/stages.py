@@ -491,6 +491,20 @@ def project_lock(paths: Paths, *, wait: bool = True):
             log.warning("another digits run is in progress; waiting for it to finish")
             fcntl.flock(f, fcntl.LOCK_EX)
         try:
+            _sweep_orphans(paths)
             yield
         finally:
             fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def _sweep_orphans(paths: Paths) -> None:
+    """Delete the temporary files (`.NAME.*.tmp`, see fileio.atomic_path) a killed run left.
+
+    Called with the project lock held, so no other run is writing them.
+    """
+    orphans = [p for root in (paths.data, paths.submissions) if root.is_dir()
+               for p in root.rglob(".*.tmp") if p.is_file()]
+    for p in orphans:
+        p.unlink(missing_ok=True)
+    if orphans:
+        log.info("removed %d temporary file(s) left by an interrupted run", len(orphans))

@@ -125,3 +125,16 @@ def test_no_data_anywhere_explains_every_source(tmp_path):
         stages.download(Paths(tmp_path), src)
     assert "data/raw" in str(e.value) and "KAGGLE_MIRROR" in str(e.value)
     assert "credentials" in str(e.value)
+
+
+def test_temporary_files_of_a_killed_run_are_swept(tmp_path):
+    # a `.NAME.*.tmp` left beside an output by a killed run is removed when the lock is next taken
+    paths = Paths(tmp_path)
+    orphan = paths.models / ".model.npz.abc123.tmp"
+    orphan.parent.mkdir(parents=True)
+    orphan.write_bytes(b"half a model")
+    keep = paths.models / "model.npz"
+    keep.write_bytes(b"a finished model")
+    with stages.project_lock(paths):
+        pass
+    assert not orphan.exists() and keep.read_bytes() == b"a finished model"
