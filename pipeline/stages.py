@@ -134,11 +134,11 @@ def _why(stage: str, key: dict, paths: Paths) -> str:
 
 
 def cached_call(stage: str, func, paths: Paths, *, inputs: dict[str, str], params: dict,
-                files: dict | None = None, label: str = ""):
+                files: dict | None = None, label: str = "") -> tuple[object, bool]:
     """Call `func(files, inputs, params, code)` through joblib.Memory and log reuse or why not.
 
     `inputs` maps input names to content digests, `params` holds every parameter (JSON-able),
-    `files` holds paths to read (not part of the key).
+    `files` holds paths to read (not part of the key). Returns (result, reused from cache).
     """
     code = code_digests(stage)
     key = {"inputs": inputs, "params": params, "code": code}
@@ -150,18 +150,13 @@ def cached_call(stage: str, func, paths: Paths, *, inputs: dict[str, str], param
         result = _load_checked(cached, args, name, paths)
     else:
         log.info("%s: recomputing (%s)", name, _why(stage, key, paths))
-    if result is None:
+    reused = result is not None
+    if not reused:
         result = cached(*args)
         write_text(_seal_path(cached.call_and_shelve(*args)), joblib.hash(result))
     last = paths.cache / "last" / f"{stage}.json"
     write_json(last, key)
-    return result
-
-
-def in_cache(stage: str, func, paths: Paths, *, inputs: dict[str, str], params: dict) -> bool:
-    """Whether `cached_call` with these inputs and params would reuse a stored result."""
-    cached = memory(paths).cache(func, ignore=["files"])
-    return cached.check_call_in_cache({}, inputs, params, _combined(code_digests(stage)))
+    return result, reused
 
 
 def _seal_path(shelved) -> Path:
@@ -281,16 +276,17 @@ def download(paths: Paths, sources: Sources, *, progress: bool = True) -> Path:
     """Locate the competition data, check it, and write the parsed uint8 arrays."""
     source = locate_source(paths, sources)
     digest = source_digest(source, paths)
-    arrays = cached_call("parse", _parse, paths, inputs={ZIP_NAME: digest},
-                         params={}, files={"source": str(source), "progress": progress})
+    arrays, _ = cached_call("parse", _parse, paths, inputs={ZIP_NAME: digest},
+                            params={}, files={"source": str(source), "progress": progress})
     write_npz(paths.parsed, **arrays)
     return paths.parsed
 
 
 def split(paths: Paths, cfg: SplitConfig) -> Path:
     parsed = _require(paths.parsed, "make data", paths)
-    result = cached_call("split", _split, paths, inputs={"digits.npz": file_digest(parsed, paths)},
-                         params=asdict(cfg), files={"parsed": str(parsed)})
+    result, _ = cached_call("split", _split, paths,
+                            inputs={"digits.npz": file_digest(parsed, paths)},
+                            params=asdict(cfg), files={"parsed": str(parsed)})
     write_npz(paths.split, **result)
     return paths.split
 
@@ -298,10 +294,10 @@ def split(paths: Paths, cfg: SplitConfig) -> Path:
 def normalize(paths: Paths) -> Path:
     parsed = _require(paths.parsed, "make data", paths)
     split_file = _require(paths.split, "make split", paths)
-    result = cached_call("normalize", _normalize, paths,
-                         inputs={"digits.npz": file_digest(parsed, paths),
-                                 "split.npz": file_digest(split_file, paths)},
-                         params={}, files={"parsed": str(parsed), "split": str(split_file)})
+    result, _ = cached_call("normalize", _normalize, paths,
+                            inputs={"digits.npz": file_digest(parsed, paths),
+                                    "split.npz": file_digest(split_file, paths)},
+                            params={}, files={"parsed": str(parsed), "split": str(split_file)})
     write_json(paths.normalizer, result)
     return paths.normalizer
 
@@ -329,10 +325,9 @@ def train(paths: Paths, cfg: TrainConfig, *, progress: bool = True, resume: bool
         label = f" (model {k + 1}/{cfg.ensemble}, seed {member.seed})" if cfg.ensemble > 1 else ""
         _check_checkpoint(Path(member_files["checkpoint"]), resume, paths, f"train{label}")
         start = time.perf_counter()
-        computed.append(not in_cache("train", _train, paths, inputs=inputs, params=params))
-        result = cached_call("train", _train, paths, inputs=inputs,
-                             params=params,
-                             files={**member_files, "progress": progress}, label=label)
+        result, reused = cached_call("train", _train, paths, inputs=inputs, params=params,
+                                     files={**member_files, "progress": progress}, label=label)
+        computed.append(not reused)
         Path(member_files["checkpoint"]).unlink(missing_ok=True)
         results.append((member, result, time.perf_counter() - start))
     metrics = _train_metrics(cfg, results, paths)
@@ -400,8 +395,8 @@ def predict(paths: Paths, cfg: PredictConfig) -> dict:
     inputs = {"model.npz": file_digest(Path(files["model"]), paths),
               "digits.npz": file_digest(Path(files["parsed"]), paths),
               "normalizer.json": file_digest(Path(files["normalizer"]), paths)}
-    proba = cached_call("predict", _predict, paths, inputs=inputs, params=asdict(cfg),
-                        files=files)
+    proba, _ = cached_call("predict", _predict, paths, inputs=inputs, params=asdict(cfg),
+                           files=files)
     ids = np.load(files["parsed"], allow_pickle=False)["test_ids"]
     sha = write_submission(paths.submission, proba.argmax(1), ids)
     metrics = _read_json_or_empty(paths.metrics)
@@ -447,7 +442,7 @@ def report(paths: Paths, cfg: PredictConfig) -> dict:
     log.info("report: drawing the figures")
     from .nn import load_models
     from .preprocess import normalize as apply_normalizer
-    test_proba = cached_call(
+    test_proba, _ = cached_call(
         "predict", _predict, paths, params=asdict(cfg),
         inputs={k: inputs[k] for k in ("model.npz", "digits.npz", "normalizer.json")},
         files={"model": str(files["model.npz"]), "parsed": str(files["digits.npz"]),

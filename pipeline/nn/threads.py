@@ -42,11 +42,6 @@ def _openblas():
     return None
 
 
-def get_blas_threads() -> int | None:
-    fns = _openblas()
-    return None if fns is None else int(fns[0]())
-
-
 @contextlib.contextmanager
 def blas_threads(n: int | None):
     """Run the block with OpenBLAS using `n` threads (None or 0: leave it as it is)."""
