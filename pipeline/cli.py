@@ -117,6 +117,49 @@ PREDICT_OPTIONS = [
 ]
 
 
+# ---- cross-validation and parallel training (pipeline/cv.py, cvstages.py, parallel.py)
+
+
+def folds_option(default: int):
+    return click.option("--folds", type=click.IntRange(min=0), default=default,
+                        show_default=True,
+                        help="K-fold cross-validation over the labelled rows: K fold models, "
+                             "each trained on the other folds for the fixed --epochs (last "
+                             "epoch kept), scored out of fold. 0 or 1: the single dev split.")
+
+
+FOLD_ROW_OPTIONS = [
+    click.option("--split-seed", type=int, default=SplitConfig.seed, show_default=True,
+                 help="Seed of the assignment of rows to folds (with --folds)."),
+    click.option("--max-train", type=click.IntRange(min=0), default=0, show_default=True,
+                 help="Cross-validate a stratified subset of this many labelled rows, for "
+                      "quick experiments (with --folds); 0 = all 42000."),
+]
+
+PARALLEL_OPTIONS = [
+    click.option("--jobs", type=click.IntRange(min=0), default=0, show_default=True,
+                 help="Models trained at once, each on one BLAS thread; 0 = the cores "
+                      "available."),
+    click.option("--backend", type=click.Choice(("loky", "dask")), default="loky",
+                 show_default=True,
+                 help="loky: worker processes on this machine; dask: a dask.distributed "
+                      "cluster (--scheduler)."),
+    click.option("--scheduler", envvar="DASK_SCHEDULER_ADDRESS", default="",
+                 help="The dask scheduler's address, e.g. tcp://127.0.0.1:8786. "
+                      "[default: $DASK_SCHEDULER_ADDRESS]"),
+]
+
+
+def cv_config(kw):
+    from .cv import CVConfig
+    return CVConfig(folds=kw["folds"], seed=kw["split_seed"], max_rows=kw["max_train"])
+
+
+def parallel_config(kw):
+    from .parallel import ParallelConfig
+    return ParallelConfig(jobs=kw["jobs"], backend=kw["backend"], scheduler=kw["scheduler"] or "")
+
+
 def options(opts):
     def decorate(f):
         for opt in reversed(opts):
@@ -268,12 +311,19 @@ def normalize(obj):
 
 
 @cli.command()
-@options(TRAIN_OPTIONS)
+@options(TRAIN_OPTIONS + [folds_option(0)] + FOLD_ROW_OPTIONS + PARALLEL_OPTIONS)
 @click.pass_obj
 @locked
 def train(obj, **kw):
-    """Train the network (or an ensemble) and save weights, history and metrics."""
+    """Train the network (or an ensemble, or K fold models) and save weights, history and
+    metrics."""
     from . import stages
+    if kw["folds"] >= 2:
+        metrics = stages.train_folds(obj["paths"], train_config(kw), cv_config(kw),
+                                     parallel_config(kw))
+        click.echo(f"model: {obj['paths'].model} ({metrics['model']}, {kw['folds']} fold "
+                   f"models; {_oof(metrics)})")
+        return
     metrics = stages.train(obj["paths"], train_config(kw), progress=obj["progress"],
                            resume=kw["resume"])
     click.echo(f"model: {obj['paths'].model} ({metrics['model']}, dev accuracy "
@@ -334,7 +384,7 @@ def submissions(obj, offline):
 
 @cli.command()
 @MIRROR_OPTION
-@options(SPLIT_OPTIONS + TRAIN_OPTIONS + PREDICT_OPTIONS)
+@options(SPLIT_OPTIONS + TRAIN_OPTIONS + PREDICT_OPTIONS + [folds_option(0)] + PARALLEL_OPTIONS)
 @click.option("--report/--no-report", "with_report", default=True, show_default=True,
               help="End with the report stage (figures and report.md under data/reports).")
 @click.pass_obj
@@ -347,12 +397,18 @@ def run(obj, mirror, with_report, **kw):
     stages.download(paths, sources(mirror or default_mirror(paths.root)), progress=obj["progress"])
     stages.split(paths, split_config(kw))
     stages.normalize(paths)
-    stages.train(paths, train_cfg, progress=obj["progress"], resume=kw["resume"])
+    if kw["folds"] >= 2:
+        metrics = stages.train_folds(paths, train_cfg, cv_config(kw), parallel_config(kw))
+    else:
+        metrics = stages.train(paths, train_cfg, progress=obj["progress"], resume=kw["resume"])
     stages.predict(paths, predict_config(kw))
     _summary(stages.validate(paths))
     if with_report:
         out = stages.report(paths, predict_config(kw))
         click.echo(f"report: {out['path'] / 'report.md'}")
+    if metrics.get("oof_accuracy") is not None:
+        from .cvstages import estimate_line
+        click.echo(estimate_line(metrics))
 
 
 @cli.command()
@@ -382,6 +438,64 @@ def runs(obj, last):
 
 
 @cli.command()
+@options(TRAIN_OPTIONS + [folds_option(5)] + FOLD_ROW_OPTIONS + PARALLEL_OPTIONS)
+@click.pass_obj
+@locked
+def cv(obj, **kw):
+    """Cross-validate the training options: K fold models (trained in parallel, each cached),
+    each scored on the fold it never saw. Writes data/models/cv.json (the out-of-fold accuracy
+    with its 95% interval, log loss, per fold and per class) and oof.npz."""
+    from . import stages
+    from .cvstages import estimate_line
+    summary = stages.cv(obj["paths"], train_config(kw), cv_config(kw), parallel_config(kw))
+    click.echo("folds: " + " ".join(f"{100 * a:.2f}%" for a in summary["fold_accuracy"]))
+    click.echo(f"cv: {obj['paths'].models / 'cv.json'}")
+    click.echo(estimate_line(summary))
+
+
+@cli.command()
+@click.option("--grid", required=True,
+              help='The combinations to cross-validate: space-separated name=v1,v2 terms over '
+                   'the training options, e.g. "lr=1e-3,3e-3 epochs=15,20" (MLP sizes as '
+                   'hidden=512x256,256).')
+@options(TRAIN_OPTIONS + [folds_option(5)] + FOLD_ROW_OPTIONS + PARALLEL_OPTIONS)
+@click.pass_obj
+@locked
+def sweep(obj, grid, **kw):
+    """Cross-validate every combination of a grid (all members in parallel), print them ranked
+    by out-of-fold accuracy, write data/models/sweep.json and add each to data/runs.jsonl."""
+    from . import stages
+    from .cv import sweep_table
+    base = train_config(kw)
+    points = _grid_points(grid, base)
+    results = stages.sweep(obj["paths"], base, cv_config(kw), parallel_config(kw), points)
+    click.echo(sweep_table(results))
+    click.echo(f"sweep: {obj['paths'].models / 'sweep.json'} ({len(points)} points, "
+               f"{kw['folds']} folds each)")
+
+
+def _grid_points(grid: str, base: TrainConfig) -> list[dict]:
+    from .cv import parse_grid, point_label
+    from .train import hyperparameters
+    try:
+        points = parse_grid(grid)
+        for pt in points:
+            try:
+                hyperparameters(base.replace(**pt))
+            except ValueError as e:
+                raise ValueError(f"{point_label(pt)}: {e}") from None
+    except ValueError as e:
+        raise click.BadParameter(str(e), param_hint="'--grid'") from None
+    return points
+
+
+def _oof(m: dict) -> str:
+    lo, hi = m["oof_accuracy_ci95"]
+    return (f"out-of-fold accuracy {_pct(m['oof_accuracy'])} (95% CI {_pct(lo)}-{_pct(hi)}, "
+            f"{m['folds']} folds)")
+
+
+@cli.command()
 @click.argument("n", type=click.IntRange(min=1))
 @click.option("--train", "from_train", is_flag=True,
               help="Show row N of train.csv, with its label, instead of test.csv.")
@@ -406,8 +520,10 @@ def predict_image(obj, image):
 
 def _summary(result: dict) -> None:
     model = f" ({result['model']})" if result.get("model") else ""
-    click.echo(f"{result['path']}: valid, {result['rows']} rows, dev accuracy "
-               f"{_pct(result['dev_accuracy'])}{model}, sha256 {result['sha256'][:12]}")
+    score = (_oof(result) if result.get("oof_accuracy") is not None
+             else f"dev accuracy {_pct(result['dev_accuracy'])}")
+    click.echo(f"{result['path']}: valid, {result['rows']} rows, {score}{model}, "
+               f"sha256 {result['sha256'][:12]}")
 
 
 def _pct(x) -> str:

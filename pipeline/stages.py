@@ -39,6 +39,7 @@ STAGE_CODE = {
     "train": ("train.py", "nn", "preprocess.py"),
     "predict": ("predict.py", "nn", "preprocess.py"),
     "report": ("report.py", "figures.py", "predict.py", "nn", "preprocess.py"),
+    "cv": ("cv.py", "train.py", "nn", "preprocess.py"),  # one fold member (cvstages.py)
 }
 
 
@@ -406,7 +407,8 @@ def predict(paths: Paths, cfg: PredictConfig) -> dict:
         append_ledger(paths.ledger, {
             "kind": "written", "file": _rel(copy, paths), "sha256": sha,
             "params": {"train": metrics.get("params"), "predict": asdict(cfg)},
-            "dev_accuracy": metrics.get("dev_accuracy")})
+            "dev_accuracy": metrics.get("dev_accuracy"),
+            "oof_accuracy": metrics.get("oof_accuracy")})
     return {"path": paths.submission, "sha256": sha, "rows": len(ids),
             "dev_accuracy": metrics.get("dev_accuracy")}
 
@@ -419,7 +421,9 @@ def validate(paths: Paths, path: Path | None = None) -> dict:
     labels = validate_submission(path, ids)
     metrics = _read_json_or_empty(paths.metrics)
     return {"path": path, "rows": len(labels), "sha256": sha256_file(path),
-            "dev_accuracy": metrics.get("dev_accuracy"), "model": metrics.get("model")}
+            "dev_accuracy": metrics.get("dev_accuracy"), "model": metrics.get("model"),
+            "oof_accuracy": metrics.get("oof_accuracy"), "folds": metrics.get("folds"),
+            "oof_accuracy_ci95": metrics.get("oof_accuracy_ci95")}
 
 
 def report(paths: Paths, cfg: PredictConfig) -> dict:
@@ -457,6 +461,30 @@ def report(paths: Paths, cfg: PredictConfig) -> dict:
         key=key))
     log.info("report: wrote %s", _rel(out, paths))
     return {"path": out, "reused": False}
+
+
+# ------------------------------------------------ cross-validation stages (see cvstages.py)
+
+
+def cv(paths: Paths, cfg: TrainConfig, cv_cfg, par) -> dict:
+    """K-fold CV of cfg over the labelled rows: data/models/cv.json with the OOF estimate."""
+    from . import cvstages
+    return cvstages.cv(paths, cfg, cv_cfg, par)
+
+
+def train_folds(paths: Paths, cfg: TrainConfig, cv_cfg, par) -> dict:
+    """The K fold models as the submission's model.npz, with the OOF estimate in metrics."""
+    from . import cvstages
+    return cvstages.train_folds(paths, cfg, cv_cfg, par)
+
+
+def sweep(paths: Paths, cfg: TrainConfig, cv_cfg, par, points: list[dict]) -> list[dict]:
+    """CV of cfg for each grid point, ranked into data/models/sweep.json."""
+    from . import cvstages
+    return cvstages.sweep(paths, cfg, cv_cfg, par, points)
+
+
+# ----------------------------------------------------------------------------------------------
 
 
 def _require(path: Path, make_target: str, paths: Paths) -> Path:
