@@ -37,6 +37,12 @@ MAX_TRAIN ?= 0
 TTA ?= 0
 MIRROR ?=
 MESSAGE ?= digits pipeline submission
+# ---- cross-validation and parallel training (FOLDS=0|1: the single dev split)
+FOLDS ?= 0
+JOBS ?=
+BACKEND ?= loky
+SCHEDULER ?=
+GRID ?=
 SUBMISSION ?= submissions/submission.csv
 
 # this machine's pip.conf names local indexes that may be absent; drop its warnings about them
@@ -53,6 +59,11 @@ TRAIN_ARGS := --model $(MODEL) $(call opt,--epochs,$(EPOCHS)) $(call opt,--batch
 TRAIN_ARGS := $(strip $(TRAIN_ARGS))
 PREDICT_ARGS := $(call flag,tta,$(TTA))
 DOWNLOAD_ARGS := $(call opt,--mirror,$(MIRROR))
+# folds and where members train; FOLD_ARGS changes results (stamped), PARALLEL_ARGS does not
+FOLD_ARGS := --folds $(FOLDS) --split-seed $(SPLIT_SEED) --max-train $(MAX_TRAIN)
+CV_FOLDS := $(if $(filter-out 0 1,$(FOLDS)),$(FOLDS),5)
+CV_ARGS := --folds $(CV_FOLDS) --split-seed $(SPLIT_SEED) --max-train $(MAX_TRAIN)
+PARALLEL_ARGS := $(call opt,--jobs,$(JOBS)) --backend $(BACKEND) $(call opt,--scheduler,$(SCHEDULER))
 
 # ---- files
 SRC := $(shell find pipeline -name '*.py' 2>/dev/null)
@@ -64,7 +75,7 @@ MODEL_FILE := data/models/model.npz
 SUBMISSION_FILE := submissions/submission.csv
 
 .PHONY: help submit data download split normalize train predict validate run upload \
-        submissions report test lint bench clean clean-cache clean-venv FORCE
+        submissions report test lint bench clean clean-cache clean-venv cv sweep throughput FORCE
 
 help: ## list the targets
 	@echo "Kaggle Digit Recognizer, from scratch in NumPy. Usage: make <target> [VAR=value ...]"
@@ -74,8 +85,10 @@ help: ## list the targets
 	@echo "Variables: MODEL=$(MODEL) (cnn|mlp|seed) EPOCHS LR BATCH_SIZE OPTIMIZER SCHEDULE HIDDEN=256,128"
 	@echo "  ACTIVATION DROPOUT AUGMENT PATIENCE REFIT=0|1 SEED=$(SEED) ENSEMBLE=$(ENSEMBLE) TTA=0|1"
 	@echo "  DEV_FRACTION=$(DEV_FRACTION) SPLIT_SEED MAX_TRAIN=rows MIRROR=dir MESSAGE='...' (see digits <stage> --help)"
+	@echo "  FOLDS=$(FOLDS) (K fold models as the submission) JOBS BACKEND=loky|dask SCHEDULER=tcp://host:8786 GRID='...'"
 
 submit: validate report ## everything: venv, data, split, normalize, train, predict, validate, report
+	@$(if $(filter-out 0 1,$(FOLDS)),$(DIGITS) validate $(SUBMISSION_FILE))
 
 # The virtual environment is a real file target: rebuilt only when setup.cfg changes.
 $(INSTALLED): setup.cfg pyproject.toml
@@ -89,7 +102,7 @@ $(STAMPS)/%.args: FORCE
 	@echo '$(ARGS_$*)' | cmp -s - $@ || echo '$(ARGS_$*)' > $@
 ARGS_download = $(DOWNLOAD_ARGS)
 ARGS_split = $(SPLIT_ARGS)
-ARGS_train = $(TRAIN_ARGS)
+ARGS_train = $(TRAIN_ARGS) $(FOLD_ARGS)
 ARGS_predict = $(PREDICT_ARGS)
 
 data download: $(PARSED) ## fetch and check the competition zip, parse the CSVs
@@ -106,7 +119,7 @@ $(NORMALIZER): $(SPLIT)
 
 train: $(MODEL_FILE) ## train the network (MODEL, EPOCHS, LR, ENSEMBLE, ...)
 $(MODEL_FILE): $(NORMALIZER) $(STAMPS)/train.args
-	$(DIGITS) train $(TRAIN_ARGS)
+	$(DIGITS) train $(TRAIN_ARGS) $(FOLD_ARGS) $(PARALLEL_ARGS)
 
 predict: $(SUBMISSION_FILE) ## label test.csv, write submissions/submission.csv (TTA)
 $(SUBMISSION_FILE): $(MODEL_FILE) $(STAMPS)/predict.args
@@ -122,7 +135,19 @@ $(STAMPS)/report: $(SUBMISSION_FILE) $(SRC)
 	@touch $@
 
 run: $(INSTALLED) ## all stages in one process (`digits run`), same caching as submit
-	$(DIGITS) run $(DOWNLOAD_ARGS) $(SPLIT_ARGS) $(TRAIN_ARGS) $(PREDICT_ARGS)
+	$(DIGITS) run $(DOWNLOAD_ARGS) $(SPLIT_ARGS) $(TRAIN_ARGS) $(PREDICT_ARGS) --folds $(FOLDS) \
+	  $(PARALLEL_ARGS)
+
+# ---- cross-validation (FOLDS, default 5), sweeps, and the 1-vs-2-workers throughput
+cv: $(NORMALIZER) ## K-fold CV: data/models/cv.json, the OOF estimate (FOLDS=5 JOBS BACKEND)
+	$(DIGITS) cv $(TRAIN_ARGS) $(CV_ARGS) $(PARALLEL_ARGS)
+
+sweep: $(NORMALIZER) ## CV of every GRID="lr=1e-3,3e-3 epochs=15,20" combination, ranked
+	@test -n '$(GRID)' || { echo 'make sweep needs GRID="name=v1,v2 ...", e.g. GRID="lr=1e-3,3e-3 epochs=15,20"'; exit 2; }
+	$(DIGITS) sweep --grid '$(GRID)' $(TRAIN_ARGS) $(CV_ARGS) $(PARALLEL_ARGS)
+
+throughput: $(NORMALIZER) ## members per hour, 2 workers against 1 (scripts/throughput.py)
+	$(PY) scripts/throughput.py
 
 upload: validate ## send the validated submission to Kaggle (MESSAGE='...')
 	$(DIGITS) upload -m '$(MESSAGE)' $(SUBMISSION)

@@ -89,7 +89,7 @@ def _run_dask(fn, shared, tasks, cfg):
                            "tcp://HOST:8786 or DASK_SCHEDULER_ADDRESS (start one with "
                            "`dask scheduler`, see README 'Scaling out').")
     try:
-        client = distributed.Client(cfg.scheduler, timeout="10s", set_as_default=False)
+        client = distributed.Client(cfg.scheduler, set_as_default=False)
     except (OSError, TimeoutError, ValueError) as e:
         raise ClusterError(f"cannot reach the dask scheduler at {cfg.scheduler} "
                            f"({_first_line(e)}); start it with `dask scheduler` and workers "
@@ -101,19 +101,54 @@ def _run_dask(fn, shared, tasks, cfg):
             raise ClusterError(f"the dask scheduler at {cfg.scheduler} has no workers after "
                                f"30 s; start some with `dask worker {cfg.scheduler} "
                                f"--nthreads 1`.") from None
+        _register_dask_backend()
         try:
-            with joblib.parallel_config(backend="dask", client=client, scatter=[shared]):
+            with joblib.parallel_config(backend=DASK, client=client, scatter=[shared]):
                 calls = (joblib.delayed(pinned)(fn, shared, t, i) for i, t in enumerate(tasks))
                 yield from joblib.Parallel(n_jobs=-1, batch_size=1,
                                            return_as="generator_unordered")(calls)
-        except distributed.KilledWorker as e:
-            raise ClusterError(f"dask workers kept dying while training ({_first_line(e)}); "
-                               f"the members finished before are cached: rerun to "
-                               f"continue.") from None
+        except (distributed.KilledWorker, distributed.client.FutureCancelledError) as e:
+            raise ClusterError(f"dask workers kept dying while training a member, more "
+                               f"often than the scheduler retries it ({type(e).__name__}; "
+                               f"see the workers' logs, e.g. for memory); the members "
+                               f"finished before are cached: rerun to continue.") from None
         except (distributed.comm.CommClosedError, OSError) as e:
             raise ClusterError(f"lost the dask scheduler at {cfg.scheduler} "
                                f"({_first_line(e)}); finished members are cached: rerun to "
                                f"continue.") from None
+
+
+DASK = "digits-dask"
+
+
+def _register_dask_backend() -> None:
+    """joblib's own dask backend, except that a cluster with one worker thread still gets the
+    work: joblib runs n_jobs == 1 sequentially in the calling process, and its dask backend
+    counts the cluster's threads as n_jobs."""
+    import asyncio
+
+    import joblib
+    from joblib._dask import DaskDistributedBackend
+
+    class ClusterBackend(DaskDistributedBackend):
+        def effective_n_jobs(self, n_jobs):
+            return max(2, super().effective_n_jobs(n_jobs))
+
+        async def _collect(self):
+            # joblib's own loop, plus the callback on a failed future (a KilledWorker): without
+            # it joblib never hears of the failure and waits for ever.
+            while self._continue:
+                async for future, result in self.waiting_futures:
+                    done, callback = self._results.pop(future), self._callbacks.pop(future)
+                    if future.status == "error":
+                        done.set_exception(result[1])
+                        callback(result[1])
+                    else:
+                        done.set_result(result)
+                        callback(result)
+                await asyncio.sleep(0.01)
+
+    joblib.register_parallel_backend(DASK, ClusterBackend)
 
 
 def _first_line(e: Exception) -> str:

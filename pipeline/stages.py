@@ -408,7 +408,7 @@ def predict(paths: Paths, cfg: PredictConfig) -> dict:
             "kind": "written", "file": _rel(copy, paths), "sha256": sha,
             "params": {"train": metrics.get("params"), "predict": asdict(cfg)},
             "dev_accuracy": metrics.get("dev_accuracy"),
-            "oof_accuracy": metrics.get("oof_accuracy")})
+            "oof_accuracy": metrics.get("oof_accuracy"), "folds": metrics.get("folds")})
     return {"path": paths.submission, "sha256": sha, "rows": len(ids),
             "dev_accuracy": metrics.get("dev_accuracy")}
 
