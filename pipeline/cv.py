@@ -79,7 +79,9 @@ def wilson_interval(correct: int, n: int, z: float = Z95) -> tuple[float, float]
     denom = 1 + z * z / n
     centre = p + z * z / (2 * n)
     half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n))
-    return max(0.0, (centre - half) / denom), min(1.0, (centre + half) / denom)
+    lo = 0.0 if correct == 0 else (centre - half) / denom  # exact ends: no rounding past p
+    hi = 1.0 if correct == n else (centre + half) / denom
+    return lo, hi
 
 
 def log_loss(y: np.ndarray, proba: np.ndarray) -> float:

@@ -14,22 +14,12 @@ import numpy as np
 import pytest
 
 from pipeline import stages
-from pipeline.config import Paths, PredictConfig, SplitConfig, TrainConfig
-from pipeline.cv import CVConfig
 from pipeline.parallel import ClusterError, ParallelConfig
 from tests.conftest import REPO, make_competition_zip
+from tests.test_cv import FOLDS, TINY, prepared, submit, without_seconds
 
 distributed = pytest.importorskip("distributed")
 
-TINY = TrainConfig(model="mlp", epochs=2, hidden=(32,), batch_size=32, augment="none")
-FOLDS = CVConfig(folds=3, seed=1, max_rows=600)
-
-
-@pytest.fixture(scope="module")
-def cluster():
-    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
-                                  host="127.0.0.1", dashboard_address=":0") as c:
-        yield c
 
 
 @pytest.fixture(scope="module")
@@ -38,38 +28,11 @@ def source(tmp_path_factory):
                                 n_train=700, n_test=60)
 
 
-def prepared(root, source) -> Paths:
-    paths = Paths(root)
-    sources = stages.Sources(mirror=source.parent, use_api=False, kaggle_input=root / "none")
-    stages.download(paths, sources, progress=False)
-    stages.split(paths, SplitConfig())
-    stages.normalize(paths)
-    return paths
-
-
-def outputs(paths: Paths) -> dict:
-    """What a fold submission wrote, as comparable bytes (npz members, not the zip's dates)."""
-    from pipeline.fileio import read_json
-    out = {"submission.csv": paths.submission.read_bytes()}
-    for name in ("model.npz", "oof.npz"):
-        with np.load(paths.models / name, allow_pickle=False) as z:
-            out.update({f"{name}/{k}": z[k].tobytes() for k in z.files if k != "extra"})
-    out["cv.json"] = _no_seconds(read_json(paths.models / "cv.json"))
-    return out
-
-
-def _no_seconds(d):
-    if isinstance(d, dict):
-        return {k: _no_seconds(v) for k, v in d.items() if "seconds" not in k}
-    if isinstance(d, list):
-        return [_no_seconds(v) for v in d]
-    return d
-
-
-def submit(paths: Paths, par: ParallelConfig) -> dict:
-    stages.train_folds(paths, TINY, FOLDS, par)
-    stages.predict(paths, PredictConfig())
-    return outputs(paths)
+@pytest.fixture(scope="module")
+def cluster():
+    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
+                                  host="127.0.0.1", dashboard_address=":0") as c:
+        yield c
 
 
 def test_dask_cluster_gives_the_local_bytes(cluster, source, tmp_path):
@@ -143,7 +106,7 @@ def outputs_cv(paths):
     from pipeline.fileio import read_json
     with np.load(paths.models / "oof.npz", allow_pickle=False) as z:
         oof = z["proba"].tobytes()
-    return oof, _no_seconds(read_json(paths.models / "cv.json"))
+    return oof, without_seconds(read_json(paths.models / "cv.json"))
 
 
 def test_worker_deaths_past_the_retries_stop_with_one_line(source, tmp_path):
