@@ -56,14 +56,19 @@ def stratified_folds(y: np.ndarray, k: int, seed: int) -> np.ndarray:
 
 
 def stratified_rows(y: np.ndarray, max_rows: int, seed: int) -> np.ndarray:
-    """Sorted indices of a class-proportional subset of at most `max_rows` rows (0: all rows)."""
+    """Sorted indices of exactly `max_rows` rows (0: all rows) in the class proportions, the
+    remainders of the rounding going to the classes with the largest fractions."""
     if max_rows < 0:
         raise ValueError(f"max_rows must be >= 0, got {max_rows}")
     if max_rows == 0 or max_rows >= len(y):
         return np.arange(len(y), dtype=np.int64)
+    classes, counts = np.unique(y, return_counts=True)
+    quota = max_rows * counts / len(y)  # (n_classes,) float
+    take = np.floor(quota).astype(np.int64)
+    extra = np.argsort(-(quota - take), kind="stable")[: max_rows - take.sum()]
+    take[extra] += 1
     rng = np.random.default_rng(seed)
-    keep = [rng.permutation(np.flatnonzero(y == c))[:max(1, round(max_rows * np.mean(y == c)))]
-            for c in np.unique(y)]
+    keep = [rng.permutation(np.flatnonzero(y == c))[:n] for c, n in zip(classes, take)]
     return np.sort(np.concatenate(keep)).astype(np.int64)
 
 

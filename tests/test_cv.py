@@ -113,6 +113,9 @@ def test_row_subset_keeps_class_shares():
     assert list(np.bincount(y[rows])) == [60, 30, 10]
     assert np.all(np.diff(rows) > 0)
     assert len(stratified_rows(y, 0, 3)) == len(y)
+    for n in (7, 77, 999):  # exactly n rows, each class within one row of its share
+        counts = np.bincount(y[stratified_rows(y, n, 0)], minlength=3)
+        assert counts.sum() == n and np.all(np.abs(counts - n * np.array([.6, .3, .1])) < 1)
 
 
 # ------------------------------------------------------------------------- the OOF arithmetic
