@@ -49,12 +49,29 @@ def _callback(p: Param):
     return check
 
 
+class RegistryChoice(click.Choice):
+    """click.Choice over a registry read when used, so a newly registered name is accepted
+    and shown in --help."""
+
+    def __init__(self, choices):
+        self._choices = choices
+        super().__init__([])
+
+    @property
+    def choices(self):
+        return tuple(self._choices())
+
+    @choices.setter
+    def choices(self, value):  # click.Choice.__init__ assigns; the registry is the truth
+        pass
+
+
 def param_option(p: Param):
     """One click option for a declared parameter, with default None ("not set here")."""
     if p.kind == "bool":
         flag = p.option[2:]
         return click.option(f"--{flag}/--no-{flag}", p.name, default=None, help=_help(p))
-    kind = click.Choice(p.choices()) if p.choices is not None else str
+    kind = RegistryChoice(p.choices) if p.choices is not None else str
     metavar = {"int": "INT", "float": "NUMBER", "sizes": "SIZES", "str": "TEXT"}[p.kind]
     return click.option(p.option, p.name, type=kind, default=None, callback=_callback(p),
                         metavar=None if p.choices is not None else metavar, help=_help(p))
