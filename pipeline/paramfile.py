@@ -44,10 +44,15 @@ class ParamFileError(UserError):
     """params.toml cannot be read or holds a bad value."""
 
 
+def empty() -> dict[str, dict]:
+    """Nothing set: every parameter at its default."""
+    return {t: {} for t in GENERAL + MODELS}
+
+
 def load(path: Path) -> dict[str, dict]:
     """{"split": {...}, "train": {...}, "predict": {...}, "cnn": {...}, ...}: the values set in
     the file, each checked; {} tables when the file does not exist."""
-    values = {t: {} for t in GENERAL + MODELS}
+    values = empty()
     if not path.exists():
         return values
     try:
@@ -178,5 +183,6 @@ def describe(values: dict[str, dict]) -> list[tuple[Param, object, str]]:
     return rows
 
 
-__all__ = ["ParamFileError", "apply", "configs", "current_model", "describe", "load", "render",
+__all__ = ["ParamFileError", "apply", "configs", "current_model", "describe", "empty", "load",
+           "render",
            "save", "stamps"]

@@ -330,6 +330,17 @@ def report(paths: Paths, cfg: PredictConfig) -> dict:
     return {"path": out, "reused": False}
 
 
+def dev_accuracy(paths: Paths, *, tta: bool = False) -> float:
+    """Accuracy of the saved model on the dev rows (e.g. with test-time augmentation)."""
+    from .nn import load_models
+    from .predict import predict_proba
+    from .preprocess import normalize as apply_normalizer
+    parsed, dev_idx = read_npz(paths.parsed), read_npz(paths.split)["dev_idx"]
+    x = apply_normalizer(parsed["train_x"][dev_idx], read_json(paths.normalizer))
+    proba = predict_proba(load_models(paths.model), x, tta=tta)
+    return float(np.mean(proba.argmax(1) == parsed["train_y"][dev_idx]))
+
+
 def _read_json_or_empty(path: Path) -> dict:
     try:
         value = read_json(path)
