@@ -24,7 +24,15 @@ import numpy as np
 from . import data as data_mod
 from .cache import Cache
 from .config import ZIP_NAME, Paths, UserError, asdict, command_hint
-from .fileio import atomic_path, read_json, read_npz, sha256_file, write_json, write_npz
+from .fileio import (
+    atomic_path,
+    read_json,
+    read_json_dict,
+    read_npz,
+    sha256_file,
+    write_json,
+    write_npz,
+)
 from .params import PredictConfig, SplitConfig, TrainConfig, resolve
 
 log = logging.getLogger("pipeline")
@@ -261,7 +269,7 @@ def predict(paths: Paths, cfg: PredictConfig) -> dict:
                                   files=files)
     ids = read_npz(paths.parsed)["test_ids"]
     sha = write_submission(paths.submission, proba.argmax(1), ids)
-    metrics = _read_json_or_empty(paths.metrics)
+    metrics = read_json_dict(paths.metrics)
     written = [e for e in read_ledger(paths.ledger) if e.get("kind") == "written"]
     if not written or written[-1].get("sha256") != sha:
         copy = keep_copy(paths.submission, paths.submission_history, timestamp())
@@ -339,14 +347,6 @@ def dev_accuracy(paths: Paths, *, tta: bool = False) -> float:
     x = apply_normalizer(parsed["train_x"][dev_idx], read_json(paths.normalizer))
     proba = predict_proba(load_models(paths.model), x, tta=tta)
     return float(np.mean(proba.argmax(1) == parsed["train_y"][dev_idx]))
-
-
-def _read_json_or_empty(path: Path) -> dict:
-    try:
-        value = read_json(path)
-    except (OSError, ValueError):
-        return {}
-    return value if isinstance(value, dict) else {}
 
 
 def _rel(path: Path, paths: Paths) -> str:
