@@ -13,11 +13,11 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 
 import numpy as np
 
-from .config import N_CLASSES, TrainConfig, asdict
+from .config import N_CLASSES
 
 Z95 = 1.959963984540054  # the standard normal's 97.5% quantile
 CI_METHOD = "Wilson score interval (z = 1.96) over the out-of-fold predictions"
@@ -135,10 +135,11 @@ def fit_member(data: dict, task: dict) -> dict:
     from .preprocess import normalize
     from .train import evaluate, train
     t0 = time.perf_counter()
-    cfg = train_config(task["cfg"])
+    from .params import TrainConfig
+    cfg = TrainConfig(**task["cfg"])  # the resolved parameters, as the train stage passes them
     pixels, labels = data["pixels"], np.asarray(data["labels"], np.int64)
     tr, ev = task["train_rows"], task["eval_rows"]
-    result = train(cfg, normalize(pixels[tr], data["normalizer"]), labels[tr], progress=False)
+    result = train(cfg, normalize(pixels[tr], data["normalizer"]), labels[tr], progress=None)
     _, acc, proba = evaluate(result.model, normalize(pixels[ev], data["normalizer"]), labels[ev])
     return {"model": result.model, "eval_proba": proba, "eval_accuracy": acc,
             "history": result.history, "epochs": result.best_epoch,
@@ -146,60 +147,49 @@ def fit_member(data: dict, task: dict) -> dict:
             "seconds": time.perf_counter() - t0}
 
 
-def train_config(d: dict) -> TrainConfig:
-    return TrainConfig(**{**d, "hidden": tuple(d["hidden"])})
-
-
 # ------------------------------------------------------------------------------ sweep grids
 
-GRID_KEYS = {f.name: f.type for f in fields(TrainConfig)
-             if f.name not in ("model", "ensemble", "patience", "refit")}
+NOT_SWEPT = ("model", "ensemble", "folds", "patience", "refit")  # fixed for the whole sweep
 
 
-def parse_grid(grid: str) -> list[dict]:
+def parse_grid(grid: str, base) -> list[dict]:
     """"lr=1e-3,3e-3 epochs=15,20" -> every combination, e.g. [{"lr": 0.001, "epochs": 15}, ...].
 
-    Space-separated `name=v1,v2,...` terms over TrainConfig fields; MLP layer sizes are written
-    with x (hidden=512x256,256). ValueError names a bad term.
+    Space-separated `name=v1,v2,...` terms over the training parameters (params.py), each value
+    checked against its declaration and every combination against the model `base` (a
+    TrainConfig) trains; layer sizes are written with x (hidden=512x256,256). ValueError names a
+    bad term.
     """
+    from .params import BY_NAME, ParamError, coerce, resolve, section
+    names = {p.name for p in section("train") + section("model")} - set(NOT_SWEPT)
     axes = []
     for term in grid.split():
         name, sep, values = term.partition("=")
-        name = name.strip().replace("-", "_")
+        name = name.strip().lower().replace("-", "_")
         if not sep or not values.strip(","):
             raise ValueError(f"grid term {term!r} is not name=value[,value...]")
-        if name not in GRID_KEYS:
+        if name not in names:
             raise ValueError(f"grid term {term!r}: {name!r} is not one of "
-                             f"{', '.join(sorted(GRID_KEYS))}")
+                             f"{', '.join(sorted(names))}")
         if name in (n for n, _ in axes):
             raise ValueError(f"grid names {name!r} twice")
-        axes.append((name, [_grid_value(name, v, term) for v in values.split(",") if v]))
+        try:
+            axes.append((name, [coerce(BY_NAME[name], v.replace("x", ",") if
+                                       BY_NAME[name].kind == "sizes" else v)
+                                for v in values.split(",") if v]))
+        except ParamError as e:
+            raise ValueError(f"grid term {term!r}: {str(e).split(': ', 1)[-1]}") from None
     if not axes:
         raise ValueError("the grid is empty; write e.g. \"lr=1e-3,3e-3 epochs=15,20\"")
     points = [{}]
     for name, values in axes:
         points = [{**p, name: v} for p in points for v in values]
+    for p in points:
+        try:
+            resolve(base.replace(**p))
+        except ParamError as e:
+            raise ValueError(f"{point_label(p)}: {e}") from None
     return points
-
-
-def _grid_value(name: str, value: str, term: str):
-    kind = str(GRID_KEYS[name])
-    try:
-        if "tuple" in kind:
-            sizes = tuple(int(s) for s in value.split("x"))
-            if min(sizes) <= 0:
-                raise ValueError
-            return sizes
-        if "int" in kind:
-            return int(value)
-        if "float" in kind:
-            v = float(value)
-            if not math.isfinite(v):
-                raise ValueError
-            return v
-    except ValueError:
-        raise ValueError(f"grid term {term!r}: {value!r} is not a valid {name}") from None
-    return value
 
 
 def point_label(point: dict) -> str:
@@ -224,5 +214,5 @@ def sweep_table(results: list[dict]) -> str:
     return "\n".join([lines[0], "  ".join("-" * w for w in widths), *lines[1:]])
 
 
-__all__ = ["CVConfig", "asdict", "fit_member", "oof_summary", "parse_grid", "stratified_folds",
+__all__ = ["CVConfig", "fit_member", "oof_summary", "parse_grid", "stratified_folds",
            "stratified_rows", "sweep_table", "wilson_interval"]

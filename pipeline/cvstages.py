@@ -20,19 +20,21 @@ from pathlib import Path
 import numpy as np
 
 from . import parallel, stages
-from .config import Paths, TrainConfig, UserError, asdict
+from .cache import _combined, _load_checked, _seal_path, code_digests
+from .config import Paths, UserError, asdict
 from .cv import CVConfig, fit_member, oof_summary, stratified_folds, stratified_rows
 from .fileio import read_json, read_npz, write_json, write_npz, write_text
+from .params import TrainConfig, changed_from_default, resolve
 
 log = logging.getLogger("pipeline")
-STAGE = "cv"  # stages.STAGE_CODE["cv"]: the source a member's result depends on
+STAGE = "cv"
 
 
 @dataclass
 class Plan:
     """The members of one cross-validation: every fold for each seed."""
 
-    cfg: TrainConfig
+    hp: dict  # the resolved training parameters (JSON-able), folds set to cv.folds
     cv: CVConfig
     rows: np.ndarray  # (n,) the labelled rows cross-validated (indices into train.csv)
     fold: np.ndarray  # (n,) each row's fold
@@ -40,32 +42,28 @@ class Plan:
 
     @property
     def digest(self) -> str:
-        blob = json.dumps({"params": asdict(self.cfg), "cv": asdict(self.cv)}, sort_keys=True)
+        blob = json.dumps({"params": self.hp, "cv": asdict(self.cv)}, sort_keys=True)
         return hashlib.sha256(blob.encode()).hexdigest()[:12]
 
-
-def check_config(cfg: TrainConfig, cv: CVConfig) -> None:
-    if cv.folds < 2:
-        raise UserError(f"cross-validation needs --folds >= 2, got {cv.folds}")
-    if cfg.patience or cfg.refit:
-        raise UserError("--patience and --refit choose on the dev split; with --folds every fold "
-                        "model trains the fixed --epochs and keeps its last epoch: drop them.")
-    from .train import hyperparameters
-    try:
-        hyperparameters(cfg)
-    except ValueError as e:
-        raise UserError(str(e)) from None
+    def member_hp(self, seed: int) -> dict:
+        return {**self.hp, "seed": seed, "ensemble": 1}
 
 
 def plan(cfg: TrainConfig, cv: CVConfig, labels: np.ndarray) -> Plan:
-    check_config(cfg, cv)
+    """Check the parameters (ParamError is a UserError) and lay out the folds and members."""
+    if cv.folds < 2:
+        raise UserError(f"cross-validation needs --folds >= 2, got {cv.folds}")
+    hp = json.loads(json.dumps({**resolve(cfg), "folds": cv.folds}, default=list))
+    if hp["patience"] or hp["refit"]:
+        raise UserError("--patience and --refit choose on the dev split; with --folds every fold "
+                        "model trains the fixed --epochs and keeps its last epoch: drop them.")
     rows = stratified_rows(labels, cv.max_rows, cv.seed)
     try:
         fold = stratified_folds(labels[rows], cv.folds, cv.seed)
     except ValueError as e:
         raise UserError(f"{e} (rows cross-validated: {len(rows)}; raise --max-train)") from None
-    members = [(f, cfg.seed + j) for j in range(cfg.ensemble) for f in range(cv.folds)]
-    return Plan(cfg, cv, rows, fold, members)
+    members = [(f, hp["seed"] + j) for j in range(hp["ensemble"]) for f in range(cv.folds)]
+    return Plan(hp, cv, rows, fold, members)
 
 
 # ------------------------------------------------------------------ members: cache and workers
@@ -77,32 +75,52 @@ def _unit(files, inputs, params, code):
     return files["result"]
 
 
-def _key(p: Plan, f: int, seed: int, inputs: dict) -> tuple:
-    params = {"train": asdict(p.cfg.replace(seed=seed, ensemble=1)), "fold": f,
-              "folds": p.cv.folds, "fold_seed": p.cv.seed, "max_rows": p.cv.max_rows}
-    return ({}, inputs, params, stages._combined(stages.code_digests(STAGE)))
+def member_code() -> str:
+    """Digest of the source a member's result depends on: fit_member's module (cv.py) and every
+    package module it imports (train, nn, preprocess, params, ...)."""
+    cv_py = Path(fit_member.__code__.co_filename)
+    code = {**code_digests(fit_member),
+            "pipeline/cv.py": hashlib.sha256(cv_py.read_bytes()).hexdigest()[:12]}
+    return _combined(code)
+
+
+def _key(p: Plan, f: int, seed: int, inputs: dict, code: str) -> tuple:
+    params = {"train": p.member_hp(seed), "fold": f, "folds": p.cv.folds,
+              "fold_seed": p.cv.seed, "max_rows": p.cv.max_rows}
+    return ({}, inputs, params, code)
+
+
+def _memorized(paths: Paths):
+    import joblib
+    cache = stages._cache(paths)
+    if cache.location is None:  # caching off: nothing is looked up or stored
+        return None
+    return joblib.Memory(cache.location / "joblib", verbose=0).cache(_unit, ignore=["files"])
 
 
 def _lookup(paths: Paths, key: tuple, name: str):
-    cached = stages.memory(paths).cache(_unit, ignore=["files"])
-    if not cached.check_call_in_cache(*key):
+    cached = _memorized(paths)
+    if cached is None or not cached.check_call_in_cache(*key):
         return None
-    return stages._load_checked(cached, key, name, paths)
+    return _load_checked(cached, key, name, paths.cache)
 
 
 def _store(paths: Paths, key: tuple, result) -> None:
     import joblib
-    cached = stages.memory(paths).cache(_unit, ignore=["files"])
+    cached = _memorized(paths)
+    if cached is None:
+        return
     args = ({"result": result}, *key[1:])
     cached(*args)
-    write_text(stages._seal_path(cached.call_and_shelve(*args)), joblib.hash(result))
+    write_text(_seal_path(cached.call_and_shelve(*args)), joblib.hash(result))
 
 
 def fit_plans(paths: Paths, plans: list[Plan], par: parallel.ParallelConfig,
               inputs: dict, pixels: np.ndarray, labels: np.ndarray, normalizer: dict):
     """(each plan's member results in member order, the set of plans with a member trained):
     each member reused from the cache, or trained and stored the moment it arrives."""
-    work = [(i, m, _key(p, f, s, inputs), f"{STAGE} {_label(p, f, s)}")
+    code = member_code()
+    work = [(i, m, _key(p, f, s, inputs, code), f"{STAGE} {_label(p, f, s)}")
             for i, p in enumerate(plans) for m, (f, s) in enumerate(p.members)]
     results = {}
     for i, m, key, name in work:
@@ -121,7 +139,7 @@ def fit_plans(paths: Paths, plans: list[Plan], par: parallel.ParallelConfig,
     for i, m, *_ in todo:
         p, (f, _) = plans[i], plans[i].members[m]
         at = np.searchsorted(union, p.rows)  # plan rows -> positions in data
-        tasks.append({"cfg": asdict(p.cfg.replace(seed=p.members[m][1], ensemble=1)),
+        tasks.append({"cfg": p.member_hp(p.members[m][1]),
                       "train_rows": at[p.fold != f], "eval_rows": at[p.fold == f]})
     for t, r in parallel.run(fit_member, data, tasks, par):
         i, m, key, name = todo[t]
@@ -135,7 +153,7 @@ def fit_plans(paths: Paths, plans: list[Plan], par: parallel.ParallelConfig,
 
 
 def _label(p: Plan, f: int, seed: int) -> str:
-    return f"fold {f + 1}/{p.cv.folds}" + (f" seed {seed}" if p.cfg.ensemble > 1 else "")
+    return f"fold {f + 1}/{p.cv.folds}" + (f" seed {seed}" if p.hp["ensemble"] > 1 else "")
 
 
 # ----------------------------------------------------------------------------- the estimate
@@ -147,22 +165,21 @@ def summarize(p: Plan, results: list[dict], labels: np.ndarray) -> tuple[dict, n
     oof = np.zeros((len(y), 10), np.float32)  # (n, 10), averaged over seeds
     for (f, _), r in zip(p.members, results):
         oof[p.fold == f] += r["eval_proba"]
-    oof /= np.float32(p.cfg.ensemble)
+    oof /= np.float32(p.hp["ensemble"])
     members = [{"fold": f, "seed": s, "accuracy": r["eval_accuracy"], "epochs": r["epochs"],
                 "seconds": round(r["seconds"], 2)} for (f, s), r in zip(p.members, results)]
     return {"folds": p.cv.folds, "fold_seed": p.cv.seed, "max_rows": p.cv.max_rows,
-            "model": p.cfg.model, "params": asdict(p.cfg), "params_digest": p.digest,
+            "model": p.hp["model"], "params": p.hp, "params_digest": p.digest,
+            "params_changed": json.loads(json.dumps(changed_from_default(p.hp), default=list)),
             "hyperparameters": results[0]["hyperparameters"], "members": members,
             "train_seconds": round(sum(r["seconds"] for r in results), 2),
             **oof_summary(y, oof, p.fold)}, oof
 
 
 def _data(paths: Paths):
-    files = {"digits.npz": stages._require(paths.parsed, "make data", paths),
-             "normalizer.json": stages._require(paths.normalizer, "make normalize", paths)}
-    inputs = {k: stages.file_digest(v, paths) for k, v in files.items()}
-    parsed = read_npz(files["digits.npz"])
-    return inputs, parsed["train_x"], parsed["train_y"], read_json(files["normalizer.json"])
+    inputs, files = stages._inputs(paths, parsed=paths.parsed, normalizer=paths.normalizer)
+    parsed = read_npz(Path(files["parsed"]))
+    return inputs, parsed["train_x"], parsed["train_y"], read_json(Path(files["normalizer"]))
 
 
 def _record(paths: Paths, summary: dict, trained: bool) -> None:
@@ -170,12 +187,11 @@ def _record(paths: Paths, summary: dict, trained: bool) -> None:
     if not trained:
         return
     from .fileio import append_line
-    from .report import run_record, utc_now
+    from .runs import run_record, utc_now
     rec = run_record({**summary, "dev_accuracy": None}, utc_now())
     rec.update({"kind": "cv", "folds": summary["folds"], "oof_accuracy": summary["oof_accuracy"],
                 "oof_accuracy_ci95": summary["oof_accuracy_ci95"],
                 "oof_loss": summary["oof_loss"]})
-    rec["params"] = {**rec["params"], "folds": summary["folds"]}
     append_line(paths.runs, json.dumps(rec, sort_keys=True))
 
 
@@ -212,7 +228,8 @@ def train_folds(paths: Paths, cfg: TrainConfig, cv_cfg: CVConfig,
     from .nn import save_models
     [(p, rs, summary, oof, trained)] = _run(paths, [cfg], cv_cfg, par)
     _write_cv(paths, p, summary, oof)
-    metrics = {k: summary[k] for k in ("model", "params", "params_digest", "hyperparameters",
+    metrics = {k: summary[k] for k in ("model", "params", "params_changed", "params_digest",
+                                       "hyperparameters",
                                        "folds", "rows", "oof_accuracy", "oof_accuracy_ci95",
                                        "oof_loss", "train_seconds")}
     metrics.update(dev_accuracy=None, estimate=f"{p.cv.folds}-fold out-of-fold", cv=asdict(cv_cfg),
@@ -233,7 +250,7 @@ def sweep(paths: Paths, cfg: TrainConfig, cv_cfg: CVConfig, par: parallel.Parall
     """Cross-validate cfg with each grid point's overrides, all members in one parallel run;
     write data/models/sweep.json and one runs.jsonl line per point trained."""
     from .cv import point_label, ranked
-    cfgs = [cfg.replace(**pt) for pt in points]
+    cfgs = [cfg.replace(**pt) for pt in points]  # points: checked by cv.parse_grid
     out = []
     for pt, (_, _, s, _, trained) in zip(points, _run(paths, cfgs, cv_cfg, par)):
         s = {**s, "label": point_label(pt),

@@ -24,10 +24,11 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from pipeline.config import Paths, TrainConfig, asdict  # noqa: E402
+from pipeline.config import Paths  # noqa: E402
 from pipeline.cv import fit_member, stratified_folds, stratified_rows  # noqa: E402
 from pipeline.fileio import read_json, read_npz  # noqa: E402
 from pipeline.parallel import ParallelConfig, run  # noqa: E402
+from pipeline.params import TrainConfig, resolve  # noqa: E402
 
 
 def main() -> None:
@@ -44,7 +45,8 @@ def main() -> None:
     data = {"pixels": parsed["train_x"][rows], "labels": parsed["train_y"][rows],
             "normalizer": norm}
     fold = stratified_folds(data["labels"], args.folds, 0)
-    cfg = asdict(TrainConfig(model=args.model, epochs=args.epochs))
+    cfg = json.loads(json.dumps(resolve(TrainConfig(model=args.model, epochs=args.epochs)),
+                                default=list))
     tasks = [{"cfg": cfg, "train_rows": np.flatnonzero(fold != f),
               "eval_rows": np.flatnonzero(fold == f)} for f in range(args.folds)]
     load0 = os.getloadavg()

@@ -19,7 +19,7 @@ from hypothesis import strategies as st
 
 from pipeline import stages
 from pipeline.cli import cli
-from pipeline.config import Paths, PredictConfig, SplitConfig, TrainConfig, UserError, asdict
+from pipeline.config import Paths, UserError
 from pipeline.cv import (
     CVConfig,
     oof_summary,
@@ -30,6 +30,7 @@ from pipeline.cv import (
 )
 from pipeline.fileio import read_json
 from pipeline.parallel import ParallelConfig
+from pipeline.params import PredictConfig, SplitConfig, TrainConfig, resolve
 from tests.conftest import REPO, make_competition_zip
 
 TINY = TrainConfig(model="mlp", epochs=2, hidden=(32,), batch_size=32, augment="none")
@@ -224,7 +225,8 @@ def test_fold_models_never_see_their_fold_and_keep_the_last_epoch(source, tmp_pa
     for f, model in enumerate(models):
         x = normalize(parsed["train_x"][rows[fold == f]], norm)
         assert np.allclose(softmax(model.forward(x)), proba[fold == f], atol=1e-6)
-    by_hand = fit_member(data, {"cfg": asdict(TINY),
+    hp = json.loads(json.dumps({**resolve(TINY), "folds": 3}, default=list))
+    by_hand = fit_member(data, {"cfg": hp,
                                 "train_rows": np.flatnonzero(fold != 2),
                                 "eval_rows": np.flatnonzero(fold == 2)})
     assert all(np.array_equal(by_hand["model"].params[k], models[2].params[k])
@@ -325,16 +327,20 @@ def test_killed_run_resumes_with_finished_members(source, tmp_path):
 
 def test_grid_is_every_combination_and_bad_terms_are_named():
     # two axes of two values: four points; typos and bad values name the term
-    pts = parse_grid("lr=1e-3,3e-3 epochs=15,20")
+    mlp = TrainConfig(model="mlp")
+    pts = parse_grid("lr=1e-3,3e-3 epochs=15,20", mlp)
     assert pts == [{"lr": 1e-3, "epochs": 15}, {"lr": 1e-3, "epochs": 20},
                    {"lr": 3e-3, "epochs": 15}, {"lr": 3e-3, "epochs": 20}]
-    assert parse_grid("hidden=512x256,64 optimizer=adam") == [
+    assert parse_grid("hidden=512x256,64 optimizer=adam", mlp) == [
         {"hidden": (512, 256), "optimizer": "adam"}, {"hidden": (64,), "optimizer": "adam"}]
     for bad, said in (("lr", "not name=value"), ("lrate=1", "'lrate' is not one of"),
-                      ("epochs=ten", "'ten' is not a valid epochs"), ("lr=nan", "valid lr"),
-                      ("lr=1 lr=2", "twice"), ("", "empty"), ("hidden=0x4", "valid hidden")):
+                      ("epochs=ten", "grid term 'epochs=ten': .*'ten'"),
+                      ("lr=nan", "expected a finite number"), ("lr=1 lr=2", "twice"),
+                      ("", "empty"), ("hidden=0x4", "sizes must be > 0"),
+                      ("dropout=0.5,1.5", r"expected a value in \[0, 1\), got '1.5'"),
+                      ("plan=32c5", "does not apply to --model mlp")):
         with pytest.raises(ValueError, match=said):
-            parse_grid(bad)
+            parse_grid(bad, mlp)
 
 
 def test_sweep_ranks_points_and_records_each(source, tmp_path):
@@ -356,6 +362,4 @@ def test_sweep_ranks_points_and_records_each(source, tmp_path):
     runs = [json.loads(x) for x in paths.runs.read_text().splitlines()]
     assert [(x["kind"], x["params"]["epochs"]) for x in runs] == [("cv", 1), ("cv", 3)]
     bad = CliRunner().invoke(cli, [*args[:4], "epochs=1,x", *args[5:]])
-    assert bad.exit_code == 2 and "'x' is not a valid epochs" in bad.output
-    bad = CliRunner().invoke(cli, [*args[:4], "dropout=0.5,1.5", *args[5:]])
-    assert bad.exit_code == 2 and "dropout=1.5: dropout must be in [0, 1)" in bad.output
+    assert bad.exit_code == 2 and "grid term 'epochs=1,x'" in bad.output, bad.output
