@@ -229,7 +229,7 @@ def train(ctx, resume, **kw):
                    f"{metrics['folds']} fold models; {_oof(metrics)})")
         return
     metrics = stages.train(ctx.obj["paths"], train_cfg, progress=ctx.obj["progress"],
-                           resume=resume)
+                           resume=resume, par=par)
     click.echo(f"model: {ctx.obj['paths'].model} ({metrics['model']}, dev-split accuracy "
                f"{pct(metrics['dev_accuracy'])})")
 
@@ -329,7 +329,7 @@ def run(ctx, mirror, resume, with_report, **kw):
     if (train_cfg.folds or 0) >= 2:
         metrics = stages.train_folds(paths, train_cfg, cv_config(split_cfg, train_cfg), par)
     else:
-        metrics = stages.train(paths, train_cfg, progress=progress, resume=resume)
+        metrics = stages.train(paths, train_cfg, progress=progress, resume=resume, par=par)
     stages.predict(paths, predict_cfg)
     _summary(stages.validate(paths))
     if with_report:

@@ -178,14 +178,20 @@ def normalize(paths: Paths) -> Path:
     return paths.normalizer
 
 
-def train(paths: Paths, cfg: TrainConfig, *, progress="bar", resume: bool = True) -> dict:
+def train(paths: Paths, cfg: TrainConfig, *, progress="bar", resume: bool = True,
+          par=None) -> dict:
     """Train cfg.ensemble models (seeds seed, seed+1, ...), save them together, write metrics.
 
     Each model checkpoints every epoch; an interrupted run continues from its last checkpoint
-    (the same result as an uninterrupted run), unless `resume` is False.
+    (the same result as an uninterrupted run), unless `resume` is False. An ensemble's members
+    train in parallel instead (`par`, see ensemble.py), each cached on its own.
     """
     from .nn import save_models
     hp = resolve(cfg)  # every parameter checked, the model's defaults filled in
+    if hp["ensemble"] > 1:  # members through joblib.Parallel, resumed member by member
+        from .ensemble import train_ensemble
+        from .parallel import ParallelConfig
+        return train_ensemble(paths, hp, par or ParallelConfig())
     inputs, files = _inputs(paths, parsed=paths.parsed, split=paths.split,
                             normalizer=paths.normalizer)
     results, computed = [], []

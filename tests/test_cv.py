@@ -363,3 +363,21 @@ def test_sweep_ranks_points_and_records_each(source, tmp_path):
     assert [(x["kind"], x["params"]["epochs"]) for x in runs] == [("cv", 1), ("cv", 3)]
     bad = CliRunner().invoke(cli, [*args[:4], "epochs=1,x", *args[5:]])
     assert bad.exit_code == 2 and "grid term 'epochs=1,x'" in bad.output, bad.output
+
+
+# ------------------------------------------------------------- dev-split ensembles in parallel
+
+
+def test_parallel_ensemble_members_equal_single_models(source, tmp_path):
+    # ENSEMBLE=2 on two workers: member k is, to the bit, the single model of seed k, and the
+    # metrics match one worker's run
+    from pipeline.nn import load_models
+    cfg = TINY.replace(patience=1)
+    one, two = prepared(tmp_path / "one", source), prepared(tmp_path / "two", source)
+    m1 = stages.train(one, cfg.replace(ensemble=2), progress=None, par=ONE)
+    m2 = stages.train(two, cfg.replace(ensemble=2), progress=None, par=ParallelConfig(jobs=2))
+    assert without_seconds(m1) == without_seconds(m2) and len(m2["members"]) == 2
+    ensemble = load_models(two.model)
+    stages.train(two, cfg.replace(seed=1), progress=None)  # the single-model path
+    [single] = load_models(two.model)
+    assert all(np.array_equal(ensemble[1].params[k], single.params[k]) for k in single.params)
