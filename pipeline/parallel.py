@@ -64,10 +64,11 @@ def run(fn: Callable, shared, tasks: list, cfg: ParallelConfig) -> Iterator[tupl
             calls = (joblib.delayed(pinned)(fn, shared, t, i) for i, t in enumerate(tasks))
             yield from joblib.Parallel(n_jobs=n, batch_size=1, pre_dispatch="n_jobs",
                                        return_as="generator_unordered")(calls)
-    except TerminatedWorkerError as e:
-        raise ClusterError(f"a worker process died while training ({_first_line(e)}); the "
-                           f"members finished before it are cached: rerun to continue (with "
-                           f"fewer --jobs if memory ran out).") from None
+    except TerminatedWorkerError:
+        raise ClusterError("a worker process died while training (killed by a signal, a crash, "
+                           "or the system ran out of memory); the members finished before it "
+                           "are cached: rerun to continue (with fewer --jobs if memory ran "
+                           "out).") from None
 
 
 def pinned(fn: Callable, shared, task, index: int) -> tuple[int, object]:

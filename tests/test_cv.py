@@ -381,3 +381,34 @@ def test_parallel_ensemble_members_equal_single_models(source, tmp_path):
     stages.train(two, cfg.replace(seed=1), progress=None)  # the single-model path
     [single] = load_models(two.model)
     assert all(np.array_equal(ensemble[1].params[k], single.params[k]) for k in single.params)
+
+
+def test_a_killed_local_worker_stops_the_run_with_one_line(source, tmp_path):
+    # SIGKILL one loky worker mid-member: exit 1, one line, no traceback, no cv.json
+    paths = prepared(tmp_path / "p", source)
+    env = {**os.environ, "DIGITS_ROOT": str(paths.root), "PYTHONPATH": str(REPO)}
+    proc = subprocess.Popen([sys.executable, "-m", "pipeline", "cv", *SLOW, "--jobs", "2"],
+                            env=env, stderr=subprocess.PIPE, text=True, cwd=REPO)
+    for line in proc.stderr:
+        if "training 3 of 3 member(s) on 2 local worker(s)" in line:
+            break
+    workers = []
+    while not workers and proc.poll() is None:
+        workers = [int(d) for d in os.listdir("/proc") if d.isdigit() and _is_worker(d, proc.pid)]
+    os.kill(workers[0], signal.SIGKILL)
+    err = proc.stderr.read()
+    assert proc.wait(timeout=60) == 1, err
+    lines = err.strip().splitlines()
+    assert lines[-1].startswith("digits: error: a worker process died while training (killed by "
+                                "a signal"), err
+    assert all(x.startswith("digits: cv fold") for x in lines[:-1]), err  # members done before
+    assert not (paths.models / "cv.json").exists()
+
+
+def _is_worker(pid: str, parent: int) -> bool:
+    try:
+        stat = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
+        cmd = open(f"/proc/{pid}/cmdline").read()
+    except OSError:
+        return False
+    return int(stat[1]) == parent and "LokyProcess" in cmd
