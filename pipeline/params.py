@@ -96,10 +96,11 @@ PARAMS: tuple[Param, ...] = (
     Param("dev_fraction", "split", "float", "Share of train.csv held out (stratified) to "
           "measure accuracy on: a dev-split figure, not the cross-validated estimate.",
           default=0.1, lo=0, hi=1, lo_open=True, hi_open=True),
-    Param("split_seed", "split", "int", "Seed of the train/dev shuffle.", default=0,
-          field="seed"),
+    Param("split_seed", "split", "int", "Seed of the train/dev shuffle (and of the folds, with "
+          "folds).", default=0, field="seed"),
     Param("max_train", "split", "int", "Train on at most this many rows (stratified), for "
-          "quick experiments; 0 = all.", default=0, lo=0),
+          "quick experiments (with folds: cross-validate that many); 0 = all.", default=0,
+          lo=0),
     # ---- train: one value whatever the model
     Param("model", "train", "str", "Network: cnn (best), mlp, or seed (the 784-10-10 "
           "baseline).", default="cnn", choices=_registry(ARCHITECTURES)),
