@@ -337,7 +337,7 @@ def run(ctx, mirror, resume, with_report, **kw):
         click.echo(f"report: {out['path'] / 'report.md'}")
     if metrics.get("oof_accuracy") is not None:  # the last line: the expected score
         from .cvstages import estimate_line
-        click.echo(estimate_line(metrics))
+        click.echo(estimate_line(metrics, tta=predict_cfg.tta))
 
 
 @cli.command(short_help="K-fold cross-validation: the out-of-fold estimate (cv.json).")
@@ -357,6 +357,7 @@ def cv(ctx, **kw):
     summary = stages.cv(ctx.obj["paths"], train_cfg, cv_config(split_cfg, train_cfg, 5), par)
     click.echo("folds: " + " ".join(pct(a) for a in summary["fold_accuracy"]))
     click.echo(f"cv: {ctx.obj['paths'].models / 'cv.json'}")
+    click.echo(estimate_line(summary, tta=True))
     click.echo(estimate_line(summary))
 
 

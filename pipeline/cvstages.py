@@ -160,12 +160,16 @@ def _label(p: Plan, f: int, seed: int) -> str:
 
 
 def summarize(p: Plan, results: list[dict], labels: np.ndarray) -> tuple[dict, np.ndarray]:
-    """(the cv.json dict, the (n, 10) out-of-fold probabilities) of one plan's members."""
+    """(the cv.json dict, the (n, 10) out-of-fold probabilities, plain and with TTA) of one
+    plan's members. cv.json's "tta" holds the estimate of a `--tta` submission."""
     y = labels[p.rows].astype(np.int64)
-    oof = np.zeros((len(y), 10), np.float32)  # (n, 10), averaged over seeds
+    oof, oof_tta = (np.zeros((len(y), 10), np.float32) for _ in range(2))  # over seeds
     for (f, _), r in zip(p.members, results):
         oof[p.fold == f] += r["eval_proba"]
+        oof_tta[p.fold == f] += r["eval_proba_tta"]
     oof /= np.float32(p.hp["ensemble"])
+    oof_tta /= np.float32(p.hp["ensemble"])
+    tta = oof_summary(y, oof_tta, p.fold)
     members = [{"fold": f, "seed": s, "accuracy": r["eval_accuracy"], "epochs": r["epochs"],
                 "seconds": round(r["seconds"], 2)} for (f, s), r in zip(p.members, results)]
     return {"folds": p.cv.folds, "fold_seed": p.cv.seed, "max_rows": p.cv.max_rows,
@@ -173,7 +177,9 @@ def summarize(p: Plan, results: list[dict], labels: np.ndarray) -> tuple[dict, n
             "params_changed": json.loads(json.dumps(changed_from_default(p.hp), default=list)),
             "hyperparameters": results[0]["hyperparameters"], "members": members,
             "train_seconds": round(sum(r["seconds"] for r in results), 2),
-            **oof_summary(y, oof, p.fold)}, oof
+            "tta": {k: tta[k] for k in ("oof_accuracy", "oof_accuracy_ci95", "oof_loss",
+                                        "fold_accuracy")},
+            **oof_summary(y, oof, p.fold)}, (oof, oof_tta)
 
 
 def _data(paths: Paths):
@@ -216,8 +222,9 @@ def cv(paths: Paths, cfg: TrainConfig, cv_cfg: CVConfig, par: parallel.ParallelC
     return summary
 
 
-def _write_cv(paths: Paths, p: Plan, summary: dict, oof: np.ndarray) -> None:
-    write_npz(paths.models / "oof.npz", proba=oof, rows=p.rows, fold=p.fold)
+def _write_cv(paths: Paths, p: Plan, summary: dict, oof: tuple) -> None:
+    write_npz(paths.models / "oof.npz", proba=oof[0], proba_tta=oof[1], rows=p.rows,
+              fold=p.fold)
     write_json(paths.models / "cv.json", summary)
 
 
@@ -231,7 +238,7 @@ def train_folds(paths: Paths, cfg: TrainConfig, cv_cfg: CVConfig,
     metrics = {k: summary[k] for k in ("model", "params", "params_changed", "params_digest",
                                        "hyperparameters",
                                        "folds", "rows", "oof_accuracy", "oof_accuracy_ci95",
-                                       "oof_loss", "train_seconds")}
+                                       "oof_loss", "train_seconds", "tta")}
     metrics.update(dev_accuracy=None, estimate=f"{p.cv.folds}-fold out-of-fold", cv=asdict(cv_cfg),
                    members=[{"seed": s, "fold": f, "fold_accuracy": r["eval_accuracy"],
                              "dev_accuracy": None, "best_epoch": r["epochs"],
@@ -263,12 +270,18 @@ def sweep(paths: Paths, cfg: TrainConfig, cv_cfg: CVConfig, par: parallel.Parall
     return out
 
 
-def estimate_line(summary: dict) -> str:
+def estimate(metrics: dict, tta: bool) -> dict:
+    """The OOF figures of a submission predicted with or without TTA (cv.json or metrics)."""
+    return {**metrics, **metrics["tta"]} if tta and metrics.get("tta") else metrics
+
+
+def estimate_line(summary: dict, tta: bool = False) -> str:
     """One line: the OOF accuracy with its interval, what it is, and where it comes from."""
-    lo, hi = summary["oof_accuracy_ci95"]
-    return (f"expected score (out-of-fold, {summary['folds']} folds, {summary.get('rows', '?')} "
-            f"rows): {100 * summary['oof_accuracy']:.2f}% (95% CI {100 * lo:.2f}-{100 * hi:.2f}%)"
-            f", log loss {summary['oof_loss']:.4f}")
+    e = estimate(summary, tta)
+    lo, hi = e["oof_accuracy_ci95"]
+    return (f"expected score (out-of-fold, {e['folds']} folds, {e.get('rows', '?')} rows"
+            f"{', with TTA' if tta else ''}): {100 * e['oof_accuracy']:.2f}% (95% CI "
+            f"{100 * lo:.2f}-{100 * hi:.2f}%), log loss {e['oof_loss']:.4f}")
 
 
 def read_cv(path: Path) -> dict | None:

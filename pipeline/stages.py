@@ -284,8 +284,7 @@ def predict(paths: Paths, cfg: PredictConfig) -> dict:
             "model_sha256": inputs["model.npz"], "model": metrics.get("model"),
             "params": {"train": metrics.get("params"), "predict": asdict(cfg)},
             "dev_accuracy": metrics.get("dev_accuracy"),
-            "oof_accuracy": metrics.get("oof_accuracy"), "folds": metrics.get("folds"),
-            "oof_accuracy_ci95": metrics.get("oof_accuracy_ci95")})
+            **_oof_entry(metrics, cfg.tta)})
     return {"path": paths.submission, "sha256": sha, "rows": len(ids),
             "dev_accuracy": metrics.get("dev_accuracy")}
 
@@ -373,11 +372,21 @@ def train_folds(paths: Paths, cfg: TrainConfig, cv_cfg, par) -> dict:
     return cvstages.train_folds(paths, cfg, cv_cfg, par)
 
 
+def _oof_entry(metrics: dict, tta: bool) -> dict:
+    """A fold ensemble's out-of-fold estimate for the ledger: the TTA one when predicting so."""
+    if metrics.get("oof_accuracy") is None:
+        return {}
+    from .cvstages import estimate
+    e = estimate(metrics, tta)
+    return {"oof_accuracy": e["oof_accuracy"], "oof_accuracy_ci95": e["oof_accuracy_ci95"],
+            "folds": e.get("folds"), "oof_tta": bool(tta and metrics.get("tta"))}
+
+
 def _oof_words(e: dict) -> str:
     """", out-of-fold accuracy 99.40% (95% CI 99.31-99.48%, 5 folds)" of a ledger entry."""
     lo, hi = e.get("oof_accuracy_ci95") or (float("nan"), float("nan"))
     return (f", out-of-fold accuracy {100 * e['oof_accuracy']:.2f}% (95% CI {100 * lo:.2f}-"
-            f"{100 * hi:.2f}%, {e.get('folds')} folds)")
+            f"{100 * hi:.2f}%, {e.get('folds')} folds{', TTA' if e.get('oof_tta') else ''})")
 
 
 def sweep(paths: Paths, cfg: TrainConfig, cv_cfg, par, points: list[dict]) -> list[dict]:
