@@ -72,7 +72,7 @@ def cnn_spec(hp):
                     "cout": f,
                     "k": k,
                     "pad": pad,
-                    "init": "he",
+                    "init": hp.get("init", "he"),
                     "bias": False,
                 },  # BatchNorm's beta does a bias's job
                 {"type": "bn", "name": f"c{i}bn", "c": f},
@@ -97,7 +97,8 @@ def cnn_spec(hp):
                 layers.append({"type": "flatten", "name": "flat"})
                 flat = side * side * c
             layers += [
-                {"type": "dense", "name": f"fc{i}", "in": flat, "out": op[1], "init": "he"},
+                {"type": "dense", "name": f"fc{i}", "in": flat, "out": op[1],
+                 "init": hp.get("init", "he")},
                 {"type": "bn", "name": f"fc{i}bn", "c": op[1]},
                 {"type": "act", "name": f"fc{i}a", "fn": act},
             ]
@@ -107,7 +108,8 @@ def cnn_spec(hp):
     if flat is None:
         layers.append({"type": "flatten", "name": "flat"})
         flat = side * side * c
-    layers.append({"type": "dense", "name": "out", "in": flat, "out": N_CLASSES, "init": "xavier"})
+    out_init = "torch" if hp.get("init") == "torch" else "xavier"
+    layers.append({"type": "dense", "name": "out", "in": flat, "out": N_CLASSES, "init": out_init})
     return {"name": "cnn", "input_shape": [IMAGE_SIDE, IMAGE_SIDE, 1], "layers": layers}
 
 
