@@ -74,6 +74,9 @@ def parse_set(pairs):
     out = {}
     for p in pairs:
         k, _, v = p.partition("=")
+        if "," in v and all(t.strip().isdigit() for t in v.split(",")):
+            out[k] = tuple(int(t) for t in v.split(","))  # hidden=1024,512
+            continue
         for conv in (int, float):
             try:
                 v = conv(v)
