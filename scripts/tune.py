@@ -24,6 +24,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from pipeline.config import TrainConfig  # noqa: E402
+from pipeline.fileio import atomic_path  # noqa: E402
 from pipeline.nn import save_models  # noqa: E402
 from pipeline.predict import predict_proba  # noqa: E402
 from pipeline.train import train  # noqa: E402
@@ -141,11 +142,12 @@ def main():
         total += r.seconds
         models.append(r.model)
         if a.save:
-            save_models(
-                a.save / f"{cfg.model}-seed{cfg.seed + k}.npz",
-                [r.model],
-                extra={"history": r.history, "best_epoch": r.best_epoch, "seconds": r.seconds},
-            )
+            with atomic_path(a.save / f"{cfg.model}-seed{cfg.seed + k}.npz") as tmp:
+                save_models(
+                    tmp,
+                    [r.model],
+                    extra={"history": r.history, "best_epoch": r.best_epoch, "seconds": r.seconds},
+                )
         for h in r.history:
             print(
                 json.dumps({k2: round(v, 5) if isinstance(v, float) else v for k2, v in h.items()})

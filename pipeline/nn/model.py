@@ -11,11 +11,14 @@ in `params` too but not in `theta`. `save_models`/`load_models` store any number
 from __future__ import annotations
 
 import json
+import os
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import NamedTuple
 
 import numpy as np
 
-from pipeline.config import UserError
-from pipeline.fileio import atomic_path
+from pipeline.nn import fused as Fu
 from pipeline.nn import layers as L
 from pipeline.nn.init import INITS
 
@@ -23,26 +26,28 @@ FORMAT = "digits-nn-v1"
 EVAL_CHUNK = 128  # rows per inference pass: measured faster than 256 or 1000 (cache-sized)
 
 
-class ModelFileError(UserError):
-    """A model file that cannot be read: missing, corrupt, or written by an incompatible version."""
+class ModelFileError(Exception):
+    """A model file that cannot be read: missing, corrupt, or written by an incompatible version.
+    Its message says what to do; the CLI shows it as one line (pipeline.nn imports nothing from
+    the rest of the package, so this is not a pipeline.config.UserError)."""
 
 
 # ----------------------------------------------------------------------------------------------
-# Layer kinds: name -> (parameter shapes, forward, backward). Parameters are named "<layer>.<p>".
-# forward(layer, P, x, train, rng) -> (out, cache)
-# backward(layer, P, G, dout, cache, need_dx) -> dx
+# Layer kinds: name -> Kind(parameter shapes, forward, backward, settings). Every layer of
+# `layers.py` has the same two signatures, so one call serves them all (`layer_forward`,
+# `layer_backward`); `settings` are the spec keys the forward takes by name. Parameters are
+# named "<layer>.<p>".
+
+
+class Kind(NamedTuple):
+    shapes: Callable  # layer spec -> {parameter: shape}
+    forward: Callable  # (x, **params, train=, rng=, **settings) -> (out, cache)
+    backward: Callable  # (dout, cache, grads, need_dx) -> dx
+    settings: tuple = ()
 
 
 def _dense_shapes(ly):
     return {"w": (ly["in"], ly["out"]), "b": (ly["out"],)}
-
-
-def _dense_fwd(ly, P, x, train, rng):
-    return L.dense_forward(x, P["w"], P["b"])
-
-
-def _dense_bwd(ly, P, G, dout, cache, need_dx):
-    return L.dense_backward(dout, cache, dw=G["w"], db=G["b"], need_dx=need_dx)[0]
 
 
 def _conv_shapes(ly):
@@ -51,59 +56,9 @@ def _conv_shapes(ly):
     return {"w": (k, k, ly["cin"], ly["cout"]), **bias}
 
 
-def _conv_fwd(ly, P, x, train, rng):
-    return L.conv2d_forward(x, P["w"], P.get("b"), pad=ly.get("pad", 0))
-
-
-def _conv_bwd(ly, P, G, dout, cache, need_dx):
-    return L.conv2d_backward(dout, cache, dw=G["w"], db=G.get("b"), need_dx=need_dx)[0]
-
-
 def _bn_shapes(ly):
     c = (ly["c"],)
     return {"gamma": c, "beta": c, "mean": c, "var": c}
-
-
-def _bn_fwd(ly, P, x, train, rng):
-    return L.batchnorm_forward(
-        x, P["gamma"], P["beta"], P["mean"], P["var"], train, momentum=ly.get("momentum", 0.1)
-    )
-
-
-def _bn_bwd(ly, P, G, dout, cache, need_dx):
-    return L.batchnorm_backward(dout, cache, dgamma=G["gamma"], dbeta=G["beta"])[0]
-
-
-def _act_fwd(ly, P, x, train, rng):
-    return L.ACTIVATIONS[ly["fn"]][0](x)
-
-
-def _act_bwd(ly, P, G, dout, cache, need_dx):
-    return L.ACTIVATIONS[ly["fn"]][1](dout, cache)
-
-
-def _pool_fwd(ly, P, x, train, rng):
-    return L.maxpool_forward(x, train)
-
-
-def _pool_bwd(ly, P, G, dout, cache, need_dx):
-    return L.maxpool_backward(dout, cache)
-
-
-def _drop_fwd(ly, P, x, train, rng):
-    return L.dropout_forward(x, ly["p"], train, rng)
-
-
-def _drop_bwd(ly, P, G, dout, cache, need_dx):
-    return L.dropout_backward(dout, cache)
-
-
-def _flat_fwd(ly, P, x, train, rng):
-    return L.flatten_forward(x)
-
-
-def _flat_bwd(ly, P, G, dout, cache, need_dx):
-    return L.flatten_backward(dout, cache)
 
 
 def _none(ly):
@@ -111,14 +66,79 @@ def _none(ly):
 
 
 LAYER_KINDS = {
-    "dense": (_dense_shapes, _dense_fwd, _dense_bwd),
-    "conv": (_conv_shapes, _conv_fwd, _conv_bwd),
-    "bn": (_bn_shapes, _bn_fwd, _bn_bwd),
-    "act": (_none, _act_fwd, _act_bwd),
-    "pool": (_none, _pool_fwd, _pool_bwd),
-    "dropout": (_none, _drop_fwd, _drop_bwd),
-    "flatten": (_none, _flat_fwd, _flat_bwd),
+    "dense": Kind(_dense_shapes, L.dense_forward, L.dense_backward),
+    "conv": Kind(_conv_shapes, L.conv2d_forward, L.conv2d_backward, ("pad",)),
+    "bn": Kind(_bn_shapes, L.batchnorm_forward, L.batchnorm_backward, ("momentum",)),
+    "act": Kind(_none, L.activation_forward, L.activation_backward, ("fn",)),
+    "pool": Kind(_none, L.maxpool_forward, L.maxpool_backward),
+    "dropout": Kind(_none, L.dropout_forward, L.dropout_backward, ("p",)),
+    "flatten": Kind(_none, L.flatten_forward, L.flatten_backward),
 }
+
+
+def layer_forward(ly, P, x, train, rng):
+    """One layer of a spec on x -> (out, cache); P holds its parameters by short name."""
+    kind = LAYER_KINDS[ly["type"]]
+    return kind.forward(x, **P, train=train, rng=rng, **_settings(kind, ly))
+
+
+def layer_backward(ly, P, G, dout, cache, need_dx):
+    """The backward of `layer_forward`: fills G (its gradient buffers) -> dx or None."""
+    return LAYER_KINDS[ly["type"]].backward(dout, cache, G, need_dx)
+
+
+def _settings(kind, ly):
+    return {k: ly[k] for k in kind.settings if k in ly}
+
+
+# ----------------------------------------------------------------------------------------------
+# Plans: the layers as the model runs them, with fused pairs (fused.py) as one step each
+
+
+class Step(NamedTuple):
+    name: str
+    forward: Callable
+    backward: Callable
+    P: dict  # parameters, by short name
+    G: dict  # gradient buffers, by short name
+    settings: dict
+    first: int  # index of the step's first layer in the spec
+
+
+FUSED = {  # (kind, kind) -> the fused kernel pair; "act" only for ReLU
+    ("conv", "pool"): (Fu.conv_pool_forward, Fu.conv_pool_backward),
+    ("bn", "act"): (Fu.bn_relu_forward, Fu.bn_relu_backward),
+}
+
+
+def make_plan(layers, P, G, fuse=True):
+    """-> [Step] running `layers` (with parameters P[i], gradient buffers G[i]); fuse=True
+    merges each pair of FUSED into one step (a ReLU for ("bn", "act"))."""
+    plan, i = [], 0
+    while i < len(layers):
+        ly = layers[i]
+        kind = LAYER_KINDS[ly["type"]]
+        nxt = layers[i + 1] if i + 1 < len(layers) else None
+        pair = (ly["type"], nxt["type"]) if nxt else None
+        if fuse and pair in FUSED and (pair[1] != "act" or nxt["fn"] == "relu"):
+            fwd, bwd = FUSED[pair]
+            name, n = f"{ly['name']}+{nxt['name']}", 2
+        else:
+            fwd, bwd, name, n = kind.forward, kind.backward, ly["name"], 1
+        plan.append(Step(name, fwd, bwd, P[i], G[i], _settings(kind, ly), i))
+        i += n
+    return plan
+
+
+def run_forward(plan, x, train, rng=None):
+    """x through every step -> (out, caches)."""
+    caches = []
+    for st in plan:
+        x, cache = st.forward(x, **st.P, train=train, rng=rng, **st.settings)
+        caches.append(cache)
+    return x, caches
+
+
 BUFFERS = ("mean", "var")  # parameters that are state, not trained
 DECAYED = ("w",)  # parameters weight decay applies to
 
@@ -169,6 +189,10 @@ class Model:
                 self.grads[name] = self._G[i][p] = self.grad[offset : offset + size].reshape(shape)
                 offset += size
             self.params[name] = self._P[i][p] = arr
+        self._train_plan = make_plan(self.spec["layers"], self._P, self._G)
+        self._first_trained = next(
+            (i for i, ly in enumerate(self.spec["layers"]) if self._G[i]), len(self._G)
+        )
         if params is not None:
             self.load_params(params)
         else:
@@ -200,63 +224,63 @@ class Model:
             v[...] = params[k]
 
     # forward/backward -------------------------------------------------------------------------
-    def forward(self, x, train=False, rng=None):
+    def forward(self, x, train=False, rng=None, threads=1):
         """x (N, 28, 28, 1) -> logits (N, 10). train=True uses batch statistics and dropout
         (and updates BatchNorm running stats); it needs `rng` for dropout. Eval mode folds each
-        BatchNorm into the conv/dense layer before it (exact) and runs large inputs in chunks of
-        EVAL_CHUNK rows, whose activations stay in cache."""
+        BatchNorm into the conv/dense layer before it (exact), fuses pairs (fused.py) and runs
+        large inputs in chunks of EVAL_CHUNK rows, whose activations stay in cache; with
+        threads > 1 the chunks are shared out to that many threads (numpy releases the GIL in
+        its matrix products and ufuncs; keep BLAS itself on one thread then)."""
         if train:
-            for ly, P in zip(self.spec["layers"], self._P):
-                x, _ = LAYER_KINDS[ly["type"]][1](ly, P, x, True, rng)
-            return x
+            return run_forward(self._train_plan, x, True, rng)[0]
         plan = self._eval_plan()
-        out = None  # (N, 10) for a whole model; any shape for a truncated one (reports)
-        for s in range(0, x.shape[0], EVAL_CHUNK):
-            h = x[s : s + EVAL_CHUNK]
-            for ly, P in plan:
-                h, _ = LAYER_KINDS[ly["type"]][1](ly, P, h, False, None)
-            if out is None:
-                out = np.empty((x.shape[0], *h.shape[1:]), dtype=np.float32)
-            out[s : s + EVAL_CHUNK] = h
-        return out
+        starts = range(0, x.shape[0], EVAL_CHUNK)
+
+        def chunk(s):
+            return run_forward(plan, x[s : s + EVAL_CHUNK], False)[0]
+
+        if threads > 1 and len(starts) > 1:
+            with ThreadPoolExecutor(threads) as pool:
+                parts = list(pool.map(chunk, starts))
+        else:
+            parts = [chunk(s) for s in starts]
+        if not parts:  # no rows
+            return run_forward(plan, x, False)[0]
+        # (N, 10) for a whole model; any shape for a truncated one (reports)
+        return np.concatenate(parts) if len(parts) > 1 else parts[0]
 
     def _eval_plan(self):
-        """-> [(layer, params)] for inference, with conv/dense -> BatchNorm pairs merged:
-        w' = w * gamma/sqrt(var+eps), b' = (b - mean) * gamma/sqrt(var+eps) + beta."""
-        layers, plan, i = self.spec["layers"], [], 0
+        """-> [Step] for inference: conv/dense -> BatchNorm pairs merged into the conv/dense,
+        w' = w * gamma/sqrt(var+eps), b' = (b - mean) * gamma/sqrt(var+eps) + beta, then fused."""
+        layers, P = self.spec["layers"], self._P
+        kept, params, i = [], [], 0
         while i < len(layers):
-            ly, P = layers[i], self._P[i]
-            if (
-                ly["type"] in ("conv", "dense")
-                and i + 1 < len(layers)
-                and layers[i + 1]["type"] == "bn"
+            ly = layers[i]
+            if ly["type"] in ("conv", "dense") and i + 1 < len(layers) and (
+                layers[i + 1]["type"] == "bn"
             ):
-                bn = self._P[i + 1]
+                bn = P[i + 1]
                 scale = bn["gamma"] / np.sqrt(bn["var"] + L.BN_EPS)  # (C,)
-                b = P["b"] if "b" in P else np.zeros_like(scale)
-                plan.append((ly, {"w": P["w"] * scale, "b": (b - bn["mean"]) * scale + bn["beta"]}))
+                b = P[i]["b"] if "b" in P[i] else np.zeros_like(scale)
+                params.append({"w": P[i]["w"] * scale, "b": (b - bn["mean"]) * scale + bn["beta"]})
                 i += 2
             else:
-                plan.append((ly, P))
+                params.append(P[i])
                 i += 1
-        return plan
+            kept.append(ly)
+        return make_plan(kept, params, [{}] * len(kept))
 
     def forward_train(self, x, rng):
         """x (N, 28, 28, 1) -> (logits (N, 10), caches) in training mode."""
-        caches = []
-        for ly, P in zip(self.spec["layers"], self._P):
-            x, cache = LAYER_KINDS[ly["type"]][1](ly, P, x, True, rng)
-            caches.append(cache)
-        return x, caches
+        return run_forward(self._train_plan, x, True, rng)
 
     def backward(self, dlogits, caches):
         """dlogits (N, 10) -> fills `self.grad` (and so `self.grads`). No dx for the input."""
         dx = dlogits
-        layers = self.spec["layers"]
-        first = next(i for i, ly in enumerate(layers) if LAYER_KINDS[ly["type"]][0](ly))
-        for i in range(len(layers) - 1, first - 1, -1):
-            ly = layers[i]
-            dx = LAYER_KINDS[ly["type"]][2](ly, self._P[i], self._G[i], dx, caches[i], i > first)
+        for st, cache in zip(reversed(self._train_plan), reversed(caches)):
+            if st.first < self._first_trained:
+                break
+            dx = st.backward(dx, cache, st.G, st.first > self._first_trained)
 
     # pickling (joblib caches models): rebuild the flat buffers on load -------------------------
     def __getstate__(self):
@@ -273,8 +297,10 @@ class Model:
 # Files: one .npz for any number of models, no pickle
 
 
-def save_models(path, models, extra=None):
-    """Write `models` (and a JSON-able `extra` dict) to one .npz, atomically."""
+def save_models(file, models, extra=None):
+    """Write `models` (and a JSON-able `extra` dict) to one .npz: `file` is a path or a binary
+    file object. Not atomic by itself: the pipeline writes to a temporary file it renames
+    (pipeline.fileio.atomic_path)."""
     arrays = {
         "format": np.array(FORMAT),
         "n_models": np.array(len(models), dtype=np.int64),
@@ -284,9 +310,11 @@ def save_models(path, models, extra=None):
         arrays[f"m{i}/spec"] = np.array(json.dumps(m.spec))
         for k, v in m.params.items():
             arrays[f"m{i}/{k}"] = np.asarray(v, dtype=np.float32)
-    with atomic_path(path) as tmp:
-        with open(tmp, "wb") as f:
+    if isinstance(file, (str, os.PathLike)):
+        with open(file, "wb") as f:  # by a path, np.savez would add ".npz" to the name
             np.savez(f, **arrays)
+    else:
+        np.savez(file, **arrays)
 
 
 def _read(path):
