@@ -26,7 +26,8 @@ import numpy as np
 
 from pipeline.config import IMAGE_SIDE, N_CLASSES, TrainConfig, asdict
 from pipeline.fileio import atomic_path
-from pipeline.nn.augment import augment_batch, parse_augment
+from pipeline.nn.augment import parse_augment
+from pipeline.nn.batches import Batches, epoch_aug_rng
 from pipeline.nn.layers import ACTIVATIONS
 from pipeline.nn.losses import (
     softmax,
@@ -41,6 +42,8 @@ from pipeline.nn.threads import blas_threads
 
 EVAL_BATCH = 1000
 TRAIN_THREADS = 1  # OpenBLAS threads during training; see train()
+STEP_THREADS = 2  # Python threads of a step's conv+pool layers (the same result for any count)
+PREFETCH = True  # prepare the next batch on a thread (the same result either way)
 
 
 @dataclass
@@ -173,7 +176,7 @@ def _run_epochs(fit, hp, rng, x, y, x_dev, y_dev, epochs, patience, progress, sa
     fill = float(x.min())
     smoothing = float(hp["label_smoothing"])
     model, opt = fit.model, fit.opt
-    xbuf = np.empty((B, *x.shape[1:]), dtype=x.dtype)  # the batch, gathered in place each step
+    model.threads = STEP_THREADS
     bar = None
     if progress:
         from tqdm.auto import tqdm
@@ -190,15 +193,10 @@ def _run_epochs(fit, hp, rng, x, y, x_dev, y_dev, epochs, patience, progress, sa
             t0 = time.perf_counter()
             perm = rng.permutation(N) if B < N else None
             loss_sum, correct = 0.0, 0
-            for i in range(steps_per_epoch):
+            # batch i+1 is gathered and augmented on a second thread during step i
+            batches = Batches(x, y, perm, B, aug, epoch_aug_rng(rng, aug), fill, PREFETCH)
+            for i, (xb, yb) in enumerate(batches):
                 step = fit.epoch * steps_per_epoch + i
-                if perm is None:
-                    xb, yb = x, y
-                else:
-                    idx = perm[i * B : (i + 1) * B]
-                    xb = np.take(x, idx, axis=0, out=xbuf[: len(idx)])  # (B, 28, 28, 1)
-                    yb = y[idx]  # (B,)
-                xb = augment_batch(xb, aug, rng, fill)
                 z, caches = model.forward_train(xb, rng)  # (B, 10)
                 loss, lcache = softmax_cross_entropy_forward(z, yb, smoothing)
                 model.backward(softmax_cross_entropy_backward(lcache), caches)

@@ -130,3 +130,19 @@ def test_inference_on_two_threads_equals_one(rng):
     one = m.forward(x)
     assert np.array_equal(m.forward(x, threads=2), one)
     assert m.forward(x[:0]).shape == (0, 10)
+
+
+def test_training_step_on_two_threads_is_bit_identical(rng):
+    # a training step whose conv+pool steps run on two threads gives exactly the one-thread
+    # logits and gradients (the parts and their summation order do not depend on threads)
+    spec = build_spec("cnn", {**DEFAULTS["cnn"], "plan": "4c5-p-6c5-p-fc16"})
+    x = rng.normal(size=(33, 28, 28, 1)).astype(np.float32)
+    dz = rng.normal(size=(33, 10)).astype(np.float32)
+    out = []
+    for threads in (1, 2):
+        m = Model(spec, rng=np.random.default_rng(3))
+        m.threads = threads
+        z, caches = m.forward_train(x, np.random.default_rng(4))
+        m.backward(dz, caches)
+        out.append((z, m.grad.copy()))
+    assert np.array_equal(out[0][0], out[1][0]) and np.array_equal(out[0][1], out[1][1])

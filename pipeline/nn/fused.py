@@ -17,6 +17,8 @@ tie rule (the first offset wins) is the same.
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
+
 import numpy as np
 
 from pipeline.nn.layers import BN_EPS, colsum, conv_input_grad, put
@@ -29,9 +31,10 @@ def _chunk(per_image_bytes):
     return max(1, CHUNK_BYTES // per_image_bytes)
 
 
-def conv_pool_forward(x, w, b=None, pad=0, train=True, rng=None):
+def conv_pool_forward(x, w, b=None, pad=0, train=True, rng=None, threads=1):
     """x (N, H, W, C), w (kh, kw, C, F), b (F,) or None -> out (N, Ho/2, Wo/2, F): a stride-1
-    convolution followed by a 2x2 max pool (Ho, Wo must be even)."""
+    convolution followed by a 2x2 max pool (Ho, Wo must be even). The images are split into
+    PARTS fixed halves, run on `threads` threads at once (same result for any thread count)."""
     N, H, W, C = x.shape
     kh, kw, _, F = w.shape
     xp = np.pad(x, ((0, 0), (pad, pad), (pad, pad), (0, 0))) if pad else x  # (N, Hp, Wp, C)
@@ -42,59 +45,94 @@ def conv_pool_forward(x, w, b=None, pad=0, train=True, rng=None):
     win = win.transpose(0, 1, 2, 4, 5, 3)  # (N, Ho, Wo, kh, kw, C), a view
     w2 = w.reshape(K, F)
     nb = _chunk(4 * A * B * K * 4)
-    # train: keep every column for the backward pass; eval: one chunk's worth, reused
-    cols = np.empty((N if train else min(nb, N), 4, A, B, kh, kw, C), dtype=x.dtype)
-    z = np.empty((min(nb, N), 4, A * B, F), dtype=x.dtype)  # one chunk's conv output
+    cols = np.empty((N, 4, A, B, kh, kw, C), dtype=x.dtype) if train else None  # for backward
     out = np.empty((N, A * B, F), dtype=x.dtype)  # (N, A*B, F)
     arg = np.empty((N, A * B, F), dtype=np.uint8) if train else None
-    for s in range(0, N, nb):
-        e = min(s + nb, N)
-        c = cols[s:e] if train else cols[: e - s]
-        for q, (i, j) in enumerate(OFFSETS):
-            np.copyto(c[:, q], win[s:e, i::2, j::2])
-        zc = z[: e - s]
-        np.matmul(c.reshape(-1, K), w2, out=zc.reshape(-1, F))  # ((e-s)*4*A*B, F)
-        o = out[s:e]
-        np.maximum(zc[:, 0], zc[:, 1], out=o)
-        np.maximum(o, zc[:, 2], out=o)
-        np.maximum(o, zc[:, 3], out=o)
-        if train:  # the winning offset, ties to the first (as layers.maxpool_forward)
-            a = arg[s:e]
-            np.not_equal(zc[:, 2], o, out=a.view(bool))
-            a += 1
-            a *= np.not_equal(zc[:, 1], o)
-            a += 1
-            a *= np.not_equal(zc[:, 0], o)
+
+    def part(s0, e0):
+        z = np.empty((min(nb, e0 - s0), 4, A * B, F), dtype=x.dtype)  # one chunk's conv output
+        own = None if train else np.empty((min(nb, e0 - s0), 4, A, B, kh, kw, C), dtype=x.dtype)
+        for s in range(s0, e0, nb):
+            e = min(s + nb, e0)
+            c = cols[s:e] if train else own[: e - s]
+            for q, (i, j) in enumerate(OFFSETS):
+                np.copyto(c[:, q], win[s:e, i::2, j::2])
+            zc = z[: e - s]
+            np.matmul(c.reshape(-1, K), w2, out=zc.reshape(-1, F))  # ((e-s)*4*A*B, F)
+            o = out[s:e]
+            np.maximum(zc[:, 0], zc[:, 1], out=o)
+            np.maximum(o, zc[:, 2], out=o)
+            np.maximum(o, zc[:, 3], out=o)
+            if train:  # the winning offset, ties to the first (as layers.maxpool_forward)
+                a = arg[s:e]
+                np.not_equal(zc[:, 2], o, out=a.view(bool))
+                a += 1
+                a *= np.not_equal(zc[:, 1], o)
+                a += 1
+                a *= np.not_equal(zc[:, 0], o)
+
+    in_parts(part, N, threads)
     if b is not None:
         out += b  # max(z + b) = max(z) + b: the bias after the pool is the same, 4x cheaper
     out = out.reshape(N, A, B, F)
     if not train:
         return out, None
-    return out, (cols, arg, w, x.shape, pad, b is not None)
+    return out, (cols, arg, w, x.shape, pad, b is not None, threads)
 
 
 def conv_pool_backward(dout, cache, grads=None, need_dx=True):
     """dout (N, Ho/2, Wo/2, F) -> dx (N, H, W, C) or None; fills grads["w"] (and ["b"])."""
-    cols, arg, w, x_shape, pad, has_bias = cache
+    cols, arg, w, x_shape, pad, has_bias, threads = cache
     N, A, B, F = dout.shape
     kh, kw, C, _ = w.shape
     K = kh * kw * C
     d2 = dout.reshape(N, A * B, F)
-    dz = np.empty((N, 4, A * B, F), dtype=dout.dtype)  # conv output gradient, by offset
-    for q in range(4):
-        np.multiply(d2, arg == q, out=dz[:, q])
-    dz2 = dz.reshape(-1, F)  # (N*4*A*B, F)
-    dw = None if grads is None else grads.get("w")
-    dw2 = None if dw is None else dw.reshape(K, F)
-    put(grads, "w", np.matmul(cols.reshape(-1, K).T, dz2, out=dw2).reshape(kh, kw, C, F))
+    dx = np.empty(x_shape, dtype=dout.dtype) if need_dx else None
+
+    def part(s, e):
+        dz = np.empty((e - s, 4, A * B, F), dtype=dout.dtype)  # conv output gradient, by offset
+        for q in range(4):
+            np.multiply(d2[s:e], arg[s:e] == q, out=dz[:, q])
+        dw = cols[s:e].reshape(-1, K).T @ dz.reshape(-1, F)  # (K, F), this part's share
+        if need_dx:
+            dzn = np.empty((e - s, 2 * A, 2 * B, F), dtype=dout.dtype)  # the conv's own layout
+            for q, (i, j) in enumerate(OFFSETS):
+                dzn[:, i::2, j::2] = dz[:, q].reshape(e - s, A, B, F)
+            conv_input_grad(dzn, w, (e - s, *x_shape[1:]), pad, out=dx[s:e])
+        return dw
+
+    dws = in_parts(part, N, threads)
+    dw = dws[0]
+    for more in dws[1:]:  # in part order: the same sum for any thread count
+        dw += more
+    put(grads, "w", dw.reshape(kh, kw, C, F))
     if has_bias:
         put(grads, "b", colsum(d2.reshape(-1, F)))  # (F,)
-    if not need_dx:
-        return None
-    dzn = np.empty((N, 2 * A, 2 * B, F), dtype=dout.dtype)  # back to the conv's own layout
-    for q, (i, j) in enumerate(OFFSETS):
-        dzn[:, i::2, j::2] = dz[:, q].reshape(N, A, B, F)
-    return conv_input_grad(dzn, w, x_shape, pad)
+    return dx
+
+
+# ----------------------------------------------------------------------------------------------
+# Threads: the images of a batch in PARTS fixed parts, the parts on a small thread pool
+
+
+PARTS = 2  # fixed, so that the sums (and so the results) do not depend on the thread count
+_POOLS = {}
+
+
+def in_parts(fn, n, threads=1):
+    """[fn(s, e) for each of PARTS contiguous parts of range(n)], the parts on up to `threads`
+    threads at once (numpy releases the GIL in matrix products and most ufuncs)."""
+    k = max(1, min(PARTS, n))
+    bounds = [n * i // k for i in range(k + 1)]
+    parts = list(zip(bounds[:-1], bounds[1:]))
+    if threads <= 1 or k == 1:
+        return [fn(s, e) for s, e in parts]
+    pool = _POOLS.get(threads - 1)
+    if pool is None:
+        pool = _POOLS[threads - 1] = ThreadPoolExecutor(threads - 1, thread_name_prefix="nn")
+    later = [pool.submit(fn, s, e) for s, e in parts[1:]]
+    first = fn(*parts[0])  # the calling thread takes the first part
+    return [first, *(f.result() for f in later)]
 
 
 def bn_relu_forward(x, gamma, beta, mean, var, train=True, rng=None, momentum=0.1, eps=BN_EPS):

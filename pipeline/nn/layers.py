@@ -74,11 +74,15 @@ def colsum(x2):
     return np.ones(x2.shape[0], dtype=x2.dtype) @ x2
 
 
-def col2im(dblocks, Hp, Wp):
-    """dblocks (kh, kw, N, Ho, Wo, C), the input gradient per kernel offset -> dxp (N, Hp, Wp, C):
-    one slice-add per offset, each reading a contiguous block."""
+def col2im(dblocks, Hp, Wp, out=None):
+    """dblocks (kh, kw, N, Ho, Wo, C), the input gradient per kernel offset -> dxp (N, Hp, Wp, C)
+    (into `out` when given): one slice-add per offset, each reading a contiguous block."""
     kh, kw, N, Ho, Wo, C = dblocks.shape
-    dxp = np.zeros((N, Hp, Wp, C), dtype=dblocks.dtype)  # (N, Hp, Wp, C)
+    if out is None:
+        dxp = np.zeros((N, Hp, Wp, C), dtype=dblocks.dtype)  # (N, Hp, Wp, C)
+    else:
+        dxp = out
+        dxp[...] = 0
     for i in range(kh):
         for j in range(kw):
             dxp[:, i : i + Ho, j : j + Wo, :] += dblocks[i, j]
@@ -112,8 +116,9 @@ def conv2d_backward(dz, cache, grads=None, need_dx=True):
     return conv_input_grad(dz, w, x_shape, pad) if need_dx else None
 
 
-def conv_input_grad(dz, w, x_shape, pad):
-    """dz (N, Ho, Wo, F), w (kh, kw, C, F) -> dx (N, H, W, C) of a stride-1 convolution.
+def conv_input_grad(dz, w, x_shape, pad, out=None):
+    """dz (N, Ho, Wo, F), w (kh, kw, C, F) -> dx (N, H, W, C) of a stride-1 convolution (into
+    `out` when given).
 
     The gradient of each kernel offset's input window comes out as its own contiguous block:
     (N*Ho*Wo, F) @ (kh*kw, F, C) -> (kh*kw, N*Ho*Wo, C), one batched matrix product; col2im then
@@ -123,8 +128,14 @@ def conv_input_grad(dz, w, x_shape, pad):
     Ho, Wo = dz.shape[1], dz.shape[2]
     wT = np.ascontiguousarray(w.reshape(kh * kw, C, F).transpose(0, 2, 1))  # (kh*kw, F, C)
     dblocks = np.matmul(dz.reshape(-1, F), wT)  # (kh*kw, N*Ho*Wo, C)
-    dxp = col2im(dblocks.reshape(kh, kw, N, Ho, Wo, C), H + 2 * pad, W + 2 * pad)
-    return dxp[:, pad : pad + H, pad : pad + W, :] if pad else dxp  # (N, H, W, C)
+    dblocks = dblocks.reshape(kh, kw, N, Ho, Wo, C)
+    if not pad:
+        return col2im(dblocks, H, W, out)
+    dx = col2im(dblocks, H + 2 * pad, W + 2 * pad)[:, pad : pad + H, pad : pad + W, :]
+    if out is None:
+        return dx  # (N, H, W, C)
+    out[...] = dx
+    return out
 
 
 # ----------------------------------------------------------------------------------------------

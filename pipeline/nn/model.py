@@ -111,9 +111,10 @@ FUSED = {  # (kind, kind) -> the fused kernel pair; "act" only for ReLU
 }
 
 
-def make_plan(layers, P, G, fuse=True):
+def make_plan(layers, P, G, fuse=True, threads=1):
     """-> [Step] running `layers` (with parameters P[i], gradient buffers G[i]); fuse=True
-    merges each pair of FUSED into one step (a ReLU for ("bn", "act"))."""
+    merges each pair of FUSED into one step (a ReLU for ("bn", "act")); conv+pool steps split
+    their images over `threads` threads (the same result for any count)."""
     plan, i = [], 0
     while i < len(layers):
         ly = layers[i]
@@ -125,7 +126,10 @@ def make_plan(layers, P, G, fuse=True):
             name, n = f"{ly['name']}+{nxt['name']}", 2
         else:
             fwd, bwd, name, n = kind.forward, kind.backward, ly["name"], 1
-        plan.append(Step(name, fwd, bwd, P[i], G[i], _settings(kind, ly), i))
+        settings = _settings(kind, ly)
+        if fwd is Fu.conv_pool_forward:
+            settings["threads"] = threads
+        plan.append(Step(name, fwd, bwd, P[i], G[i], settings, i))
         i += n
     return plan
 
@@ -189,7 +193,7 @@ class Model:
                 self.grads[name] = self._G[i][p] = self.grad[offset : offset + size].reshape(shape)
                 offset += size
             self.params[name] = self._P[i][p] = arr
-        self._train_plan = make_plan(self.spec["layers"], self._P, self._G)
+        self.threads = 1
         self._first_trained = next(
             (i for i, ly in enumerate(self.spec["layers"]) if self._G[i]), len(self._G)
         )
@@ -197,6 +201,16 @@ class Model:
             self.load_params(params)
         else:
             self._init(rng if rng is not None else np.random.default_rng(0))
+
+    @property
+    def threads(self):
+        """Threads a training step may use (its conv+pool steps); the result is the same."""
+        return self._threads
+
+    @threads.setter
+    def threads(self, n):
+        self._threads = max(1, int(n))
+        self._train_plan = make_plan(self.spec["layers"], self._P, self._G, threads=self._threads)
 
     def _init(self, rng):
         for ly, P in zip(self.spec["layers"], self._P):
