@@ -49,7 +49,7 @@ def conv_pool_forward(x, w, b=None, pad=0, train=True, rng=None, threads=1):
     out = np.empty((N, A * B, F), dtype=x.dtype)  # (N, A*B, F)
     arg = np.empty((N, A * B, F), dtype=np.uint8) if train else None
 
-    def part(s0, e0):
+    def conv_pool_forward_part(s0, e0):
         z = np.empty((min(nb, e0 - s0), 4, A * B, F), dtype=x.dtype)  # one chunk's conv output
         own = None if train else np.empty((min(nb, e0 - s0), 4, A, B, kh, kw, C), dtype=x.dtype)
         for s in range(s0, e0, nb):
@@ -71,7 +71,7 @@ def conv_pool_forward(x, w, b=None, pad=0, train=True, rng=None, threads=1):
                 a += 1
                 a *= np.not_equal(zc[:, 0], o)
 
-    in_parts(part, N, threads)
+    in_parts(conv_pool_forward_part, N, threads)
     if b is not None:
         out += b  # max(z + b) = max(z) + b: the bias after the pool is the same, 4x cheaper
     out = out.reshape(N, A, B, F)
@@ -89,7 +89,7 @@ def conv_pool_backward(dout, cache, grads=None, need_dx=True):
     d2 = dout.reshape(N, A * B, F)
     dx = np.empty(x_shape, dtype=dout.dtype) if need_dx else None
 
-    def part(s, e):
+    def conv_pool_backward_part(s, e):
         dz = np.empty((e - s, 4, A * B, F), dtype=dout.dtype)  # conv output gradient, by offset
         for q in range(4):
             np.multiply(d2[s:e], arg[s:e] == q, out=dz[:, q])
@@ -101,7 +101,7 @@ def conv_pool_backward(dout, cache, grads=None, need_dx=True):
             conv_input_grad(dzn, w, (e - s, *x_shape[1:]), pad, out=dx[s:e])
         return dw
 
-    dws = in_parts(part, N, threads)
+    dws = in_parts(conv_pool_backward_part, N, threads)
     dw = dws[0]
     for more in dws[1:]:  # in part order: the same sum for any thread count
         dw += more

@@ -203,6 +203,16 @@ class Model:
             self._init(rng if rng is not None else np.random.default_rng(0))
 
     @property
+    def plan(self):
+        """The training steps ([Step], fused pairs as one) that forward_train/backward run."""
+        return self._train_plan
+
+    @property
+    def first_trained(self):
+        """Index of the first layer with parameters: the backward pass stops there."""
+        return self._first_trained
+
+    @property
     def threads(self):
         """Threads a training step may use (its conv+pool steps); the result is the same."""
         return self._threads
