@@ -8,8 +8,9 @@ import pytest
 
 from pipeline.nn import fused as Fu
 from pipeline.nn import layers as L
-from pipeline.nn.model import Model, layer_backward, make_plan, run_forward
+from pipeline.nn.model import Model
 from pipeline.nn.models import DEFAULTS, build_spec
+from pipeline.nn.plan import layer_backward, make_plan, run_forward
 
 
 @pytest.fixture

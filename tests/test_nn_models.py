@@ -52,7 +52,7 @@ def test_model_gradient_matches_finite_differences():
     spec = build_spec("cnn", hp("cnn", dropout=0.0, plan="2c3s-p-3c3-p-fc4"))
     m = Model(spec, rng=np.random.default_rng(1))
     params = {k: v.astype(np.float64) for k, v in m.params.items()}
-    from pipeline.nn.model import LAYER_KINDS, layer_backward, layer_forward
+    from pipeline.nn.plan import LAYER_KINDS, layer_backward, layer_forward
 
     def loss_and_grads():
         P = [
@@ -159,7 +159,7 @@ def test_bad_spec_names_the_value():
 
 def test_eval_folds_batchnorm_exactly():
     # inference with BatchNorm folded into the conv/dense weights equals the layer-by-layer pass
-    from pipeline.nn.model import layer_forward
+    from pipeline.nn.plan import layer_forward
 
     m = Model(build_spec("cnn", hp("cnn", plan="4c5-p-4c5-p-fc8")), rng=np.random.default_rng(0))
     rng = np.random.default_rng(1)
@@ -178,7 +178,7 @@ def test_eval_folds_batchnorm_exactly():
 @pytest.mark.parametrize("name", ["mlp", "cnn", "seed"])
 def test_float32_end_to_end(name):
     # no silent float64: every activation and input gradient of a training step stays float32
-    from pipeline.nn.model import layer_backward, layer_forward
+    from pipeline.nn.plan import layer_backward, layer_forward
 
     rng = np.random.default_rng(0)
     m = Model(build_spec(name, hp(name, plan="4c5-p-4c5-p-fc8")), rng=rng)
@@ -195,3 +195,25 @@ def test_float32_end_to_end(name):
         d = layer_backward(ly, m._P[i], m._G[i], d, caches[i], True)
         assert d.dtype == np.float32, ly
     assert m.grad.dtype == np.float32 and np.isfinite(m.grad).all()
+
+
+def test_nn_imports_nothing_from_the_rest_of_the_package():
+    # pipeline.nn stands alone: importing all of it loads no other pipeline module, and its
+    # input constants agree with pipeline.config's
+    import subprocess
+    import sys
+
+    code = ("import pkgutil, importlib, sys, pipeline.nn as nn\n"
+            "for m in pkgutil.walk_packages(nn.__path__, 'pipeline.nn.'):\n"
+            "    importlib.import_module(m.name)\n"
+            "other = sorted(k for k in sys.modules if k.startswith('pipeline.')\n"
+            "               and not k.startswith('pipeline.nn'))\n"
+            "assert not other, other\n")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    from pipeline import config
+    from pipeline.nn import models
+
+    assert (models.IMAGE_SIDE, models.N_PIXELS, models.N_CLASSES) == (
+        config.IMAGE_SIDE, config.N_PIXELS, config.N_CLASSES)
