@@ -88,6 +88,7 @@ DEFAULT_ZIP = Path("/work/shared/data/digit-recognizer.zip")
 EPOCH_ROWS = 42000  # one epoch over train.csv: the unit of cnn_epoch_s
 TEST_ROWS = 28000
 THREAD_VARS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
+KERNEL_VARS = ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE")  # --blas-own-kernel removes both
 
 MLP = dict(model="mlp", hidden=(256, 128), batch_size=128, lr=1e-3, optimizer="adam",
            schedule="constant", weight_decay=0.0, activation="relu", dropout=0.0,
@@ -123,6 +124,10 @@ def parse_args(argv=None):
                    help="instead of benchmarking: per-step times of one training step and a "
                         "cProfile of train() (mlp, cnn: the default cnn, on --threads), or a "
                         "cProfile of predicting the test rows with the default cnn (predict)")
+    p.add_argument("--blas-own-kernel", action="store_true",
+                   help="run without OPENBLAS_CORETYPE and OPENBLAS_L2_SIZE, so numpy's OpenBLAS "
+                        "picks its kernels itself (this machine's environment forces Haswell "
+                        "ones; the JSON's `blas` names the kernel that ran)")
     p.add_argument("--seed", type=int, default=0)
     a = p.parse_args(argv)
     defaults = {"epochs": (1, 3), "cnn_epochs": (1, 2), "cnn_rows": (512, 8192),
@@ -141,13 +146,24 @@ def parse_args(argv=None):
     return a
 
 
-def pin_threads(threads, argv):
-    """BLAS reads its thread count once, when loaded: if the environment differs, restart."""
+def pin_threads(threads, argv, own_kernel=False):
+    """BLAS reads its thread count (and its kernel choice) once, when loaded: if the
+    environment differs, restart. own_kernel: without OPENBLAS_CORETYPE and OPENBLAS_L2_SIZE."""
     want = {k: str(threads) for k in THREAD_VARS}
-    if all(os.environ.get(k) == v for k, v in want.items()):
+    drop = KERNEL_VARS if own_kernel else ()
+    if all(os.environ.get(k) == v for k, v in want.items()) and not any(
+            k in os.environ for k in drop):
         return
-    os.execve(sys.executable, [sys.executable, str(Path(__file__).resolve()), *argv],
-              {**os.environ, **want})
+    env = {k: v for k, v in {**os.environ, **want}.items() if k not in drop}
+    os.execve(sys.executable, [sys.executable, str(Path(__file__).resolve()), *argv], env)
+
+
+def blas_name():
+    """numpy's BLAS as threadpoolctl sees it, e.g. 'openblas 0.3.31 SkylakeX'."""
+    from threadpoolctl import threadpool_info
+    info = [i for i in threadpool_info() if i.get("user_api") == "blas"]
+    return " ".join(str(info[0].get(k)) for k in ("internal_api", "version", "architecture")
+                    ) if info else None
 
 
 def log(msg):
@@ -157,7 +173,7 @@ def log(msg):
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else argv
     args = parse_args(argv)
-    pin_threads(args.threads, argv)
+    pin_threads(args.threads, argv, args.blas_own_kernel)
     started = time.time()
     load_start = os.getloadavg()[0]
 
@@ -259,6 +275,8 @@ def main(argv=None):
         "machine": machine(),
         "threads": args.threads,
         "numpy": np.__version__,
+        "blas": blas_name(),
+        "blas_env": {k: os.environ.get(k) for k in KERNEL_VARS},
         "torch": None if torch is None else torch.__version__,
         "loadavg_start": round(load_start, 2),
         "loadavg_end": round(os.getloadavg()[0], 2),
