@@ -17,6 +17,7 @@ tie rule (the first offset wins) is the same.
 
 from __future__ import annotations
 
+import os
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -127,9 +128,10 @@ def in_parts(fn, n, threads=1):
     parts = list(zip(bounds[:-1], bounds[1:]))
     if threads <= 1 or k == 1:
         return [fn(s, e) for s, e in parts]
-    pool = _POOLS.get(threads - 1)
+    key = (os.getpid(), threads - 1)  # a forked child gets pools of its own: its parent's
+    pool = _POOLS.get(key)  # worker threads do not exist in it
     if pool is None:
-        pool = _POOLS[threads - 1] = ThreadPoolExecutor(threads - 1, thread_name_prefix="nn")
+        pool = _POOLS[key] = ThreadPoolExecutor(threads - 1, thread_name_prefix="nn")
     later = [pool.submit(fn, s, e) for s, e in parts[1:]]
     first = fn(*parts[0])  # the calling thread takes the first part
     return [first, *(f.result() for f in later)]
