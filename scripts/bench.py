@@ -129,6 +129,9 @@ def parse_args(argv=None):
                    help="run without OPENBLAS_CORETYPE and OPENBLAS_L2_SIZE, so numpy's OpenBLAS "
                         "picks its kernels itself (this machine's environment forces Haswell "
                         "ones; the JSON's `blas` names the kernel that ran)")
+    p.add_argument("--clock", choices=("wall", "cpu"), default="wall",
+                   help="--profile mlp|cnn step table: wall time, or this thread's CPU time "
+                        "(steadier on a loaded machine; use with --threads 1)")
     p.add_argument("--seed", type=int, default=0)
     a = p.parse_args(argv)
     defaults = {"epochs": (1, 3), "cnn_epochs": (1, 2), "cnn_rows": (512, 8192),

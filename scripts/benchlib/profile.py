@@ -20,11 +20,14 @@ from pipeline.predict import predict_proba
 from pipeline.train import hyperparameters, train
 
 from .measure import WARMUP_ROWS, macs_per_sample, our_threads
+from .twin import import_torch, torch_optimizer, torch_twin
 
 
-def step_times(model, hp, xb, yb, rng, repeats=20):
+def step_times(model, hp, xb, yb, rng, repeats=20, clock=time.perf_counter):
     """Median seconds of each plan step's forward and backward in one training step, the
-    output shape of each, and the rest of the step (gather, loss, optimizer)."""
+    output shape of each, and the rest of the step (gather, loss, optimizer). `clock`:
+    time.perf_counter (wall) or time.thread_time (this thread's CPU time: steadier under load,
+    and the whole story on one thread)."""
     plan, first = model.plan, model.first_trained
     opt = Optimizer(hp["optimizer"], model.theta.size, model.n_decay,
                     weight_decay=hp["weight_decay"])
@@ -33,30 +36,30 @@ def step_times(model, hp, xb, yb, rng, repeats=20):
     loss_s, step_s, gather_s = [], [], []
     idx = np.arange(len(xb))
     for r in range(repeats + 1):  # the first pass is a warm-up
-        t0 = time.perf_counter()
+        t0 = clock()
         h = xb[idx]
-        gather_s.append(time.perf_counter() - t0)
+        gather_s.append(clock() - t0)
         shapes, caches = [h.shape], []
         for k, st in enumerate(plan):
-            t0 = time.perf_counter()
+            t0 = clock()
             h, cache = st.forward(h, **st.P, train=True, rng=rng, **st.settings)
-            fwd[r, k] = time.perf_counter() - t0
+            fwd[r, k] = clock() - t0
             shapes.append(h.shape)
             caches.append(cache)
-        t0 = time.perf_counter()
+        t0 = clock()
         _, lcache = softmax_cross_entropy_forward(h, yb)
         d = softmax_cross_entropy_backward(lcache)
-        loss_s.append(time.perf_counter() - t0)
+        loss_s.append(clock() - t0)
         for k in range(len(plan) - 1, -1, -1):
             st = plan[k]
             if st.first < first:
                 break
-            t0 = time.perf_counter()
+            t0 = clock()
             d = st.backward(d, caches[k], st.G, st.first > first)
-            bwd[r, k] = time.perf_counter() - t0
-        t0 = time.perf_counter()
+            bwd[r, k] = clock() - t0
+        t0 = clock()
         opt.step(model.theta, model.grad, 1e-4)
-        step_s.append(time.perf_counter() - t0)
+        step_s.append(clock() - t0)
     rest = {"batch gather x[idx]": np.median(gather_s[1:]),
             "loss forward + backward": np.median(loss_s[1:]),
             f"optimizer step ({hp['optimizer']}, {model.theta.size} params)": np.median(step_s[1:])}
@@ -71,10 +74,13 @@ def profile_training(args, settings, x, y):
     model = Model(build_spec(settings["model"], hp), rng=np.random.default_rng(args.seed))
     model.threads = args.threads
     layers = model.spec["layers"]
-    fwd, bwd, shapes, rest = step_times(model, hp, x[:B], y[:B], np.random.default_rng(0))
+    clock = time.thread_time if args.clock == "cpu" else time.perf_counter
+    fwd, bwd, shapes, rest = step_times(model, hp, x[:B], y[:B], np.random.default_rng(0),
+                                        clock=clock)
     total = fwd.sum() + bwd.sum() + sum(rest.values())
     print(f"{args.profile} ({hp.get('plan') or list(hp['hidden'])}): one training step at batch "
-          f"{B}, {args.threads} thread(s), {total * 1e3:.2f} ms (medians of 20)")
+          f"{B}, {args.threads} thread(s), {total * 1e3:.2f} ms {args.clock} time (medians of "
+          f"20)")
     print(f"{'step':<14} {'output':<16} {'fwd ms':>8} {'bwd ms':>8} {'share':>6} "
           f"{'fwd GF/s':>9} {'bwd GF/s':>9}")
     for k, st in enumerate(model.plan):
@@ -90,6 +96,11 @@ def profile_training(args, settings, x, y):
               f"{bwd[k] * 1e3:8.3f} {(fwd[k] + bwd[k]) / total:6.1%} {gf[0]:>9} {gf[1]:>9}")
     for name, t in rest.items():
         print(f"{name:<40} {t * 1e3:8.3f} {'':>8} {t / total:6.1%}")
+    torch = None if args.skip_torch else import_torch()
+    if torch is not None:
+        t = torch_step_time(torch, settings, hp, x[:B], y[:B], args.threads, clock)
+        print(f"torch twin, the same step on {args.threads} thread(s): {t * 1e3:.2f} ms "
+              f"{args.clock} time; ours / torch = {total / t:.3f}")
     cfg = TrainConfig(**settings, epochs=1, seed=args.seed)
     with our_threads(args.threads):
         train(cfg, x[:WARMUP_ROWS], y[:WARMUP_ROWS], progress=False)
@@ -100,6 +111,28 @@ def profile_training(args, settings, x, y):
     print(f"\ncProfile of train(): {rows} rows, 1 epoch, {args.threads} thread(s), "
           f"{result.history[0]['seconds']:.3f} s")
     print_stats(prof, 20)
+
+
+def torch_step_time(torch, settings, hp, xb, yb, threads, clock, repeats=20):
+    """Median `clock` seconds of one training step of the torch twin (after a warm-up step)."""
+    torch.set_num_threads(threads)
+    torch.manual_seed(0)
+    net = torch_twin(torch, build_spec(settings["model"], hp))
+    opt = torch_optimizer(torch, hp, net)
+    X = torch.from_numpy(np.ascontiguousarray(xb.transpose(0, 3, 1, 2)))
+    Y = torch.from_numpy(yb.astype(np.int64))
+    net.train()
+    times = []
+    for _ in range(repeats + 1):
+        t0 = clock()
+        z = net(X)
+        loss = torch.nn.functional.cross_entropy(z, Y)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        loss.item()
+        times.append(clock() - t0)
+    return float(np.median(times[1:]))
 
 
 def profile_predict(args, settings, x_test):
