@@ -76,10 +76,10 @@ from benchlib.profile import profile_predict, profile_training  # noqa: E402
 from benchlib.report import TARGETS, machine, met, print_table, ratio, rounded  # noqa: E402
 from benchlib.twin import import_torch, torch_predict, torch_trainer  # noqa: E402
 
-from pipeline.config import TrainConfig  # noqa: E402
 from pipeline.data import read_competition  # noqa: E402
 from pipeline.nn.models import build_spec  # noqa: E402
 from pipeline.nn.threads import blas_threads  # noqa: E402
+from pipeline.params import TrainConfig  # noqa: E402
 from pipeline.preprocess import fit_normalizer, normalize  # noqa: E402
 from pipeline.train import hyperparameters  # noqa: E402
 

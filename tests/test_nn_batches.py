@@ -58,11 +58,11 @@ def test_train_same_result_with_or_without_threads(monkeypatch):
     # the same seed gives bit-identical parameters with the prefetch thread and two step
     # threads as with neither (a small cnn, with augmentation and dropout)
     from pipeline import train as T
-    from pipeline.config import TrainConfig
+    from pipeline.params import TrainConfig
 
     x, y = data(96)
-    cfg = TrainConfig(model="cnn", epochs=2, batch_size=32, seed=3, augment="default")
-    monkeypatch.setitem(T.DEFAULTS["cnn"], "plan", "4c5-p-4c5-p-fc8")
+    cfg = TrainConfig(model="cnn", epochs=2, batch_size=32, seed=3, augment="default",
+                      plan="4c5-p-4c5-p-fc8")
     results = []
     for prefetch, threads in ((False, 1), (True, 2)):
         monkeypatch.setattr(T, "PREFETCH", prefetch)

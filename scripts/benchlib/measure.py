@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from pipeline import train as train_module
-from pipeline.config import TrainConfig
+from pipeline.params import TrainConfig
 from pipeline.predict import predict_proba
 from pipeline.train import train
 

@@ -11,11 +11,11 @@ import time
 
 import numpy as np
 
-from pipeline.config import TrainConfig
 from pipeline.nn.losses import softmax_cross_entropy_backward, softmax_cross_entropy_forward
 from pipeline.nn.model import Model
 from pipeline.nn.models import build_spec
 from pipeline.nn.optim import Optimizer
+from pipeline.params import TrainConfig
 from pipeline.predict import predict_proba
 from pipeline.train import hyperparameters, train
 

@@ -7,8 +7,8 @@ import time
 
 import numpy as np
 
-from pipeline.config import TrainConfig
 from pipeline.nn.models import build_spec
+from pipeline.params import TrainConfig
 from pipeline.train import hyperparameters
 
 from .measure import WARMUP_ROWS, timed
