@@ -136,18 +136,24 @@ def torch_step_time(torch, settings, hp, xb, yb, threads, clock, repeats=20):
 
 
 def profile_predict(args, settings, x_test):
-    """cProfile of predicting the test rows with a fresh model of `settings`."""
+    """cProfile of predicting the test rows with a fresh model of `settings`, on --threads
+    threads (cProfile sees only the calling thread: use --threads 1 for a full breakdown)."""
+    from pipeline import predict as predict_module
     model = Model(build_spec(settings["model"], hyperparameters(TrainConfig(**settings))),
                   rng=np.random.default_rng(args.seed))
-    predict_proba([model], x_test[:1000])
-    prof = cProfile.Profile()
-    t0 = time.perf_counter()
-    prof.enable()
-    predict_proba([model], x_test)
-    prof.disable()
-    seconds = time.perf_counter() - t0
-    print(f"cProfile of predict_proba, default {settings['model']}, {len(x_test)} rows: "
-          f"{seconds:.3f} s (threads: pipeline.predict.PREDICT_THREADS)")
+    saved, predict_module.PREDICT_THREADS = predict_module.PREDICT_THREADS, args.threads
+    try:
+        predict_proba([model], x_test[:1000])
+        prof = cProfile.Profile()
+        t0 = time.perf_counter()
+        prof.enable()
+        predict_proba([model], x_test)
+        prof.disable()
+        seconds = time.perf_counter() - t0
+    finally:
+        predict_module.PREDICT_THREADS = saved
+    print(f"cProfile of predict_proba, default {settings['model']}, {len(x_test)} rows, "
+          f"{args.threads} thread(s): {seconds:.3f} s")
     print_stats(prof, 15)
 
 
