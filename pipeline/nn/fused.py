@@ -1,6 +1,7 @@
 """Fused kernels: the same mathematics as a sequence of `layers.py` layers, in fewer passes over
-memory. `Model` runs them where its spec has the pair (see `model.fuse`); each is checked against
-the unfused pair in tests/test_nn_fused.py, and the unfused layers stay the readable reference.
+memory. `Model` runs them where its spec has the pair (see `plan.make_plan`); each is checked
+against the unfused pair in tests/test_nn_fused.py, and the unfused layers stay the readable
+reference.
 
 - conv -> 2x2 max pool (`conv_pool_*`): the im2col rows are ordered by the pool window offset
   (q = 0..3 for (0,0), (0,1), (1,0), (1,1)), so the convolution's output for each offset is one
