@@ -119,6 +119,14 @@ class UserFacingError(click.ClickException):
 DISK_FULL = (errno.ENOSPC, errno.EFBIG, errno.EDQUOT)
 
 
+def nn_user_errors() -> tuple:
+    """pipeline.nn's ModelFileError, a problem the user can fix like a UserError (pipeline.nn
+    imports nothing from the package, so it has its own), once that module is loaded: the CLI
+    starts without numpy, and an `except` clause evaluates this only when something is raised."""
+    nn_model = sys.modules.get("pipeline.nn.model")
+    return () if nn_model is None else (nn_model.ModelFileError,)
+
+
 class DigitsGroup(click.Group):
     """Lists the commands in pipeline order, and turns the library's UserError (and Ctrl-C) into
     a message and exit code, not a traceback."""
@@ -130,6 +138,8 @@ class DigitsGroup(click.Group):
         try:
             return super().invoke(ctx)
         except UserError as e:
+            raise UserFacingError(str(e)) from None
+        except nn_user_errors() as e:
             raise UserFacingError(str(e)) from None
         except KeyboardInterrupt:
             raise UserFacingError("interrupted; finished outputs are intact, rerun to "

@@ -211,7 +211,8 @@ def train(paths: Paths, cfg: TrainConfig, *, progress="bar", resume: bool = True
         checkpoint.unlink(missing_ok=True)
         results.append((params, result, time.perf_counter() - start))
     metrics = _train_metrics(hp, results, paths)
-    save_models(paths.model, [r.model for _, r, _ in results], extra={"metrics": metrics})
+    with atomic_path(paths.model) as tmp:
+        save_models(tmp, [r.model for _, r, _ in results], extra={"metrics": metrics})
     write_json(paths.history, [{"seed": m["seed"], "best_epoch": r.best_epoch,
                                 "epochs": r.history} for m, r, _ in results])
     write_json(paths.metrics, metrics)
