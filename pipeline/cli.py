@@ -154,8 +154,9 @@ def predict_config(kw) -> PredictConfig:
 
 
 def sources(mirror: str | None):
+    from .config import kaggle_input
     from .stages import Sources
-    return Sources(mirror=Path(mirror) if mirror else None)
+    return Sources(kaggle_input=kaggle_input(), mirror=Path(mirror) if mirror else None)
 
 
 def default_mirror(root: Path) -> str | None:
@@ -223,7 +224,7 @@ def cli(ctx, root, quiet):
     Stages: download -> split -> normalize -> train -> predict -> validate. Each caches its
     result and logs whether it reused it or recomputed it and why; `run` does them all.
     """
-    paths = Paths(root.resolve()) if root else Paths.default()
+    paths = Paths.default(root)
     logging.basicConfig(level=logging.WARNING if quiet else logging.INFO,
                         format="digits: %(message)s", stream=sys.stderr, force=True)
     ctx.obj = {"paths": paths, "progress": not quiet and sys.stderr.isatty()}
