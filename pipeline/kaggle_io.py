@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import datetime as dt
 import io
 import json
 import logging
@@ -315,17 +316,16 @@ def _explain(e: Exception, what: str, creds: Credentials, attempts: int, competi
             text = (f"Kaggle rejected the credentials from {creds.source} (HTTP 401) while {what}: "
                     f"the token has expired or was regenerated. Make a new one at {TOKEN_PAGE} "
                     f"and store it in the same place.")
+        elif status in (400, 403) and what.startswith("submitting"):
+            text = _refused_submission(status, detail, competition)
         elif status == 403 and "rule" in detail.lower():
             text = (f"Kaggle refused {what} (HTTP 403) because you have not accepted the "
                     f"competition's rules. Accept them at {page}/rules (the API cannot), then run "
                     f"this again.")
         elif status in (403, 404):
             text = (f"Kaggle refused {what} (HTTP {status}: {detail}). Check that the competition "
-                    f"is called '{competition}' ({page}) and that you have joined it.")
-        elif status == 400 and what.startswith("submitting"):
-            text = (f"Kaggle refused the submission (HTTP 400: {detail}). Either you have not "
-                    f"joined the competition (join and accept the rules at {page}), or today's "
-                    f"submission limit is reached (try again tomorrow).")
+                    f"is called '{competition}' ({page}) and that you have joined it and accepted "
+                    f"its rules ({page}/rules).")
         elif status == 429:
             text = (f"Kaggle kept rate-limiting {what} (HTTP 429){tries}; wait a few minutes and "
                     f"run this again.")
@@ -345,6 +345,27 @@ def _explain(e: Exception, what: str, creds: Credentials, attempts: int, competi
                            f"TLS-inspecting proxy, set REQUESTS_CA_BUNDLE to its CA certificate.")
     return KaggleError(f"Could not reach Kaggle while {what}{tries} ({reason}). Check your network "
                        f"connection{' and HTTPS_PROXY' if _proxy() else ''}.{hint}")
+
+
+def _refused_submission(status: int, detail: str, competition: str) -> str:
+    """Kaggle's 400 or 403 on a submission, with its usual causes, the likeliest first."""
+    page = f"https://www.kaggle.com/c/{competition}"
+    causes = {
+        "rules": f"you have not joined the competition and accepted its rules (do it at "
+                 f"{page}/rules; the API cannot)",
+        "limit": "today's submission limit is reached (it resets at 00:00 UTC; "
+                 "`digits submissions` lists today's)",
+        "name": f"the competition name '{competition}' is wrong (see {page})",
+    }
+    text = detail.lower()
+    hints = {"limit": ("limit", "exceed", "allowance", "quota", "maximum", "too many"),
+             "name": ("not found", "does not exist", "unknown", "no such"),
+             "rules": ("rule", "join", "accept")}  # the most specific clue first
+    likely = [k for k, words in hints.items() if any(w in text for w in words)]
+    order = likely + [k for k in causes if k not in likely]
+    listed = "; ".join(f"{i}. {causes[k]}" for i, k in enumerate(order, 1))
+    return (f"Kaggle refused the submission (HTTP {status}: {detail}). Nothing was submitted. "
+            f"The usual causes: {listed}.")
 
 
 # -- download ------------------------------------------------------------------------------------
@@ -448,6 +469,7 @@ def upload_submission(path: Path, message: str, *, ledger: Path, force: bool = F
         with _kaggle_prints(creds, keep=progress):
             return api.competition_submit(str(path), message, competition, quiet=not progress)
 
+    left = _submissions_left(api, creds, competition, retry, sleep)
     response = _with_retry(submit, f"submitting {path.name}", creds, retry, sleep,
                            competition=competition, resend_safe=False)
     if response.message == UPLOAD_FAILED:
@@ -455,12 +477,18 @@ def upload_submission(path: Path, message: str, *, ledger: Path, force: bool = F
                           f"reason is printed above); nothing was submitted. Run this again.")
     entry = {"kind": "upload", "competition": competition, "file": _display(path, ledger),
              "sha256": sha, "message": message, "ref": response.ref or None,
-             "status": "PENDING", "public_score": None}
+             "date": _iso(dt.datetime.now(dt.timezone.utc)),  # Kaggle's own, once it lists it
+             "status": "PENDING", "public_score": None,
+             "left_today": None if left is None else max(left - 1, 0)}
+
+    def seen(sub) -> None:
+        entry["date"] = _iso(sub.date) or entry["date"]
+
     try:
         if entry["ref"] is None:
             entry["ref"] = _find_ref(api, creds, competition, message, retry, sleep)
         sub = _wait_for_score(api, creds, competition, entry["ref"], poll, retry, sleep, clock,
-                              progress)
+                              progress, seen)
         entry["status"] = sub.status.name
         entry["public_score"] = sub.public_score or None
         if entry["status"] == "ERROR":
@@ -471,6 +499,45 @@ def upload_submission(path: Path, message: str, *, ledger: Path, force: bool = F
         raise KaggleError(f"Kaggle could not score submission {entry['ref']}: "
                           f"{entry.get('error') or 'no reason given'}. It is recorded in {ledger}.")
     return entry
+
+
+def _submissions_left(api, creds, competition, retry, sleep) -> int | None:
+    """How many submissions Kaggle allows today, said in a log line; None when the installed
+    kaggle package or the server cannot tell (the upload goes ahead). Raises KaggleError when
+    none are left, before anything is sent."""
+    get = getattr(api, "competition_get_submission_limits", None)
+    if get is None:
+        log.info("Kaggle: this kaggle package cannot tell how many submissions are left today "
+                 "(a newer one can: `pip install -U kaggle`); uploading.")
+        return None
+
+    def call():
+        with _kaggle_prints(creds):
+            return get(competition)
+
+    try:
+        limits = _with_retry(call, "checking today's submission limit", creds, retry, sleep,
+                             competition=competition)
+    except KaggleError as e:
+        log.warning("Kaggle: could not learn how many submissions are left today (%s); "
+                    "uploading anyway.", str(e).split(". ")[0])
+        return None
+    left, today = int(limits.num_allowed_now or 0), int(limits.num_today or 0)
+    total = int(limits.num_total or 0)
+    if left == 0 and limits.limited_by_total:
+        raise KaggleError(f"Kaggle allows no more submissions to {competition}: the lifetime "
+                          f"limit is reached ({total} made). Nothing was sent.")
+    if left == 0 and (today or total):
+        raise KaggleError(f"Kaggle allows no more submissions to {competition} today: {today} "
+                          f"made today, which is the daily limit. It resets at 00:00 UTC; "
+                          f"upload then. Nothing was sent.")
+    if left == 0:  # what Kaggle answers before you join: the submission itself will say
+        log.warning("Kaggle: no submissions allowed yet: it says this before you join the "
+                    "competition (https://www.kaggle.com/c/%s/rules); trying anyway.", competition)
+        return None
+    log.info("Kaggle: %d submission%s left today (%d made today); uploading.", left,
+             "" if left == 1 else "s", today)
+    return left
 
 
 def _display(path: Path, ledger: Path) -> str:
@@ -501,8 +568,10 @@ def _submissions_page(competition: str) -> str:
     return f"https://www.kaggle.com/c/{competition}/submissions"
 
 
-def _wait_for_score(api, creds, competition, ref, poll, retry, sleep, clock, progress):
-    """Poll the submission list until submission `ref` is COMPLETE or ERROR, or time runs out."""
+def _wait_for_score(api, creds, competition, ref, poll, retry, sleep, clock, progress,
+                    seen=lambda sub: None):
+    """Poll the submission list until submission `ref` is COMPLETE or ERROR, or time runs out;
+    `seen(sub)` is called each time Kaggle lists it."""
     from tqdm import tqdm
 
     start = clock()
@@ -511,6 +580,8 @@ def _wait_for_score(api, creds, competition, ref, poll, retry, sleep, clock, pro
         while True:
             sub = next((s for s in _list(api, creds, competition, retry, sleep) if s.ref == ref),
                        None)
+            if sub is not None:
+                seen(sub)
             status = sub.status.name if sub is not None else "PENDING"
             bar.set_description(f"Kaggle is scoring submission {ref}: {status}")
             if status in FINAL_STATUSES:

@@ -326,12 +326,135 @@ def test_error_status_is_a_failure_and_is_recorded(kaggle, token, tmp_path, fast
 
 
 def test_400_on_submit_explains_joining_and_the_daily_limit(kaggle, token, tmp_path, fast):
-    # Kaggle's 400 on CreateSubmission is a failure naming both causes, and is not retried.
+    # Kaggle's 400 on CreateSubmission is a failure naming the usual causes, and is not retried.
     kaggle.fail("CreateSubmission", 400, "Submission limit reached")
-    with pytest.raises(KaggleError, match="HTTP 400.*not joined.*submission limit"):
+    with pytest.raises(KaggleError, match="HTTP 400.*submission limit.*not joined.*name"):
         upload(tmp_path, kaggle, fast)
     assert len(kaggle.calls("CreateSubmission")) == 1
     assert read_ledger(tmp_path / "submissions" / "ledger.jsonl") == []
+
+
+@pytest.mark.parametrize("status, detail, first", [
+    (403, "You must accept this competition's rules before submitting", "accepted its rules"),
+    (400, "Your team has used its daily Submission allowance (5) today", "submission limit"),
+    (403, "Competition does not exist", "name 'digit-recognizer' is wrong"),
+    (403, "Permission denied", "accepted its rules"),  # no clue: the commonest cause first
+])
+def test_400_or_403_on_submit_names_the_usual_causes_likeliest_first(kaggle, token, tmp_path,
+                                                                     fast, status, detail, first):
+    # A refused submission lists rules, daily limit and competition name, ordered by what
+    # Kaggle's own message hints at, with the page to fix each and Kaggle's words kept.
+    kaggle.fail("CreateSubmission", status, detail)
+    with pytest.raises(KaggleError) as err:
+        upload(tmp_path, kaggle, fast)
+    message = str(err.value)
+    assert f"HTTP {status}: {detail}" in message and "Nothing was submitted" in message
+    causes = message.split("The usual causes: ")[1]
+    assert causes.startswith("1. ") and first in causes.split("; 2.")[0], causes
+    for words in ("accepted its rules", "submission limit", "name 'digit-recognizer'",
+                  "kaggle.com/c/digit-recognizer/rules", "00:00 UTC"):
+        assert words in causes
+
+
+def test_upload_says_how_many_submissions_are_left_and_records_ref_and_date(
+        kaggle, token, tmp_path, fast, caplog):
+    # Before sending, Kaggle's count of today's submissions is asked for and said; the ledger
+    # keeps the ref, Kaggle's date of the submission and what is left after it.
+    kaggle.submissions.append(Submission(99, "2030-01-01T00:00:00.000Z", "earlier", "a.csv", "",
+                                         0, "COMPLETE", "0.5", "", "COMPLETE"))
+    with caplog.at_level("INFO"):
+        entry = upload(tmp_path, kaggle, fast)
+    assert any("4 submissions left today (1 made today)" in r.getMessage()
+               for r in caplog.records), [r.getMessage() for r in caplog.records]
+    asked = kaggle.calls("GetSubmissionLimits")
+    assert len(asked) == 1
+    assert json.loads(asked[0].body) == {"competitionName": "digit-recognizer"}
+    created = kaggle.calls("CreateSubmission")[0]
+    assert kaggle.requests.index(asked[0]) < kaggle.requests.index(created)
+    [recorded] = read_ledger(tmp_path / "submissions" / "ledger.jsonl")
+    kaggle_date = kaggle.submissions[1].date  # e.g. 2026-12-01T20:30:00.123456Z
+    assert recorded["ref"] == entry["ref"] == 101 and recorded["left_today"] == 3
+    assert recorded["date"] == kaggle_date[:19] + "Z"
+
+
+def test_upload_at_the_daily_limit_is_refused_before_anything_is_sent(kaggle, token, tmp_path,
+                                                                      fast):
+    # With today's submissions used up, nothing is uploaded and the message says when to retry.
+    kaggle.daily_limit = 2
+    for ref in (98, 99):
+        kaggle.submissions.append(Submission(ref, "2030-01-01T00:00:00.000Z", "x", "a.csv", "", 0,
+                                             "COMPLETE", "0.5", "", "COMPLETE"))
+    with pytest.raises(KaggleError, match="no more submissions to digit-recognizer today: 2 made "
+                                          "today.*00:00 UTC.*Nothing was sent"):
+        upload(tmp_path, kaggle, fast)
+    assert kaggle.calls("StartSubmissionUpload") == [] and kaggle.calls("CreateSubmission") == []
+    assert kaggle.uploads == {}
+    assert read_ledger(tmp_path / "submissions" / "ledger.jsonl") == []
+
+
+def test_a_server_without_the_limits_call_does_not_block_the_upload(kaggle, token, tmp_path, fast,
+                                                                    caplog):
+    # A server that does not know GetSubmissionLimits (HTTP 404) costs a warning, not the upload.
+    kaggle.daily_limit = None
+    entry = upload(tmp_path, kaggle, fast)
+    assert entry["status"] == "COMPLETE" and entry["left_today"] is None
+    assert any("could not learn how many submissions are left today" in r.getMessage()
+               and "HTTP 404" in r.getMessage() for r in caplog.records)
+
+
+def test_a_kaggle_package_without_the_limits_call_still_uploads(kaggle, token, tmp_path, fast,
+                                                                monkeypatch, caplog):
+    # An older kaggle package (no competition_get_submission_limits) uploads as before, says so.
+    from kaggle.api.kaggle_api_extended import KaggleApi
+    monkeypatch.delattr(KaggleApi, "competition_get_submission_limits")
+    with caplog.at_level("INFO"):
+        entry = upload(tmp_path, kaggle, fast)
+    assert entry["status"] == "COMPLETE" and kaggle.calls("GetSubmissionLimits") == []
+    assert any("cannot tell how many submissions are left" in r.getMessage()
+               for r in caplog.records)
+
+
+def test_before_joining_the_limits_warn_and_the_refusal_names_the_rules(kaggle, token, tmp_path,
+                                                                       fast, caplog):
+    # All-zero limits (what Kaggle says before you join) warn; Kaggle's 403 then names the rules.
+    kaggle.joined = False
+    kaggle.fail("CreateSubmission", 403, "You must accept this competition's rules first.")
+    with pytest.raises(KaggleError, match=r"HTTP 403.*1\. you have not joined the competition"):
+        upload(tmp_path, kaggle, fast)
+    assert any("before you join" in r.getMessage() for r in caplog.records)
+
+
+@pytest.mark.parametrize("kind, content", [
+    ("a PNG image", b"\x89PNG\r\n\x1a\n" + bytes(range(256)) * 4),
+    ("a zip archive", "zip"),
+    ("a gzip-compressed file", "gzip"),
+    ("UTF-16 text", "ImageId,Label\n1,0\n".encode("utf-16")),
+    ("binary data", bytes(range(256)) * 8),
+])
+def test_upload_of_a_file_that_is_not_a_csv_says_what_it_is(kaggle, token, tmp_path, kind,
+                                                            content):
+    # `digits upload` on an image, an archive or binary data names what the file is and what
+    # Kaggle expects, in one line with exit code 1, and sends nothing.
+    import gzip
+    import io
+    import zipfile
+    path = valid_submission(tmp_path / "submissions" / "submission.csv")
+    if content == "zip":
+        buf = io.BytesIO()
+        with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as z:
+            z.write(path, "submission.csv")
+        content = buf.getvalue()
+    elif content == "gzip":
+        content = gzip.compress(path.read_bytes())
+    odd = tmp_path / "odd.csv"
+    odd.write_bytes(content)
+    result = CliRunner().invoke(cli, ["--root", str(tmp_path), "-q", "upload", "-m", "x",
+                                      str(odd)])
+    assert result.exit_code == 1 and "Traceback" not in result.output
+    assert f"{odd} is {kind}" in result.output
+    assert "UTF-8 CSV file with the header ImageId,Label" in result.output
+    assert "28000 rows" in result.output and len(result.output.strip().splitlines()) == 1
+    assert kaggle.requests == []
 
 
 def test_a_failed_upload_to_storage_is_could_not_submit(kaggle, token, tmp_path, fast):
