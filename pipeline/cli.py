@@ -398,11 +398,22 @@ def show(obj, n, from_train):
 @click.argument("image", type=click.Path(dir_okay=False, path_type=Path))
 @click.pass_obj
 def predict_image(obj, image):
-    """Classify your own handwritten digit: a PNG of any size, dark-on-light or light-on-dark,
-    prepared the way MNIST digits were (grayscale, cropped, scaled into 20x20, centered by mass
-    in 28x28)."""
+    """Classify your own handwritten digit: an image in any format Pillow reads (PNG, JPEG, BMP,
+    GIF, TIFF, WebP, ...), of any size, dark-on-light or light-on-dark, a photo of paper too
+    (its lighting and shadows are removed), prepared the way MNIST digits were (cropped to the
+    ink, scaled into 20x20, centered by mass in 28x28)."""
     from . import glance
-    click.echo(glance.describe(glance.predict_image(obj["paths"], image), top=10))
+    result = glance.predict_image(obj["paths"], image)
+    click.echo(glance.describe(result, top=10))
+    top = float(result["proba"].max())
+    if top < UNSURE:
+        click.echo(f"digits: warning: the model is unsure (top probability {100 * top:.0f}%, "
+                   f"under {100 * UNSURE:.0f}%). Check the text art above: a digit cut off, "
+                   f"touching the edge, or several digits in one image read badly; crop it to "
+                   f"one digit with some margin.", err=True)
+
+
+UNSURE = 0.6  # predict-image warns when the top probability is below this
 
 
 def _summary(result: dict) -> None:
