@@ -280,7 +280,7 @@ def _draw(folder: Path, inputs: ReportInputs, dev_proba: np.ndarray) -> dict:
     files["confusion"] = figures.confusion(cm, pc["precision"], pc["recall"],
                                            folder / "confusion.png")
     wrong = confident_mistakes(y, dev_proba)
-    titles = [f"true {y[i]} -> {pred[i]}\np={dev_proba[i, pred[i]]:.2f}" for i in wrong]
+    titles = [f"true {y[i]} -> {pred[i]}\n{100 * dev_proba[i, pred[i]]:.0f}%" for i in wrong]
     files["mistakes"] = figures.digit_grid(
         inputs.dev_pixels[wrong], titles, folder / "mistakes.png",
         title=f"the {len(wrong)} most confidently wrong dev digits (of {int((pred != y).sum())})")
