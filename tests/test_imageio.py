@@ -54,7 +54,7 @@ def load_rows(path):
 
 def train_classifier(rows):
     """A small MLP trained on the first N_MODEL_ROWS rows: (N, 784) uint8 -> (N, 10) proba."""
-    from pipeline.config import TrainConfig
+    from pipeline.params import TrainConfig
     from pipeline.predict import predict_proba
     from pipeline.preprocess import fit_normalizer, normalize
     from pipeline.train import train
