@@ -238,12 +238,12 @@ def report(ctx, **kw):
 def upload(obj, message, force, timeout, submission):
     """Validate a submission (default: submissions/submission.csv), upload it to Kaggle, wait
     for its public score and record it in submissions/ledger.jsonl."""
-    from . import kaggle_io
+    from . import kaggle_submit
     paths = obj["paths"]
-    entry = kaggle_io.upload_submission(submission or paths.submission, message,
-                                        ledger=paths.ledger, force=force,
-                                        poll=kaggle_io.Poll(timeout=timeout),
-                                        progress=obj["progress"] is not None)
+    entry = kaggle_submit.upload_submission(submission or paths.submission, message,
+                                            ledger=paths.ledger, force=force,
+                                            poll=kaggle_submit.Poll(timeout=timeout),
+                                            progress=obj["progress"] is not None)
     click.echo(f"public score: {entry['public_score']} (submission {entry['ref']}, "
                f"{entry['file']})")
 
@@ -254,9 +254,9 @@ def upload(obj, message, force, timeout, submission):
 @click.pass_obj
 def submissions(obj, offline):
     """Uploaded submissions, newest first: the ledger joined with Kaggle's status and score."""
-    from . import kaggle_io
-    rows = kaggle_io.list_submissions(obj["paths"].ledger, remote=not offline)
-    click.echo(kaggle_io.submissions_table(rows) if rows else "no submissions yet")
+    from . import kaggle_submit
+    rows = kaggle_submit.list_submissions(obj["paths"].ledger, remote=not offline)
+    click.echo(kaggle_submit.submissions_table(rows) if rows else "no submissions yet")
 
 
 @cli.command(short_help="Every stage in order, each reused when nothing changed.")

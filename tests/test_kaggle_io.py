@@ -1,4 +1,5 @@
-"""kaggle_io end to end: the real `kaggle` package against a local stand-in of Kaggle.
+"""kaggle_io and kaggle_submit end to end: the real `kaggle` package against a local stand-in of
+Kaggle.
 
 Every test runs with HOME, XDG_CONFIG_HOME and every KAGGLE_* / proxy variable pointed at its own
 tmp dir or removed, so the real ~/.kaggle is never read or written and no request leaves the
@@ -18,9 +19,10 @@ import pytest
 from click.testing import CliRunner
 from kaggle_standin import Running, StandIn, Submission, tiny_competition_zip
 
-from pipeline import kaggle_io
+from pipeline import kaggle_io, kaggle_submit
 from pipeline.cli import cli
-from pipeline.kaggle_io import KaggleError, Poll, Retry
+from pipeline.kaggle_io import KaggleError, Retry
+from pipeline.kaggle_submit import Poll
 from pipeline.submission import SubmissionError, read_ledger
 
 TOKEN = "KGAT_" + secrets.token_hex(16)  # a fresh secret per run: any trace of it is a leak
@@ -92,7 +94,7 @@ def valid_submission(path: Path, shift: int = 0) -> Path:
 def upload(tmp_path, state, fast, message="first try", **kw):
     path = kw.pop("path", None) or valid_submission(tmp_path / "submissions" / "submission.csv")
     ledger = tmp_path / "submissions" / "ledger.jsonl"
-    return kaggle_io.upload_submission(path, message, ledger=ledger, progress=False,
+    return kaggle_submit.upload_submission(path, message, ledger=ledger, progress=False,
                                        poll=Poll(interval=1.0, timeout=60.0), **fast, **kw)
 
 
@@ -471,8 +473,10 @@ def test_waiting_times_out_but_the_submission_is_recorded(kaggle, token, tmp_pat
     kaggle.polls_to_score = 1000
     path = valid_submission(tmp_path / "submissions" / "submission.csv")
     with pytest.raises(KaggleError, match="had not scored submission 100.*digits submissions"):
-        kaggle_io.upload_submission(path, "slow", ledger=tmp_path / "submissions" / "ledger.jsonl",
-                                    poll=Poll(interval=1.0, timeout=0.5), progress=False, **fast)
+        kaggle_submit.upload_submission(path, "slow",
+                                        ledger=tmp_path / "submissions" / "ledger.jsonl",
+                                        poll=Poll(interval=1.0, timeout=0.5), progress=False,
+                                        **fast)
     [recorded] = read_ledger(tmp_path / "submissions" / "ledger.jsonl")
     assert recorded["status"] == "PENDING" and recorded["ref"] == 100
 
@@ -510,13 +514,13 @@ def test_submissions_join_the_ledger_with_kaggle_newest_first(kaggle, token, tmp
     with ledger.open("a") as f:
         f.write(json.dumps({"kind": "upload", "time": "2000-01-01T00:00:00Z", "ref": 7,
                             "status": "COMPLETE", "sha256": "ab" * 32, "message": "gone"}) + "\n")
-    rows = kaggle_io.list_submissions(ledger, **fast)
+    rows = kaggle_submit.list_submissions(ledger, **fast)
     assert [r["ref"] for r in rows] == [102, 101, 100, 7]
     assert rows[1]["message"] == "two" and rows[1]["sha256"] and rows[1]["file"]
     assert rows[0]["sha256"] is None and rows[3]["status"] == "COMPLETE (not on Kaggle)"
-    table = kaggle_io.submissions_table(rows)
+    table = kaggle_submit.submissions_table(rows)
     assert table.splitlines()[0].split() == ["time", "ref", "status", "score", "sha256", "message"]
-    offline = kaggle_io.list_submissions(ledger, remote=False)
+    offline = kaggle_submit.list_submissions(ledger, remote=False)
     assert [r["ref"] for r in offline] == [101, 100, 7]
     shown = CliRunner().invoke(cli, ["--root", str(tmp_path), "submissions"],
                                catch_exceptions=False).output.splitlines()
@@ -533,10 +537,10 @@ def test_the_secret_never_appears_in_output_files_or_errors(kaggle, tmp_path, fa
     token_file.write_text(TOKEN)
     kaggle_io.download_competition(tmp_path / "data" / "raw", progress=True, **fast)
     entry = upload(tmp_path, kaggle, fast)
-    rows = kaggle_io.list_submissions(tmp_path / "submissions" / "ledger.jsonl", **fast)
+    rows = kaggle_submit.list_submissions(tmp_path / "submissions" / "ledger.jsonl", **fast)
     kaggle.fail("ListSubmissions", 500, f"token {TOKEN} is over quota", times=3)
     with pytest.raises(KaggleError) as err:
-        kaggle_io.list_submissions(tmp_path / "submissions" / "ledger.jsonl", **fast)
+        kaggle_submit.list_submissions(tmp_path / "submissions" / "ledger.jsonl", **fast)
     creds = kaggle_io.find_credentials()
     out, errors = capfd.readouterr()
     texts = [out, errors, str(err.value), json.dumps(entry), json.dumps(rows), repr(creds)]
