@@ -1,9 +1,9 @@
-"""Digit images in and out of the 28x28 grid: a person's own picture prepared the way MNIST digits
-were (grayscale, light ink on dark, cropped, scaled into 20x20, centered by mass in 28x28), and a
-28x28 digit drawn as text art for the terminal.
+"""Digit images in and out of the 28x28 grid: a person's own picture or photo prepared the way
+MNIST digits were (grayscale, the ink told from the paper and its lighting, light ink on dark,
+cropped, scaled into 20x20, centered by mass in 28x28), and a 28x28 digit drawn as text art.
 
-PNG files are read with matplotlib (no Pillow needed for PNG). Classifying the result is the
-caller's job; nothing here knows about models or project files.
+Files are read with matplotlib, which decodes PNG itself and every other format through Pillow.
+Classifying the result is the caller's job; nothing here knows about models or project files.
 """
 
 from __future__ import annotations
