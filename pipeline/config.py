@@ -159,8 +159,13 @@ def kaggle_scratch() -> Path:
 
 def kaggle_input() -> Path:
     """Where a Kaggle Notebook finds the attached competition: $KAGGLE_INPUT_DIR (by default
-    /kaggle/input)/digit-recognizer."""
-    return Path(os.environ.get("KAGGLE_INPUT_DIR") or "/kaggle/input") / COMPETITION
+    /kaggle/input)/digit-recognizer, or one level further down (as in .../competitions/)."""
+    base = Path(os.environ.get("KAGGLE_INPUT_DIR") or "/kaggle/input")
+    direct = base / COMPETITION
+    if direct.is_dir() or not base.is_dir():
+        return direct
+    nested = sorted(p for p in base.glob(f"*/{COMPETITION}") if p.is_dir())
+    return nested[0] if nested else direct
 
 
 MAKE_TARGET = {"download": "data"}  # make targets named differently from their digits command

@@ -16,7 +16,7 @@ from conftest import csv_text, make_competition_zip
 
 from pipeline import data, stages
 from pipeline.cli import cli
-from pipeline.config import Paths, kaggle_notebook
+from pipeline.config import Paths, kaggle_input, kaggle_notebook
 from pipeline.submission import validate_submission
 
 QUICK = ["--model", "mlp", "--epochs", "1", "--hidden", "16", "--batch-size", "32",
@@ -177,3 +177,14 @@ def test_notebook_input_holding_the_zip_is_read_in_place(notebook, tmp_path):
     assert stages.locate_source(paths, sources) == folder / "digit-recognizer.zip"
     stages.download(paths, sources, progress=False)
     assert paths.parsed.is_file() and not paths.raw_zip.exists()
+
+
+def test_notebook_input_one_level_down_is_found(tmp_path, monkeypatch):
+    # the competition mounted as <input>/<group>/digit-recognizer is found as well as
+    # <input>/digit-recognizer; the direct place wins when both exist
+    monkeypatch.setenv("KAGGLE_INPUT_DIR", str(tmp_path))
+    assert kaggle_input() == tmp_path / "digit-recognizer"  # nothing there: the usual place
+    nested = competition_folder(tmp_path / "competitions" / "digit-recognizer")
+    assert kaggle_input() == nested
+    direct = competition_folder(tmp_path / "digit-recognizer")
+    assert kaggle_input() == direct
