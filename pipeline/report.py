@@ -276,8 +276,8 @@ def markdown(name: str, when: dt.datetime, inputs: ReportInputs, facts: dict) ->
             "Rows are the true digit, columns the prediction. " + _pairs_note(facts["pairs"]), "",
             "| class | precision | recall | dev rows |", "| --- | --- | --- | --- |"]
     pc = facts["per_class"]
-    out += [f"| {k} | {pc['precision'][k]:.4f} | {pc['recall'][k]:.4f} | {pc['support'][k]} |"
-            for k in range(N_CLASSES)]
+    out += [f"| {k} | {_pct(pc['precision'][k])} | {_pct(pc['recall'][k])} | {pc['support'][k]} |"
+            for k in range(N_CLASSES)]  # in percent, as the figure and every accuracy
     out += ["", "## Most confident mistakes (dev)", "", f"![mistakes]({files['mistakes']})", "",
             "Each digit shows its true label, the prediction and the probability the network "
             "gave it. Some are mislabelled or ambiguous; the rest are what to fix next.", ""]
