@@ -149,8 +149,9 @@ def download(paths: Paths, sources: Sources, *, progress=True) -> Path:
     """Locate the competition data, check it, and write the parsed uint8 arrays."""
     source = locate_source(paths, sources)
     digest = source_digest(source, paths)
+    bar = progress in (True, "bar")  # a parsing bar in a terminal only, not in a log
     arrays, _ = _cache(paths).call("parse", _parse, inputs={ZIP_NAME: digest}, params={},
-                                   files={"source": str(source), "progress": bool(progress)})
+                                   files={"source": str(source), "progress": bar})
     write_npz(paths.parsed, **arrays)
     return paths.parsed
 

@@ -58,6 +58,7 @@ def test_notebook_runs_in_a_simulated_kaggle_notebook(tmp_path, monkeypatch):
     outputs = [o for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", [])]
     text = "".join(o.get("text", "") for o in outputs)
     assert "Kaggle Notebook input" in text and "valid, 40 rows" in text, text
+    assert "epoch 1/1:" in text and "chunk/s" not in text and "\r" not in text  # lines, no bars
     images = [o for o in outputs if "image/png" in o.get("data", {})]
     assert len(images) >= 5  # learning curves, confusion, mistakes, weights, class shares
     assert sorted(os.listdir(working)) == ["submission.csv"]
