@@ -66,6 +66,22 @@ def test_notebook_runs_in_a_simulated_kaggle_notebook(tmp_path, monkeypatch):
     assert (temp / "digits" / "data" / "models" / "model.npz").is_file()
 
 
+def test_notebook_without_the_wheel_dataset_says_what_to_attach(tmp_path, monkeypatch):
+    # run as shipped but with no wheel in INSTALL_FROM, the install cell stops the notebook
+    # with what to do, before anything else runs
+    monkeypatch.setenv("IPYTHONDIR", str(tmp_path / "ipython"))
+    monkeypatch.setenv("JUPYTER_RUNTIME_DIR", str(tmp_path / "jupyter"))
+    (tmp_path / "empty").mkdir()
+    nb = with_parameters(nbformat.read(NOTEBOOK, as_version=4),
+                         f"INSTALL_FROM = {str(tmp_path / 'empty')!r}")
+    client = nbclient.NotebookClient(nb, timeout=60, kernel_name="python3",
+                                     resources={"metadata": {"path": str(tmp_path)}})
+    with pytest.raises(nbclient.exceptions.CellExecutionError) as err:
+        client.execute()
+    assert "no digits_pipeline-*.whl" in str(err.value) and "Add Input" in str(err.value)
+    assert not (tmp_path / "submission.csv").exists()
+
+
 def test_notebook_parameters_cell_is_tagged_and_defaults_to_the_real_run():
     # the parameters cell exists (papermill's tag) and, untouched, trains the default CNN and
     # installs from an attached dataset; every code cell compiles
