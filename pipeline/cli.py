@@ -24,8 +24,9 @@ from .text import pct
 
 
 def sources(mirror: str | None):
+    from .config import kaggle_input
     from .stages import Sources
-    return Sources(mirror=Path(mirror) if mirror else None)
+    return Sources(kaggle_input=kaggle_input(), mirror=Path(mirror) if mirror else None)
 
 
 def default_mirror(root: Path) -> str | None:
@@ -119,6 +120,14 @@ class UserFacingError(click.ClickException):
 DISK_FULL = (errno.ENOSPC, errno.EFBIG, errno.EDQUOT)
 
 
+def nn_user_errors() -> tuple:
+    """pipeline.nn's ModelFileError, a problem the user can fix like a UserError (pipeline.nn
+    imports nothing from the package, so it has its own), once that module is loaded: the CLI
+    starts without numpy, and an `except` clause evaluates this only when something is raised."""
+    nn_model = sys.modules.get("pipeline.nn.model")
+    return () if nn_model is None else (nn_model.ModelFileError,)
+
+
 class DigitsGroup(click.Group):
     """Lists the commands in pipeline order, and turns the library's UserError (and Ctrl-C) into
     a message and exit code, not a traceback."""
@@ -130,6 +139,8 @@ class DigitsGroup(click.Group):
         try:
             return super().invoke(ctx)
         except UserError as e:
+            raise UserFacingError(str(e)) from None
+        except nn_user_errors() as e:
             raise UserFacingError(str(e)) from None
         except KeyboardInterrupt:
             raise UserFacingError("interrupted; finished outputs are intact, rerun to "
@@ -159,7 +170,7 @@ def cli(ctx, root, quiet):
     `run` does them all. Parameters persist in params.toml: an option you pass sticks
     (`digits params` shows them all).
     """
-    paths = Paths(root.resolve()) if root else Paths.default()
+    paths = Paths.default(root)
     logging.basicConfig(level=logging.WARNING if quiet else logging.INFO,
                         format="digits: %(message)s", stream=sys.stderr, force=True)
     # progress: a bar in a terminal, one line per epoch in a log or notebook, nothing with -q
@@ -287,12 +298,12 @@ def report(ctx, **kw):
 def upload(obj, message, force, timeout, submission):
     """Validate a submission (default: submissions/submission.csv), upload it to Kaggle, wait
     for its public score and record it in submissions/ledger.jsonl."""
-    from . import kaggle_io
+    from . import kaggle_submit
     paths = obj["paths"]
-    entry = kaggle_io.upload_submission(submission or paths.submission, message,
-                                        ledger=paths.ledger, force=force,
-                                        poll=kaggle_io.Poll(timeout=timeout),
-                                        progress=obj["progress"] is not None)
+    entry = kaggle_submit.upload_submission(submission or paths.submission, message,
+                                            ledger=paths.ledger, force=force,
+                                            poll=kaggle_submit.Poll(timeout=timeout),
+                                            progress=obj["progress"] is not None)
     click.echo(f"public score: {entry['public_score']} (submission {entry['ref']}, "
                f"{entry['file']})")
 
@@ -303,9 +314,9 @@ def upload(obj, message, force, timeout, submission):
 @click.pass_obj
 def submissions(obj, offline):
     """Uploaded submissions, newest first: the ledger joined with Kaggle's status and score."""
-    from . import kaggle_io
-    rows = kaggle_io.list_submissions(obj["paths"].ledger, remote=not offline)
-    click.echo(kaggle_io.submissions_table(rows) if rows else "no submissions yet")
+    from . import kaggle_submit
+    rows = kaggle_submit.list_submissions(obj["paths"].ledger, remote=not offline)
+    click.echo(kaggle_submit.submissions_table(rows) if rows else "no submissions yet")
 
 
 @cli.command(short_help="Every stage in order, each reused when nothing changed.")
@@ -446,11 +457,22 @@ def show(obj, n, from_train):
 @click.argument("image", type=click.Path(dir_okay=False, path_type=Path))
 @click.pass_obj
 def predict_image(obj, image):
-    """Classify your own handwritten digit: an image of any size in any format Pillow reads
-    (PNG, JPEG, ...), dark-on-light or light-on-dark, prepared the way MNIST digits were
-    (grayscale, cropped, scaled into 20x20, centered by mass in 28x28)."""
+    """Classify your own handwritten digit: an image in any format Pillow reads (PNG, JPEG, BMP,
+    GIF, TIFF, WebP, ...), of any size, dark-on-light or light-on-dark, a photo of paper too
+    (its lighting and shadows are removed), prepared the way MNIST digits were (cropped to the
+    ink, scaled into 20x20, centered by mass in 28x28)."""
     from . import glance
-    click.echo(glance.describe(glance.predict_image(obj["paths"], image), top=10))
+    result = glance.predict_image(obj["paths"], image)
+    click.echo(glance.describe(result, top=10))
+    top = float(result["proba"].max())
+    if top < UNSURE:
+        click.echo(f"digits: warning: the model is unsure (top probability {100 * top:.0f}%, "
+                   f"under {100 * UNSURE:.0f}%). Check the text art above: a digit cut off, "
+                   f"touching the edge, or several digits in one image read badly; crop it to "
+                   f"one digit with some margin.", err=True)
+
+
+UNSURE = 0.6  # predict-image warns when the top probability is below this
 
 
 def _summary(result: dict) -> None:

@@ -115,6 +115,9 @@ def locate_source(paths: Paths, sources: Sources) -> Path:
     if (sources.kaggle_input / "train.csv").is_file():
         log.info("download: using the Kaggle Notebook input %s", sources.kaggle_input)
         return sources.kaggle_input
+    if (sources.kaggle_input / ZIP_NAME).is_file():  # read in place: the input is read-only
+        log.info("download: using the Kaggle Notebook input %s", sources.kaggle_input / ZIP_NAME)
+        return sources.kaggle_input / ZIP_NAME
     if sources.mirror is not None:
         zip_path = sources.mirror / ZIP_NAME
         if zip_path.is_file():
@@ -137,7 +140,8 @@ def locate_source(paths: Paths, sources: Sources) -> Path:
 
 def _no_data_message(paths: Paths) -> str:
     return (f"No competition data found. Put {ZIP_NAME} in {_rel(paths.raw, paths)}/, "
-            f"or set KAGGLE_MIRROR to a directory that holds it, "
+            f"or set KAGGLE_MIRROR to a directory that holds it (or the three CSVs), "
+            f"or attach the competition to your Kaggle Notebook, "
             f"or provide Kaggle API credentials (see README, 'Credentials').")
 
 
@@ -145,8 +149,9 @@ def download(paths: Paths, sources: Sources, *, progress=True) -> Path:
     """Locate the competition data, check it, and write the parsed uint8 arrays."""
     source = locate_source(paths, sources)
     digest = source_digest(source, paths)
+    bar = progress in (True, "bar")  # a parsing bar in a terminal only, not in a log
     arrays, _ = _cache(paths).call("parse", _parse, inputs={ZIP_NAME: digest}, params={},
-                                   files={"source": str(source), "progress": bool(progress)})
+                                   files={"source": str(source), "progress": bar})
     write_npz(paths.parsed, **arrays)
     return paths.parsed
 
@@ -211,7 +216,8 @@ def train(paths: Paths, cfg: TrainConfig, *, progress="bar", resume: bool = True
         checkpoint.unlink(missing_ok=True)
         results.append((params, result, time.perf_counter() - start))
     metrics = _train_metrics(hp, results, paths)
-    save_models(paths.model, [r.model for _, r, _ in results], extra={"metrics": metrics})
+    with atomic_path(paths.model) as tmp:
+        save_models(tmp, [r.model for _, r, _ in results], extra={"metrics": metrics})
     write_json(paths.history, [{"seed": m["seed"], "best_epoch": r.best_epoch,
                                 "epochs": r.history} for m, r, _ in results])
     write_json(paths.metrics, metrics)
@@ -432,6 +438,8 @@ def _sweep_orphans(paths: Paths) -> None:
     """
     orphans = [p for root in (paths.data, paths.submissions) if root.is_dir()
                for p in root.rglob(".*.tmp") if p.is_file()]
+    if paths.output is not None and paths.output.is_dir():  # a notebook's output: ours only
+        orphans += [p for p in paths.output.glob(f".{paths.submission.name}.*.tmp")]
     for p in orphans:
         p.unlink(missing_ok=True)
     if orphans:
