@@ -11,6 +11,7 @@ Pure numpy; files, caching and workers are other modules' business.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 from dataclasses import dataclass
@@ -140,7 +141,9 @@ def fit_member(data: dict, task: dict) -> dict:
     cfg = TrainConfig(**task["cfg"])  # the resolved parameters, as the train stage passes them
     pixels, labels = data["pixels"], np.asarray(data["labels"], np.int64)
     tr, ev = task["train_rows"], task["eval_rows"]
-    result = train(cfg, normalize(pixels[tr], data["normalizer"]), labels[tr], progress=None)
+    with step_threads(task.get("cores", 1)):
+        result = train(cfg, normalize(pixels[tr], data["normalizer"]), labels[tr],
+                       progress=None)
     x_eval = normalize(pixels[ev], data["normalizer"])  # (n_eval, 28, 28, 1)
     _, acc, proba = evaluate(result.model, x_eval, labels[ev])
     return {"model": result.model, "eval_proba": proba, "eval_accuracy": acc,
@@ -148,6 +151,20 @@ def fit_member(data: dict, task: dict) -> dict:
             "history": result.history, "epochs": result.best_epoch,
             "hyperparameters": result.hyperparameters,
             "seconds": time.perf_counter() - t0}
+
+
+@contextlib.contextmanager
+def step_threads(n: int):
+    """Train with n Python threads in the conv+pool steps (train.STEP_THREADS) and the batch
+    prefetch only when n > 1: two members on two cores each keep to one. The result is the same
+    for any count (pipeline/nn/fused.py, batches.py), so it is no part of a member's key."""
+    from . import train as train_mod
+    before = train_mod.STEP_THREADS, train_mod.PREFETCH
+    train_mod.STEP_THREADS, train_mod.PREFETCH = max(1, min(n, before[0])), n > 1 and before[1]
+    try:
+        yield
+    finally:
+        train_mod.STEP_THREADS, train_mod.PREFETCH = before
 
 
 def tta_proba(model, x: np.ndarray, batch_size: int = 1000) -> np.ndarray:

@@ -23,7 +23,7 @@ from . import parallel, stages
 from .cache import _combined, _load_checked, _seal_path, code_digests
 from .config import Paths, UserError, asdict
 from .cv import CVConfig, fit_member, oof_summary, stratified_folds, stratified_rows
-from .fileio import read_json, read_npz, write_json, write_npz, write_text
+from .fileio import atomic_path, read_json, read_npz, write_json, write_npz, write_text
 from .params import TrainConfig, changed_from_default, resolve
 
 log = logging.getLogger("pipeline")
@@ -135,12 +135,13 @@ def fit_plans(paths: Paths, plans: list[Plan], par: parallel.ParallelConfig,
     log.info("%s: training %d of %d member(s) on %s", STAGE, len(todo), len(work), where)
     union = np.unique(np.concatenate([plans[i].rows for i, *_ in todo]))  # only rows used
     data = {"pixels": pixels[union], "labels": labels[union], "normalizer": normalizer}
-    tasks = []
+    tasks, cores = [], parallel.cores_per_task(par, len(todo))
     for i, m, *_ in todo:
         p, (f, _) = plans[i], plans[i].members[m]
         at = np.searchsorted(union, p.rows)  # plan rows -> positions in data
         tasks.append({"cfg": p.member_hp(p.members[m][1]),
-                      "train_rows": at[p.fold != f], "eval_rows": at[p.fold == f]})
+                      "train_rows": at[p.fold != f], "eval_rows": at[p.fold == f],
+                      "cores": cores})
     for t, r in parallel.run(fit_member, data, tasks, par):
         i, m, key, name = todo[t]
         _store(paths, key, r)
@@ -244,7 +245,8 @@ def train_folds(paths: Paths, cfg: TrainConfig, cv_cfg: CVConfig,
                              "dev_accuracy": None, "best_epoch": r["epochs"],
                              "train_seconds": round(r["seconds"], 2)}
                             for (f, s), r in zip(p.members, rs)])
-    save_models(paths.model, [r["model"] for r in rs], extra={"metrics": metrics})
+    with atomic_path(paths.model) as tmp:
+        save_models(tmp, [r["model"] for r in rs], extra={"metrics": metrics})
     write_json(paths.history, [{"seed": s, "fold": f, "best_epoch": r["epochs"],
                                 "epochs": r["history"]} for (f, s), r in zip(p.members, rs)])
     write_json(paths.metrics, metrics)
