@@ -43,6 +43,47 @@ RESUME_OPTION = click.option(
          "an uninterrupted run); --no-resume starts afresh. [make: RESUME=0]")
 
 
+# ---- cross-validation and parallel training (cv.py, cvstages.py, parallel.py)
+
+PARALLEL_OPTIONS = [
+    click.option("--jobs", type=click.IntRange(min=0), default=0, show_default=True,
+                 help="Models trained at once, each on one BLAS thread; 0 = the cores "
+                      "available. [make: JOBS]"),
+    click.option("--backend", type=click.Choice(("loky", "dask")), default="loky",
+                 show_default=True, help="Where fold models train: loky, worker processes on "
+                 "this machine; dask, a dask.distributed cluster (--scheduler). [make: BACKEND]"),
+    click.option("--scheduler", envvar="DASK_SCHEDULER_ADDRESS", default="",
+                 help="The dask scheduler's address, e.g. tcp://127.0.0.1:8786. [default: "
+                      "$DASK_SCHEDULER_ADDRESS] [make: SCHEDULER]"),
+]
+
+
+def parallel_options(f):
+    for opt in reversed(PARALLEL_OPTIONS):
+        f = opt(f)
+    return f
+
+
+def parallel_config(kw):
+    from .parallel import ParallelConfig
+    return ParallelConfig(jobs=kw.pop("jobs"), backend=kw.pop("backend"),
+                          scheduler=kw.pop("scheduler") or "")
+
+
+def cv_config(split_cfg, train_cfg, default_folds: int = 0):
+    """The folds: K from --folds (FOLDS), rows and seed from the split's --max-train and
+    --split-seed."""
+    from .cv import CVConfig
+    folds = train_cfg.folds if (train_cfg.folds or 0) >= 2 else default_folds
+    return CVConfig(folds=folds, seed=split_cfg.seed, max_rows=split_cfg.max_train)
+
+
+def _oof(m: dict) -> str:
+    lo, hi = m["oof_accuracy_ci95"]
+    return (f"out-of-fold accuracy {pct(m['oof_accuracy'])} (95% CI {pct(lo)}-{pct(hi)}, "
+            f"{m['folds']} folds)")
+
+
 def locked_ctx(f):
     """`locked` for a command that takes the click context."""
     @functools.wraps(f)
@@ -79,6 +120,14 @@ class UserFacingError(click.ClickException):
 DISK_FULL = (errno.ENOSPC, errno.EFBIG, errno.EDQUOT)
 
 
+def nn_user_errors() -> tuple:
+    """pipeline.nn's ModelFileError, a problem the user can fix like a UserError (pipeline.nn
+    imports nothing from the package, so it has its own), once that module is loaded: the CLI
+    starts without numpy, and an `except` clause evaluates this only when something is raised."""
+    nn_model = sys.modules.get("pipeline.nn.model")
+    return () if nn_model is None else (nn_model.ModelFileError,)
+
+
 class DigitsGroup(click.Group):
     """Lists the commands in pipeline order, and turns the library's UserError (and Ctrl-C) into
     a message and exit code, not a traceback."""
@@ -90,6 +139,8 @@ class DigitsGroup(click.Group):
         try:
             return super().invoke(ctx)
         except UserError as e:
+            raise UserFacingError(str(e)) from None
+        except nn_user_errors() as e:
             raise UserFacingError(str(e)) from None
         except KeyboardInterrupt:
             raise UserFacingError("interrupted; finished outputs are intact, rerun to "
@@ -171,16 +222,25 @@ def normalize(obj):
 @cli.command(short_help="Train the network (or an ensemble); save weights and metrics.")
 @param_options("train", "model")
 @RESUME_OPTION
+@parallel_options
 @click.pass_context
 @locked_ctx
 def train(ctx, resume, **kw):
-    """Train the network (or an ensemble) and save weights, history and metrics.
+    """Train the network (or an ensemble, or --folds K fold models) and save weights, history
+    and metrics.
 
     A per-model option (epochs, lr, ...) is kept in that model's table of params.toml."""
     from . import stages
-    _, train_cfg, _ = settle(ctx, kw, ctx.obj["paths"])
+    par = parallel_config(kw)
+    split_cfg, train_cfg, _ = settle(ctx, kw, ctx.obj["paths"])
+    if (train_cfg.folds or 0) >= 2:
+        metrics = stages.train_folds(ctx.obj["paths"], train_cfg,
+                                     cv_config(split_cfg, train_cfg), par)
+        click.echo(f"model: {ctx.obj['paths'].model} ({metrics['model']}, "
+                   f"{metrics['folds']} fold models; {_oof(metrics)})")
+        return
     metrics = stages.train(ctx.obj["paths"], train_cfg, progress=ctx.obj["progress"],
-                           resume=resume)
+                           resume=resume, par=par)
     click.echo(f"model: {ctx.obj['paths'].model} ({metrics['model']}, dev-split accuracy "
                f"{pct(metrics['dev_accuracy'])})")
 
@@ -263,6 +323,7 @@ def submissions(obj, offline):
 @MIRROR_OPTION
 @param_options("split", "train", "model", "predict")
 @RESUME_OPTION
+@parallel_options
 @click.option("--report/--no-report", "with_report", default=True, show_default=True,
               help="End with the report stage (figures and report.md under data/reports).")
 @click.pass_context
@@ -271,16 +332,71 @@ def run(ctx, mirror, resume, with_report, **kw):
     """Run every stage in order (each reused from cache when nothing changed)."""
     from . import stages
     paths, progress = ctx.obj["paths"], ctx.obj["progress"]
+    par = parallel_config(kw)
     split_cfg, train_cfg, predict_cfg = settle(ctx, kw, paths)  # checked before any work
     stages.download(paths, sources(mirror or default_mirror(paths.root)), progress=progress)
     stages.split(paths, split_cfg)
     stages.normalize(paths)
-    stages.train(paths, train_cfg, progress=progress, resume=resume)
+    if (train_cfg.folds or 0) >= 2:
+        metrics = stages.train_folds(paths, train_cfg, cv_config(split_cfg, train_cfg), par)
+    else:
+        metrics = stages.train(paths, train_cfg, progress=progress, resume=resume, par=par)
     stages.predict(paths, predict_cfg)
     _summary(stages.validate(paths))
     if with_report:
         out = stages.report(paths, predict_cfg)
         click.echo(f"report: {out['path'] / 'report.md'}")
+    if metrics.get("oof_accuracy") is not None:  # the last line: the expected score
+        from .cvstages import estimate_line
+        click.echo(estimate_line(metrics))
+
+
+@cli.command(short_help="K-fold cross-validation: the out-of-fold estimate (cv.json).")
+@param_options("split", "train", "model")
+@parallel_options
+@click.pass_context
+@locked_ctx
+def cv(ctx, **kw):
+    """Cross-validate the training parameters: K fold models (--folds, 5 unless set; trained in
+    parallel, each cached), each scored on the fold it never saw. Writes data/models/cv.json
+    (the out-of-fold accuracy with its 95% interval, log loss, per fold and per class) and
+    oof.npz. The rows: all labelled ones, or a stratified --max-train subset."""
+    from . import stages
+    from .cvstages import estimate_line
+    par = parallel_config(kw)
+    split_cfg, train_cfg, _ = settle(ctx, kw, ctx.obj["paths"])
+    summary = stages.cv(ctx.obj["paths"], train_cfg, cv_config(split_cfg, train_cfg, 5), par)
+    click.echo("folds: " + " ".join(pct(a) for a in summary["fold_accuracy"]))
+    click.echo(f"cv: {ctx.obj['paths'].models / 'cv.json'}")
+    click.echo(estimate_line(summary))
+
+
+@cli.command(short_help="Cross-validate every combination of a grid, ranked.")
+@click.option("--grid", required=True,
+              help='The combinations: space-separated name=v1,v2 terms over the training '
+                   'parameters, e.g. "lr=1e-3,3e-3 epochs=15,20" (layer sizes as '
+                   'hidden=512x256,256). [make: GRID]')
+@param_options("split", "train", "model")
+@parallel_options
+@click.pass_context
+@locked_ctx
+def sweep(ctx, grid, **kw):
+    """Cross-validate every combination of --grid (all their members in parallel), print them
+    ranked by out-of-fold accuracy, write data/models/sweep.json and add each to
+    data/runs.jsonl."""
+    from . import stages
+    from .cv import parse_grid, sweep_table
+    par = parallel_config(kw)
+    split_cfg, train_cfg, _ = settle(ctx, kw, ctx.obj["paths"])
+    try:
+        points = parse_grid(grid, train_cfg)
+    except ValueError as e:
+        raise click.BadParameter(str(e), param_hint="'--grid'") from None
+    cv_cfg = cv_config(split_cfg, train_cfg, 5)
+    results = stages.sweep(ctx.obj["paths"], train_cfg, cv_cfg, par, points)
+    click.echo(sweep_table(results))
+    click.echo(f"sweep: {ctx.obj['paths'].models / 'sweep.json'} ({len(points)} points, "
+               f"{cv_cfg.folds} folds each)")
 
 
 @cli.command(short_help="Show, or set, the parameters kept in params.toml.")

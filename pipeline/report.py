@@ -246,6 +246,13 @@ def markdown(name: str, when: dt.datetime, inputs: ReportInputs, facts: dict) ->
         out += ["> This model was refit on train + dev rows, so it has seen the dev digits: the "
                 "figures below that use dev rows flatter it. The dev accuracy and loss in the "
                 "metrics table come from the first fit, before refitting.", ""]
+    if m.get("folds"):  # a fold ensemble (cvstages.train_folds): its estimate is out-of-fold
+        lo, hi = m["oof_accuracy_ci95"]
+        out += [f"> {m['folds']} fold models, each trained on all labelled rows but its own fold: "
+                "together they have seen every dev digit, so the dev figures below flatter "
+                f"them. The expected score is the out-of-fold accuracy, "
+                f"**{_pct(m['oof_accuracy'])}** (95% CI {_pct(lo)}-{_pct(hi)}, "
+                "`data/models/cv.json`).", ""]
     out += ["## Metrics", "", "| metric | value |", "| --- | --- |",
             f"| dev accuracy | {_pct(m.get('dev_accuracy'))} |",
             f"| dev loss (cross-entropy) | {_num(m.get('dev_loss', facts['dev_loss']))} |",

@@ -183,14 +183,20 @@ def normalize(paths: Paths) -> Path:
     return paths.normalizer
 
 
-def train(paths: Paths, cfg: TrainConfig, *, progress="bar", resume: bool = True) -> dict:
+def train(paths: Paths, cfg: TrainConfig, *, progress="bar", resume: bool = True,
+          par=None) -> dict:
     """Train cfg.ensemble models (seeds seed, seed+1, ...), save them together, write metrics.
 
     Each model checkpoints every epoch; an interrupted run continues from its last checkpoint
-    (the same result as an uninterrupted run), unless `resume` is False.
+    (the same result as an uninterrupted run), unless `resume` is False. An ensemble's members
+    train in parallel instead (`par`, see ensemble.py), each cached on its own.
     """
     from .nn import save_models
     hp = resolve(cfg)  # every parameter checked, the model's defaults filled in
+    if hp["ensemble"] > 1:  # members through joblib.Parallel, resumed member by member
+        from .ensemble import train_ensemble
+        from .parallel import ParallelConfig
+        return train_ensemble(paths, hp, par or ParallelConfig())
     inputs, files = _inputs(paths, parsed=paths.parsed, split=paths.split,
                             normalizer=paths.normalizer)
     results, computed = [], []
@@ -210,7 +216,8 @@ def train(paths: Paths, cfg: TrainConfig, *, progress="bar", resume: bool = True
         checkpoint.unlink(missing_ok=True)
         results.append((params, result, time.perf_counter() - start))
     metrics = _train_metrics(hp, results, paths)
-    save_models(paths.model, [r.model for _, r, _ in results], extra={"metrics": metrics})
+    with atomic_path(paths.model) as tmp:
+        save_models(tmp, [r.model for _, r, _ in results], extra={"metrics": metrics})
     write_json(paths.history, [{"seed": m["seed"], "best_epoch": r.best_epoch,
                                 "epochs": r.history} for m, r, _ in results])
     write_json(paths.metrics, metrics)
@@ -282,7 +289,9 @@ def predict(paths: Paths, cfg: PredictConfig) -> dict:
             "kind": "written", "file": _rel(copy, paths), "sha256": sha,
             "model_sha256": inputs["model.npz"], "model": metrics.get("model"),
             "params": {"train": metrics.get("params"), "predict": asdict(cfg)},
-            "dev_accuracy": metrics.get("dev_accuracy")})
+            "dev_accuracy": metrics.get("dev_accuracy"),
+            "oof_accuracy": metrics.get("oof_accuracy"), "folds": metrics.get("folds"),
+            "oof_accuracy_ci95": metrics.get("oof_accuracy_ci95")})
     return {"path": paths.submission, "sha256": sha, "rows": len(ids),
             "dev_accuracy": metrics.get("dev_accuracy")}
 
@@ -299,8 +308,9 @@ def validate(paths: Paths, path: Path | None = None) -> dict:
     made_by, note = None, None
     if made:
         e = made[-1]
-        acc = e.get("dev_accuracy")
+        acc, oof = e.get("dev_accuracy"), e.get("oof_accuracy")
         made_by = f"made by {e.get('model') or 'a model'}" + (
+            _oof_words(e) if isinstance(oof, float) else
             f", dev-split accuracy {100 * acc:.2f}%" if isinstance(acc, float) else "")
         if paths.model.exists() and e.get("model_sha256") not in (
                 None, _cache(paths).file_digest(paths.model)):
@@ -352,6 +362,37 @@ def dev_accuracy(paths: Paths, *, tta: bool = False) -> float:
     x = apply_normalizer(parsed["train_x"][dev_idx], read_json(paths.normalizer))
     proba = predict_proba(load_models(paths.model), x, tta=tta)
     return float(np.mean(proba.argmax(1) == parsed["train_y"][dev_idx]))
+
+
+# ------------------------------------------------ cross-validation stages (see cvstages.py)
+
+
+def cv(paths: Paths, cfg: TrainConfig, cv_cfg, par) -> dict:
+    """K-fold CV of cfg over the labelled rows: data/models/cv.json with the OOF estimate."""
+    from . import cvstages
+    return cvstages.cv(paths, cfg, cv_cfg, par)
+
+
+def train_folds(paths: Paths, cfg: TrainConfig, cv_cfg, par) -> dict:
+    """The K fold models as the submission's model.npz, with the OOF estimate in metrics."""
+    from . import cvstages
+    return cvstages.train_folds(paths, cfg, cv_cfg, par)
+
+
+def _oof_words(e: dict) -> str:
+    """", out-of-fold accuracy 99.40% (95% CI 99.31-99.48%, 5 folds)" of a ledger entry."""
+    lo, hi = e.get("oof_accuracy_ci95") or (float("nan"), float("nan"))
+    return (f", out-of-fold accuracy {100 * e['oof_accuracy']:.2f}% (95% CI {100 * lo:.2f}-"
+            f"{100 * hi:.2f}%, {e.get('folds')} folds)")
+
+
+def sweep(paths: Paths, cfg: TrainConfig, cv_cfg, par, points: list[dict]) -> list[dict]:
+    """CV of cfg for each grid point, ranked into data/models/sweep.json."""
+    from . import cvstages
+    return cvstages.sweep(paths, cfg, cv_cfg, par, points)
+
+
+# ----------------------------------------------------------------------------------------------
 
 
 def _rel(path: Path, paths: Paths) -> str:
