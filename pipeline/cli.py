@@ -137,8 +137,11 @@ def train_config(kw) -> TrainConfig:
     values = {k: (defaults[k] if kw[k] is None else kw[k]) for k in defaults}
     if values["augment"]:
         _check_augment(values["augment"])
-    return TrainConfig(model=kw["model"], patience=kw["patience"], refit=kw["refit"],
-                       seed=kw["seed"], ensemble=kw["ensemble"], **values)
+    cfg = TrainConfig(model=kw["model"], patience=kw["patience"], refit=kw["refit"],
+                      seed=kw["seed"], ensemble=kw["ensemble"], **values)
+    from .resources import check_train_memory
+    check_train_memory(cfg, kw.get("max_train") or 42000)  # before any work: fits in memory?
+    return cfg
 
 
 def _check_augment(spec: str) -> None:
@@ -202,12 +205,37 @@ class DigitsGroup(click.Group):
             raise UserFacingError("interrupted; finished outputs are intact, rerun to "
                                   "continue.", exit_code=130) from None
         except OSError as e:
-            if e.errno not in DISK_FULL:
-                raise
-            where = f" writing {e.filename}" if e.filename else ""
-            raise UserFacingError(f"no space left (or file too large){where}: "
-                                  f"{os.strerror(e.errno)}. Earlier outputs are intact; free "
-                                  f"some space and rerun.") from None
+            if e.errno in DISK_FULL:
+                where = f" writing {e.filename}" if e.filename else ""
+                raise UserFacingError(f"no space left (or file too large){where}: "
+                                      f"{os.strerror(e.errno)}. Earlier outputs are intact; free "
+                                      f"some space and rerun.") from None
+            if e.filename and e.errno:  # e.g. permission denied on a file the user controls
+                raise UserFacingError(f"{os.strerror(e.errno)}: {e.filename}. Check that path "
+                                      f"and its permissions, then rerun.") from None
+            raise _unexpected(ctx, e) from None
+        except (click.exceptions.ClickException, click.exceptions.Exit, click.exceptions.Abort):
+            raise
+        except MemoryError as e:
+            raise UserFacingError("out of memory; use smaller --batch-size / --hidden / "
+                                  "--ensemble values, or free memory. " +
+                                  _logged(ctx, e)) from None
+        except Exception as e:  # the last line of defence: a bug, reported in one line
+            raise _unexpected(ctx, e) from None
+
+
+def _logged(ctx, e: BaseException) -> str:
+    from .crash import shown_path, write_crash_log
+    paths = (ctx.obj or {}).get("paths") if isinstance(ctx.obj, dict) else None
+    log = write_crash_log(paths.data if paths is not None else None, e)
+    return (f"The traceback is in {shown_path(log)}." if log is not None
+            else "No log could be written.")
+
+
+def _unexpected(ctx, e: Exception) -> UserFacingError:
+    from .crash import one_line
+    return UserFacingError(f"unexpected error ({one_line(e)}); this is a bug in digits, please "
+                           f"report it. {_logged(ctx, e)}")
 
 
 @click.group(cls=DigitsGroup, context_settings={"help_option_names": ["-h", "--help"],
@@ -304,7 +332,8 @@ def validate(obj, path):
 @click.option("-m", "--message", required=True,
               help="Description of this submission, shown on Kaggle and kept in the ledger.")
 @click.option("--force", is_flag=True,
-              help="Upload even when this exact file was uploaded before.")
+              help="Upload even when this exact file was uploaded before, or when its labels "
+                   "look degenerate (see `digits validate`).")
 @click.option("--timeout", type=positive(), default=600.0, show_default=True,
               help="Seconds to wait for Kaggle's score before giving up waiting.")
 @click.argument("path", required=False, type=click.Path(dir_okay=False, path_type=Path))
@@ -314,10 +343,12 @@ def upload(obj, message, force, timeout, path):
     """Validate a submission (default: submissions/submission.csv), upload it to Kaggle, wait
     for its public score and record it in submissions/ledger.jsonl."""
     from . import kaggle_io
+    from .readers import submission_reference
     paths = obj["paths"]
     entry = kaggle_io.upload_submission(path or paths.submission, message, ledger=paths.ledger,
                                         force=force, poll=kaggle_io.Poll(timeout=timeout),
-                                        progress=obj["progress"])
+                                        progress=obj["progress"],
+                                        **submission_reference(paths.parsed))
     click.echo(f"public score: {entry['public_score']} (submission {entry['ref']}, "
                f"{entry['file']})")
 

@@ -139,17 +139,21 @@ def find_credentials() -> Credentials | None:
 
 
 def _read_kaggle_json(path: Path) -> tuple[dict, tuple[str, ...]]:
-    if not path.is_file():
+    """Its fields, and warnings: a damaged kaggle.json (checked by schemas.KAGGLE_JSON) is
+    ignored with a warning naming the problem, never its content."""
+    from .readers import read_json
+    from .schemas import KAGGLE_JSON
+    if not path.exists() and not path.is_symlink():
         return {}, ()
     warnings = ()
-    if os.name != "nt" and path.stat().st_mode & 0o044:
-        warnings = (f"{path} is readable by other users of this machine; "
-                    f"run `chmod 600 {path}` to keep your Kaggle key private.",)
     try:
-        values = json.loads(path.read_text(encoding="utf-8") or "{}")
-    except (OSError, ValueError):
-        return {}, warnings
-    return (values if isinstance(values, dict) else {}), warnings
+        if os.name != "nt" and path.stat().st_mode & 0o044:
+            warnings = (f"{path} is readable by other users of this machine; "
+                        f"run `chmod 600 {path}` to keep your Kaggle key private.",)
+        values = read_json(path, KAGGLE_JSON) if path.stat().st_size else {}
+    except (OSError, UserError) as e:
+        return {}, (*warnings, f"ignoring {str(e).split('. ')[0]}; {KAGGLE_JSON.fix}")
+    return values, warnings
 
 
 def _read_oauth_tokens() -> tuple[str, ...]:
@@ -229,7 +233,9 @@ def _connect(creds: Credentials, retry: Retry, sleep: Sleep,
 def _credentials(offline_hint: str) -> Credentials:
     creds = find_credentials()
     if creds is None:
-        raise KaggleError(f"{NO_CREDENTIALS} {offline_hint}")
+        _, warnings = _read_kaggle_json(config_dir() / "kaggle.json")
+        damaged = "".join(f"{w} " for w in warnings if w.startswith("ignoring"))
+        raise KaggleError(f"{damaged}{NO_CREDENTIALS} {offline_hint}".strip())
     return creds
 
 
@@ -417,21 +423,25 @@ def _discard(staging: Path, dest_dir: Path, existed: bool) -> None:
 
 
 def upload_submission(path: Path, message: str, *, ledger: Path, force: bool = False,
-                      image_ids=None, competition: str = COMPETITION, poll: Poll = Poll(),
+                      image_ids=None, train_labels=None, competition: str = COMPETITION,
+                      poll: Poll = Poll(),
                       retry: Retry = Retry(), sleep: Sleep = time.sleep,
                       clock: Callable[[], float] = time.monotonic, progress: bool = True) -> dict:
     """Validate `path`, submit it, wait for its public score, record it in `ledger`; return that.
 
-    Nothing is sent for an invalid file, nor for one byte-identical to an earlier upload unless
-    `force`. Raises KaggleError when the file could not be submitted, when Kaggle scored it ERROR,
+    Nothing is sent for an invalid file (the rule of `digits validate`), nor, unless `force`,
+    for a degenerate one or one byte-identical to an earlier upload. Raises KaggleError when the
+    file could not be submitted, when Kaggle scored it ERROR,
     or when no score came within `poll.timeout` (the entry is recorded in all but the first case).
     """
-    from .submission import append_ledger, read_ledger, validate_submission
+    from .readers import check_appendable
+    from .submission import append_ledger, check_submission, read_ledger
 
     path = Path(path)
     if not message.strip():
         raise KaggleError("A submission needs a message describing it (-m MESSAGE).")
-    validate_submission(path, image_ids)
+    check_submission(path, image_ids, train_labels, allow_degenerate=force)
+    check_appendable(ledger, "the record of this upload")
     sha = sha256_file(path)
     if not force:
         for old in reversed(read_ledger(ledger)):

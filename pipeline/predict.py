@@ -11,13 +11,18 @@ import os
 
 import numpy as np
 
-from pipeline.config import N_CLASSES
+from pipeline.config import N_CLASSES, UserError
 from pipeline.nn.losses import softmax
 from pipeline.nn.threads import blas_threads
 
 # OpenBLAS threads during inference: the cores this process may use. On a quiet 2-core machine
 # two threads predict the 28000 test rows in 3.5 s against 4.9 s with one (chunks of 128 rows).
 PREDICT_THREADS = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 1
+
+
+class NonFiniteError(UserError):
+    """The model gave NaN or infinite probabilities: its output must not become a submission."""
+
 
 # (rows, cols) shifts averaged by test-time augmentation; (0, 0) is the image itself
 TTA_SHIFTS = ((0, 0), (1, 0), (-1, 0), (0, 1), (0, -1))
@@ -39,7 +44,14 @@ def predict_proba(models, x, *, batch_size=1000, tta=False) -> np.ndarray:
     Runs with PREDICT_THREADS OpenBLAS threads (the cores available). Training stays on one:
     its batch-128 products gain nothing from a second thread (docs/bench-notes.md)."""
     with blas_threads(PREDICT_THREADS):
-        return _predict_proba(models, x, batch_size, tta)
+        proba = _predict_proba(models, x, batch_size, tta)
+    bad = ~np.isfinite(proba).all(axis=1)  # (N,)
+    if bad.any():  # argmax of NaN is 0: a "valid" submission of zeros, the worst outcome
+        raise NonFiniteError(
+            f"the model gives NaN or infinite probabilities for {int(bad.sum())} of "
+            f"{len(proba)} images (first: row {int(np.argmax(bad)) + 1}); nothing was written. "
+            f"Its weights or the normalizer are broken: retrain with `make train`.")
+    return proba
 
 
 def _predict_proba(models, x, batch_size, tta):

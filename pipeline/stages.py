@@ -26,7 +26,8 @@ import numpy as np
 
 from . import data as data_mod
 from .config import ZIP_NAME, Paths, PredictConfig, SplitConfig, TrainConfig, UserError, asdict
-from .fileio import atomic_path, read_json, read_npz, sha256_file, write_json, write_npz, write_text
+from .fileio import atomic_path, read_json, sha256_file, write_json, write_npz, write_text
+from .readers import read_digits, read_model, read_normalizer, read_split
 
 log = logging.getLogger("pipeline")
 
@@ -192,7 +193,7 @@ def _parse(files, inputs, params, code) -> dict[str, np.ndarray]:
 
 
 def _split(files, inputs, params, code) -> dict[str, np.ndarray]:
-    y = read_npz(files["parsed"])["train_y"]
+    y = read_digits(files["parsed"])["train_y"]
     train_idx, dev_idx = data_mod.stratified_split(y, params["dev_fraction"], params["seed"],
                                                    params["max_train"])
     return {"train_idx": train_idx, "dev_idx": dev_idx}
@@ -200,8 +201,8 @@ def _split(files, inputs, params, code) -> dict[str, np.ndarray]:
 
 def _normalize(files, inputs, params, code) -> dict[str, float]:
     from .preprocess import fit_normalizer
-    x = np.load(files["parsed"], allow_pickle=False)["train_x"]
-    train_idx = np.load(files["split"], allow_pickle=False)["train_idx"]
+    x = read_digits(files["parsed"])["train_x"]
+    train_idx = read_split(files["split"], len(x))["train_idx"]
     return fit_normalizer(x[train_idx])
 
 
@@ -214,12 +215,11 @@ def _train(files, inputs, params, code):
 
 
 def _predict(files, inputs, params, code) -> np.ndarray:
-    from .nn import load_models
     from .predict import predict_proba
     from .preprocess import normalize
-    models = load_models(Path(files["model"]))
-    test_x = np.load(files["parsed"], allow_pickle=False)["test_x"]
-    x = normalize(test_x, read_json(files["normalizer"]))
+    models = read_model(Path(files["model"]))
+    test_x = read_digits(files["parsed"])["test_x"]
+    x = normalize(test_x, read_normalizer(files["normalizer"]))
     return predict_proba(models, x, batch_size=params["batch_size"], tta=params["tta"])
 
 
@@ -229,9 +229,9 @@ def _train_config(d: dict) -> TrainConfig:
 
 def _training_arrays(files):
     from .preprocess import normalize
-    parsed = read_npz(files["parsed"])
-    split = read_npz(files["split"])
-    norm = read_json(files["normalizer"])
+    parsed = read_digits(files["parsed"])
+    split = read_split(files["split"], len(parsed["train_y"]))
+    norm = read_normalizer(files["normalizer"])
     x = normalize(parsed["train_x"], norm)  # (42000, 28, 28, 1) float32
     y = parsed["train_y"].astype(np.int64)
     t, d = split["train_idx"], split["dev_idx"]
@@ -240,7 +240,10 @@ def _training_arrays(files):
 
 def locate_source(paths: Paths, sources: Sources) -> Path:
     """The competition data: data/raw's zip, a Kaggle Notebook input, the mirror, or the API."""
-    if paths.raw_zip.exists():
+    if paths.raw_zip.exists() or paths.raw_zip.is_symlink():
+        from .readers import require_file
+        require_file(paths.raw_zip, f"Remove it and put the competition's {ZIP_NAME} there, "
+                     f"or run `make data` to fetch it.")
         log.info("download: using %s (already there)", _rel(paths.raw_zip, paths))
         return paths.raw_zip
     if (sources.kaggle_input / "train.csv").is_file():
@@ -367,8 +370,8 @@ def _check_checkpoint(path: Path, resume: bool, paths: Paths, name: str) -> None
 def _train_metrics(cfg: TrainConfig, results, paths: Paths) -> dict:
     y_dev = None
     if results[0][1].dev_proba is not None:
-        split = read_npz(paths.split)
-        y_dev = np.load(paths.parsed, allow_pickle=False)["train_y"][split["dev_idx"]]
+        y_all = read_digits(paths.parsed)["train_y"]
+        y_dev = y_all[read_split(paths.split, len(y_all))["dev_idx"]]
     members = [{"seed": m.seed, "dev_accuracy": r.dev_accuracy, "best_epoch": r.best_epoch,
                 "train_seconds": round(r.seconds, 2)} for m, r, _ in results]
     dev_accuracy, dev = None, {}
@@ -388,7 +391,8 @@ def _train_metrics(cfg: TrainConfig, results, paths: Paths) -> dict:
 
 def predict(paths: Paths, cfg: PredictConfig) -> dict:
     """Predict the test rows, write a validated submission.csv, keep a copy and a ledger line."""
-    from .submission import append_ledger, keep_copy, read_ledger, timestamp, write_submission
+    from .readers import METRICS, read_json_or_none
+    from .submission import publish
     files = {"model": str(_require(paths.model, "make train", paths)),
              "parsed": str(_require(paths.parsed, "make data", paths)),
              "normalizer": str(_require(paths.normalizer, "make normalize", paths))}
@@ -397,27 +401,23 @@ def predict(paths: Paths, cfg: PredictConfig) -> dict:
               "normalizer.json": file_digest(Path(files["normalizer"]), paths)}
     proba, _ = cached_call("predict", _predict, paths, inputs=inputs, params=asdict(cfg),
                            files=files)
-    ids = np.load(files["parsed"], allow_pickle=False)["test_ids"]
-    sha = write_submission(paths.submission, proba.argmax(1), ids)
-    metrics = _read_json_or_empty(paths.metrics)
-    written = [e for e in read_ledger(paths.ledger) if e.get("kind") == "written"]
-    if not written or written[-1].get("sha256") != sha:
-        copy = keep_copy(paths.submission, paths.submission_history, timestamp())
-        append_ledger(paths.ledger, {
-            "kind": "written", "file": _rel(copy, paths), "sha256": sha,
-            "params": {"train": metrics.get("params"), "predict": asdict(cfg)},
-            "dev_accuracy": metrics.get("dev_accuracy")})
+    ids = read_digits(files["parsed"])["test_ids"]
+    metrics = read_json_or_none(paths.metrics, METRICS) or {}
+    sha = publish(paths.submission, paths.submission_history, paths.ledger, proba.argmax(1), ids,
+                  {"params": {"train": metrics.get("params"), "predict": asdict(cfg)},
+                   "dev_accuracy": metrics.get("dev_accuracy")}, rel=lambda p: _rel(p, paths))
     return {"path": paths.submission, "sha256": sha, "rows": len(ids),
             "dev_accuracy": metrics.get("dev_accuracy")}
 
 
 def validate(paths: Paths, path: Path | None = None) -> dict:
-    """Validate a submission against sample_submission.csv's ImageIds; summarize it."""
-    from .submission import validate_submission
+    """Check a submission by the rule upload uses (submission.check_submission): the format,
+    sample_submission.csv's ImageIds, a label distribution that is not degenerate."""
+    from .readers import METRICS, read_json_or_none, submission_reference
+    from .submission import check_submission
     path = Path(path) if path is not None else paths.submission
-    ids = np.load(paths.parsed, allow_pickle=False)["test_ids"] if paths.parsed.exists() else None
-    labels = validate_submission(path, ids)
-    metrics = _read_json_or_empty(paths.metrics)
+    labels = check_submission(path, **submission_reference(paths.parsed))
+    metrics = read_json_or_none(paths.metrics, METRICS) or {}
     return {"path": path, "rows": len(labels), "sha256": sha256_file(path),
             "dev_accuracy": metrics.get("dev_accuracy"), "model": metrics.get("model")}
 
@@ -440,19 +440,22 @@ def report(paths: Paths, cfg: PredictConfig) -> dict:
         log.info("report: reused %s", _rel(found, paths))
         return {"path": found, "reused": True}
     log.info("report: drawing the figures")
-    from .nn import load_models
     from .preprocess import normalize as apply_normalizer
+    from .readers import HISTORY, METRICS
+    from .readers import read_json as read_checked
     test_proba, _ = cached_call(
         "predict", _predict, paths, params=asdict(cfg),
         inputs={k: inputs[k] for k in ("model.npz", "digits.npz", "normalizer.json")},
         files={"model": str(files["model.npz"]), "parsed": str(files["digits.npz"]),
                "normalizer": str(files["normalizer.json"])})
-    parsed, dev_idx = read_npz(files["digits.npz"]), read_npz(files["split.npz"])["dev_idx"]
+    parsed = read_digits(files["digits.npz"])
+    dev_idx = read_split(files["split.npz"], len(parsed["train_y"]))["dev_idx"]
     dev_pixels = parsed["train_x"][dev_idx]  # (n_dev, 784) uint8
     out = report_mod.write_report(paths.reports, report_mod.ReportInputs(
-        models=load_models(files["model.npz"]), history=read_json(files["history.json"]),
-        metrics=read_json(files["metrics.json"]), dev_pixels=dev_pixels,
-        dev_x=apply_normalizer(dev_pixels, read_json(files["normalizer.json"])),
+        models=read_model(files["model.npz"]),
+        history=read_checked(files["history.json"], HISTORY),
+        metrics=read_checked(files["metrics.json"], METRICS), dev_pixels=dev_pixels,
+        dev_x=apply_normalizer(dev_pixels, read_normalizer(files["normalizer.json"])),
         dev_y=parsed["train_y"][dev_idx], train_y=parsed["train_y"], test_proba=test_proba,
         key=key))
     log.info("report: wrote %s", _rel(out, paths))
@@ -460,8 +463,9 @@ def report(paths: Paths, cfg: PredictConfig) -> dict:
 
 
 def _require(path: Path, make_target: str, paths: Paths) -> Path:
-    if not path.exists():
-        raise UserError(f"{_rel(path, paths)} is missing; run `{make_target}` first.")
+    from .readers import require_file  # a regular file: not a folder, a device or a FIFO
+    require_file(path, f"Delete it and run `{make_target}` again.",
+                 missing=f"{_rel(path, paths)} is missing; run `{make_target}` first.")
     return path
 
 
