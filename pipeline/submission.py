@@ -173,23 +173,24 @@ def write_submission(path: Path, labels: np.ndarray, image_ids: np.ndarray) -> s
 
 def publish(path: Path, history: Path, ledger: Path, labels: np.ndarray,
             image_ids: np.ndarray, entry: dict, rel=display) -> str:
-    """Write the submission and, when it differs from the last one written, a timestamped copy
-    in `history` and a "written" ledger line (`entry` plus file, shown by `rel`, and sha256).
+    """Write the submission and, when it differs from the last one written, a "written" ledger
+    line (`entry` plus sha256 and the copy's file, shown by `rel`) and a timestamped copy in
+    `history`; -> sha256.
 
-    Everything that can fail comes first (the ledger checked, read tolerantly; the copy
-    written); after `path` is replaced only the ledger line is appended, so it is never lost.
+    What can fail comes first (the ledger checked and read, tolerantly); right after `path` is
+    replaced the ledger line is appended, so it is never lost; the copy comes last.
     """
     check_appendable(ledger, "the submissions ledger")
     content = render_submission(labels, image_ids)
     sha = hashlib.sha256(content).hexdigest()
     written = [e for e in read_ledger(ledger) if e.get("kind") == "written"]
     new = not written or written[-1].get("sha256") != sha
-    if new:
-        copy = history / f"{path.stem}-{timestamp()}{path.suffix}"
-        _write_checked(copy, content, image_ids)
+    copy = history / f"{path.stem}-{timestamp()}{path.suffix}"
     _write_checked(path, content, image_ids)
     if new:
         append_ledger(ledger, {**entry, "kind": "written", "file": rel(copy), "sha256": sha})
+        with atomic_path(copy) as tmp:
+            tmp.write_bytes(content)
     return sha
 
 
