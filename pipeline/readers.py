@@ -226,7 +226,9 @@ def read_npz(path: Path, schema: S.NpzFile) -> dict[str, np.ndarray]:
 def _check_array(a: np.ndarray, spec: S.Array, dims: dict) -> str | None:
     kind_ok = a.dtype.kind == spec.dtype if len(spec.dtype) == 1 else a.dtype == spec.dtype
     if not kind_ok:
-        return f"has dtype {a.dtype}, expected {spec.dtype}"
+        want = {"i": "integers", "u": "unsigned integers", "f": "floats"}.get(spec.dtype,
+                                                                              spec.dtype)
+        return f"has dtype {a.dtype}, expected {want}"
     if a.ndim != len(spec.shape):
         return f"has shape {a.shape}, expected {len(spec.shape)} dimensions"
     for size, want in zip(a.shape, spec.shape):
