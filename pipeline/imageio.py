@@ -38,14 +38,15 @@ def check_image(path: Path) -> tuple[int, int]:
         require_file(path, fix, max_bytes=MAX_IMAGE_BYTES, missing=f"{path} does not exist.")
     except UserError as e:
         raise ImageError(str(e)) from None
+    limit, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, None  # the check is ours, below
     try:
         with Image.open(path) as im:  # lazy: only the header is read
             width, height = im.size
-    except Image.DecompressionBombError:
-        width, height = MAX_IMAGE_PIXELS, 2  # Pillow's own limit was passed: refuse below
     except Exception as e:  # UnidentifiedImageError, a truncated header, ...
         raise ImageError(f"{path} is not an image file Pillow can read ({type(e).__name__}); "
                          f"{fix}") from None
+    finally:
+        Image.MAX_IMAGE_PIXELS = limit
     if width * height > MAX_IMAGE_PIXELS or min(width, height) < 1:
         raise ImageError(f"{path} declares {width}x{height} pixels, outside 1 to "
                          f"{MAX_IMAGE_PIXELS:,} pixels; it is not decoded. {fix}")
