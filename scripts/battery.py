@@ -348,7 +348,8 @@ CASES = [
      "kaggle.json"),
     ("submission is a FIFO", lambda r: os.mkfifo(r / "fifo.csv"), ["validate", "fifo.csv"], 1,
      None),
-    ("submission is a folder", lambda r: (r / "d.csv").mkdir(), ["validate", "d.csv"], 1, None),
+    ("submission is a folder", lambda r: (r / "d.csv").mkdir(), ["validate", "d.csv"], 2,
+     None),  # click's usage error naming the argument
     # images
     ("image 14000x14000", lambda r: png(r / "big.png"), ["predict-image", "big.png"], 1, None),
     ("image not an image", lambda r: write(r / "x.png", "hello"), ["predict-image", "x.png"], 1,

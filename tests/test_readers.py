@@ -17,10 +17,10 @@ from hypothesis import strategies as st
 
 from pipeline import readers as R
 from pipeline import schemas as S
+from pipeline.config import TrainConfig
 from pipeline.nn import Model, save_models
 from pipeline.nn.models import build_spec
 from pipeline.train import hyperparameters
-from pipeline.config import TrainConfig
 
 FUZZ = settings(max_examples=25, deadline=None,
                 suppress_health_check=[HealthCheck.function_scoped_fixture])
