@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import os
 
-from .config import IMAGE_SIDE, N_CLASSES, N_PIXELS, TrainConfig, UserError
+from .config import IMAGE_SIDE, N_CLASSES, N_PIXELS, UserError
 
 PARAM_COPIES = 6  # weights, gradients, two Adam moments, best-epoch snapshot, checkpoint
 ACTIVATION_COPIES = 3  # each layer's output, its cache, and its gradient on the way back
@@ -66,7 +66,7 @@ def available_bytes() -> int | None:
         return None
 
 
-def check_train_memory(cfg: TrainConfig, n_rows: int = 42000) -> int | None:
+def check_train_memory(cfg, n_rows: int = 42000) -> int | None:
     """Refuse (ResourceError) a training whose estimate cannot fit; -> the estimate in bytes.
 
     Options that are invalid in other ways are left for `train.hyperparameters` to name."""

@@ -23,8 +23,8 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from pipeline.config import TrainConfig  # noqa: E402
 from pipeline.nn import save_models  # noqa: E402
+from pipeline.params import TrainConfig  # noqa: E402
 from pipeline.predict import predict_proba  # noqa: E402
 from pipeline.train import train  # noqa: E402
 

@@ -17,9 +17,9 @@ from hypothesis import strategies as st
 
 from pipeline import readers as R
 from pipeline import schemas as S
-from pipeline.config import TrainConfig
 from pipeline.nn import Model, save_models
 from pipeline.nn.models import build_spec
+from pipeline.params import TrainConfig
 from pipeline.train import hyperparameters
 
 FUZZ = settings(max_examples=25, deadline=None,
