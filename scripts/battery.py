@@ -366,6 +366,13 @@ CASES = [
     ("batch-size 10^9 cnn", None, ["train", "--batch-size", "1000000000"], 1, None),
     ("lr 1e30 then predict", None, ["train", "--model", "mlp", "--epochs", "1", "--hidden", "32",
                                     "--lr", "1e30"], 1, "then-predict"),
+    # params.toml
+    ("params.toml malformed", lambda r: write(r / "params.toml", "[train\nlr = "), ["predict"],
+     1, "params.toml"),
+    ("params.toml -> /dev/zero", lambda r: (r / "params.toml").unlink(missing_ok=True) or
+     (r / "params.toml").symlink_to("/dev/zero"), ["split"], 1, "params.toml"),
+    ("params.toml wrong type", lambda r: write(r / "params.toml", '[split]\ndev_fraction = "a"'),
+     ["split"], 1, "params.toml"),
     # environment
     ("data/cache is a file", lambda r: shutil.rmtree(r / "data/cache", ignore_errors=True) or
      write(r / "data/cache", "x"), ["split", "--split-seed", "4"], 1, None),
@@ -415,7 +422,7 @@ def run_case(code: Path, pristine: Path, work: Path, case) -> tuple[bool, str]:
     if want == 1 and not _one_line(proc):
         problems.append(f"{len(err)} error lines")
     after = tree(root)
-    allowed = ({L, SUB, "submissions/history"} if want == 0 else set()) | MAY_CHANGE.get(name,
+    allowed = ({L, SUB, "submissions/history", "params.toml"} if want == 0 else set()) | MAY_CHANGE.get(name,
                                                                                           set())
     changed = [k for k in set(before) | set(after) if before.get(k) != after.get(k)
                and not any(k.startswith(a) for a in allowed)]
