@@ -204,7 +204,9 @@ def train(ctx, resume, **kw):
     from . import stages
     from .resources import check_train_memory
     _, train_cfg, _ = settle(ctx, kw, ctx.obj["paths"])
-    check_train_memory(train_cfg)  # parameters that cannot fit are refused before any work
+    from .readers import npz_rows
+    paths = ctx.obj["paths"]  # parameters that cannot fit are refused before any work
+    check_train_memory(train_cfg, npz_rows(paths.split, "train_idx") or 42000)
     metrics = stages.train(ctx.obj["paths"], train_cfg, progress=ctx.obj["progress"],
                            resume=resume)
     click.echo(f"model: {ctx.obj['paths'].model} ({metrics['model']}, dev-split accuracy "

@@ -254,6 +254,16 @@ def _shape(shape: tuple, dims: dict) -> str:
     return "(" + ", ".join(str(dims.get(s, s)) for s in shape) + ")"
 
 
+def npz_rows(path: Path, name: str) -> int | None:
+    """The length of array `name` in an .npz, from its header alone; None when unreadable."""
+    try:
+        with zipfile.ZipFile(path) as z, z.open(f"{name}.npy") as f:
+            shape = _npy_header(f)[0]
+        return int(shape[0]) if shape else None
+    except Exception:  # any damage: the reader proper will name it
+        return None
+
+
 def read_digits(path: Path) -> dict[str, np.ndarray]:
     return read_npz(path, S.DIGITS)
 
@@ -309,6 +319,6 @@ def read_model(path: Path):
 
 
 __all__ = ["CV", "HISTORY", "METRICS", "StateFileError", "check_appendable",
-           "check_npz_members", "display", "parse_json", "read_digits", "read_json",
+           "check_npz_members", "display", "npz_rows", "parse_json", "read_digits", "read_json",
            "read_json_or_none", "read_jsonl", "read_model", "read_normalizer", "read_npz",
            "read_split", "require_file", "submission_reference"]
