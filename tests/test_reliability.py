@@ -263,6 +263,21 @@ def test_unexpected_exception_is_one_line_with_a_log(project, monkeypatch):
     assert len(logs) == 1 and "Traceback" in logs[0].read_text() and logs[0].name in err
 
 
+def test_crash_log_falls_back_to_a_temporary_directory(tmp_path, monkeypatch):
+    # data/logs cannot be made (a file is in the way): the log goes to the temp directory
+    from pipeline.crash import write_crash_log
+    monkeypatch.setenv("TMPDIR", str(tmp_path / "tmp"))
+    import tempfile
+    monkeypatch.setattr(tempfile, "tempdir", None)
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "logs").write_text("in the way")
+    try:
+        raise ValueError("x")
+    except ValueError as e:
+        log = write_crash_log(tmp_path / "data", e)
+    assert log.parent == tmp_path / "tmp" / "digits-logs" and "ValueError" in log.read_text()
+
+
 def test_rewritten_files_keep_their_mode(tmp_path):
     # atomic rewrites keep 0644/0640/0600; a new file gets the umask's default, not 0600
     path = tmp_path / "f.txt"
@@ -280,24 +295,35 @@ def test_rewritten_files_keep_their_mode(tmp_path):
 
 # ---------------------------------------------------------- 7. numeric options across range
 
-NUMERIC = {"--lr": st.floats(allow_nan=True, allow_infinity=True),
-           "--dropout": st.floats(-2, 2), "--weight-decay": st.floats(-1, 1e6),
-           "--label-smoothing": st.floats(-1, 2), "--epochs": st.integers(-5, 10**12),
-           "--batch-size": st.integers(-5, 10**12), "--ensemble": st.integers(-5, 10**9),
-           "--patience": st.integers(-5, 10**9), "--hidden": st.integers(-5, 10**10),
-           "--seed": st.integers(-(2**70), 2**70)}
+NUMERIC = {("train", "--lr"): st.floats(allow_nan=True, allow_infinity=True),
+           ("train", "--dropout"): st.floats(-2, 2),
+           ("train", "--weight-decay"): st.floats(-1, 1e6),
+           ("train", "--label-smoothing"): st.floats(-1, 2),
+           ("train", "--epochs"): st.integers(-5, 10**12),
+           ("train", "--batch-size"): st.integers(-5, 10**12),
+           ("train", "--ensemble"): st.integers(-5, 10**9),
+           ("train", "--patience"): st.integers(-5, 10**9),
+           ("train", "--hidden"): st.integers(-5, 10**10),
+           ("train", "--seed"): st.integers(-(2**70), 2**70),
+           ("predict", "--predict-batch-size"): st.integers(-5, 10**12),
+           ("split", "--split-seed"): st.integers(-(2**70), 2**70),
+           ("upload", "--timeout"): st.floats(allow_nan=True, allow_infinity=True)}
 
 
-@settings(max_examples=40, deadline=None,
+@settings(max_examples=50, deadline=None,
           suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(option=st.sampled_from(sorted(NUMERIC)), data=st.data())
-def test_numeric_train_options_never_trace(tmp_path, option, data):
-    # any value of any numeric training option: usage error (2), a refusal (1: memory, or no
-    # data yet), never a traceback
+def test_numeric_options_never_trace(tmp_path, option, data):
+    # any value of any numeric option, on a project with no data yet: a usage error (2) naming
+    # the option, or a one-line refusal (1: memory, or the missing input), never a traceback
+    command, name = option
     value = data.draw(NUMERIC[option])
-    result = invoke(tmp_path / "empty", "train", "--model", "mlp", option, str(value))
+    extra = ["--model", "mlp"] if command == "train" else ["-m", "x"] if command == "upload" else []
+    result = invoke(tmp_path / "empty", command, *extra, name, str(value))
     assert result.exit_code in (1, 2), result.output
-    assert "Traceback" not in result.output
+    assert "Traceback" not in result.output and "No such option" not in result.output
+    if result.exit_code == 1:
+        assert_one_line_error(result, 1)
 
 
 @settings(max_examples=25, deadline=None,
