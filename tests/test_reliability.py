@@ -266,6 +266,7 @@ def test_unexpected_exception_is_one_line_with_a_log(project, monkeypatch):
 def test_crash_log_falls_back_to_a_temporary_directory(tmp_path, monkeypatch):
     # data/logs cannot be made (a file is in the way): the log goes to the temp directory
     from pipeline.crash import write_crash_log
+    (tmp_path / "tmp").mkdir()
     monkeypatch.setenv("TMPDIR", str(tmp_path / "tmp"))
     import tempfile
     monkeypatch.setattr(tempfile, "tempdir", None)
