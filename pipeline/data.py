@@ -19,6 +19,7 @@ import numpy as np
 import pandas as pd
 
 from .config import N_CLASSES, N_PIXELS, ZIP_NAME, UserError, expected_test_rows
+from .readers import display
 
 MEMBERS = ("train.csv", "test.csv", "sample_submission.csv")
 PIXEL_COLUMNS = tuple(f"pixel{i}" for i in range(N_PIXELS))
@@ -52,7 +53,7 @@ class Digits:
 
 def check_zip(path: Path) -> None:
     """Raise DataError unless `path` is an intact competition zip; extract nothing."""
-    path = Path(path)
+    path = Path(display(path))  # the same file, named relative to the current directory
     if not path.is_file():
         raise DataError(f"{path} does not exist.")
     try:
