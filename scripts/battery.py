@@ -291,10 +291,10 @@ CASES = [
     npz_case("model format", M, lambda a: {**a, "format": np.array("v0")}, ["predict"]),
     ("model is a folder", lambda r: to_dir(r / M), ["predict"], 1, None),
     # metrics / history
-    ("metrics malformed", lambda r: write(r / ME, "{"), ["validate"], 1, None),
+    ("metrics malformed", lambda r: write(r / ME, "{"), ["predict", "--tta"], 1, None),
     ("metrics a list", lambda r: write(r / ME, "[1, 2]"), ["predict", "--tta"], 1, None),
     ("metrics accuracy a string", lambda r: write(r / ME, '{"model": "mlp", "dev_accuracy": '
-                                                  '"high"}'), ["validate"], 1, None),
+                                                  '"high"}'), ["report"], 1, None),
     ("history malformed", lambda r: write(r / H, "[{"), ["report"], 1, None),
     ("history wrong types", lambda r: write(r / H, '[{"seed": "a", "best_epoch": 1, '
                                                '"epochs": []}]'), ["report"], 1, None),
