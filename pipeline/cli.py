@@ -99,6 +99,9 @@ class DigitsGroup(click.Group):
                 raise UserFacingError(f"no space left (or file too large){where}: "
                                       f"{os.strerror(e.errno)}. Earlier outputs are intact; free "
                                       f"some space and rerun.") from None
+            if e.errno == errno.EPIPE:  # `digits runs | head -1`: the reader left; say nothing
+                sys.stdout = open(os.devnull, "w")  # noqa: SIM115 (no flush error at exit)
+                raise click.exceptions.Exit(1) from None
             if e.filename and e.errno:  # e.g. permission denied on a file the user controls
                 raise UserFacingError(f"{os.strerror(e.errno)}: {e.filename}. Check that path "
                                       f"and its permissions, then rerun.") from None
