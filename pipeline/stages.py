@@ -185,6 +185,8 @@ def train(paths: Paths, cfg: TrainConfig, *, progress="bar", resume: bool = True
     hp = resolve(cfg)  # every parameter checked, the model's defaults filled in
     inputs, files = _inputs(paths, parsed=paths.parsed, split=paths.split,
                             normalizer=paths.normalizer)
+    from .readers import check_appendable
+    check_appendable(paths.runs, "the run history")  # refused now, not after the training
     results, computed = [], []
     for k in range(hp["ensemble"]):
         params = {**hp, "seed": hp["seed"] + k, "ensemble": 1}
