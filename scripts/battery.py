@@ -318,8 +318,8 @@ CASES = [
     ("runs JSON not object", lambda r: runs_line(r, b'"x"'), ["runs"], 0, None),
     ("runs wrong types", lambda r: runs_line(r, b'{"time": 5, "dev_accuracy": "x"}'), ["runs"],
      0, None),
-    ("runs is a folder", lambda r: to_dir(r / R), TRAIN_CMD[:2] + ["--epochs", "2", "--hidden",
-                                                                 "32"], 1, "runs.jsonl"),
+    ("runs is a folder", lambda r: to_dir(r / R), ["train", "--model", "mlp", "--epochs", "2",
+                                                   "--hidden", "32"], 1, "runs.jsonl"),
     # raw zip
     ("raw zip is a folder", lambda r: (r / Z).unlink() or (r / Z).mkdir(), ["download"], 1,
      None),
