@@ -365,8 +365,8 @@ CASES = [
     ("dev-fraction 0.0001", None, ["split", "--dev-fraction", "0.0001"], 1, None),
     ("dev-fraction 0.99999", None, ["split", "--dev-fraction", "0.99999"], 1, None),
     ("hidden 100000000", None, ["train", "--model", "mlp", "--hidden", "100000000"], 1, None),
-    ("batch-size 10^9 cnn, all rows", None, ["run", "--max-train", "0", "--batch-size",
-                                            "1000000000"], 1, "memory"),
+    ("batch-size 10^9 cnn, all rows", None, ["run", "--model", "cnn", "--max-train", "0",
+                                            "--batch-size", "1000000000"], 1, "memory"),
     ("lr 1e30 then predict", None, ["train", "--model", "mlp", "--epochs", "1", "--hidden", "32",
                                     "--lr", "1e30"], 1, "then-predict"),
     # params.toml
@@ -451,13 +451,13 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--code", type=Path, default=REPO, help="checkout whose package to run")
     ap.add_argument("--keep", type=Path, default=None, help="build the project here and keep it")
-    ap.add_argument("-k", default="", help="run only cases whose name contains this")
+    ap.add_argument("-k", default="", help="run only cases whose name contains one of these (comma-separated)")
     ap.add_argument("-v", action="store_true", help="print every case, not only failures")
     opts = ap.parse_args()
     base = opts.keep or Path(tempfile.mkdtemp(prefix="digits-battery-"))
     base.mkdir(parents=True, exist_ok=True)
     pristine = base / "pristine" if (base / "pristine" / D).exists() else build(opts.code, base)
-    cases = [c for c in CASES if opts.k in c[0]]
+    cases = [c for c in CASES if any(k in c[0] for k in opts.k.split(","))]
     passed = 0
     for case in cases:
         ok, detail = run_case(opts.code, pristine, base, case)
