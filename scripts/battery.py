@@ -451,7 +451,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--code", type=Path, default=REPO, help="checkout whose package to run")
     ap.add_argument("--keep", type=Path, default=None, help="build the project here and keep it")
-    ap.add_argument("-k", default="", help="run only cases whose name contains one of these (comma-separated)")
+    ap.add_argument("-k", default="", help="run only the cases whose name contains one of these "
+                                           "comma-separated substrings")
     ap.add_argument("-v", action="store_true", help="print every case, not only failures")
     opts = ap.parse_args()
     base = opts.keep or Path(tempfile.mkdtemp(prefix="digits-battery-"))
