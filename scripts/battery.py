@@ -453,12 +453,14 @@ def main() -> None:
     ap.add_argument("--keep", type=Path, default=None, help="build the project here and keep it")
     ap.add_argument("-k", default="", help="run only the cases whose name contains one of these "
                                            "comma-separated substrings")
+    ap.add_argument("-x", default="", help="skip the cases whose name contains one of these")
     ap.add_argument("-v", action="store_true", help="print every case, not only failures")
     opts = ap.parse_args()
     base = opts.keep or Path(tempfile.mkdtemp(prefix="digits-battery-"))
     base.mkdir(parents=True, exist_ok=True)
     pristine = base / "pristine" if (base / "pristine" / D).exists() else build(opts.code, base)
-    cases = [c for c in CASES if any(k in c[0] for k in opts.k.split(","))]
+    cases = [c for c in CASES if any(k in c[0] for k in opts.k.split(","))
+             and not (opts.x and any(x in c[0] for x in opts.x.split(",")))]
     passed = 0
     for case in cases:
         ok, detail = run_case(opts.code, pristine, base, case)
