@@ -22,7 +22,7 @@ from pathlib import Path
 
 import joblib
 
-from .fileio import read_json, sha256_file, write_json, write_text
+from .fileio import read_json_dict, sha256_file, write_json, write_text
 
 log = logging.getLogger("pipeline")
 PACKAGE = Path(__file__).resolve().parent
@@ -142,7 +142,7 @@ class Cache:
             return sha256_file(path)
         st = path.stat()
         book_path = self.location / "digests.json"
-        book = _read_json_or_empty(book_path)
+        book = read_json_dict(book_path)
         seen = book.get(str(path))
         if isinstance(seen, dict) and seen.get("size") == st.st_size \
                 and seen.get("mtime_ns") == st.st_mtime_ns:
@@ -183,7 +183,7 @@ class Cache:
 
     def _why(self, stage: str, key: dict) -> str:
         """Compare this call's key with the stage's previous one and say what changed."""
-        last = _read_json_or_empty(self.location / "last" / f"{stage}.json")
+        last = read_json_dict(self.location / "last" / f"{stage}.json")
         if not last:
             return "no earlier result"
         reasons = [f"input {n} changed" for n, d in key["inputs"].items()
@@ -205,14 +205,6 @@ def _show(v) -> str:
 
 def _combined(digests: dict[str, str]) -> str:
     return hashlib.sha256(json.dumps(digests, sort_keys=True).encode()).hexdigest()[:16]
-
-
-def _read_json_or_empty(path: Path) -> dict:
-    try:
-        value = read_json(path)
-    except (OSError, ValueError):
-        return {}
-    return value if isinstance(value, dict) else {}
 
 
 def _seal_path(shelved) -> Path:

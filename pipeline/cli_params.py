@@ -49,12 +49,29 @@ def _callback(p: Param):
     return check
 
 
+class RegistryChoice(click.Choice):
+    """click.Choice over a registry read when used, so a newly registered name is accepted
+    and shown in --help."""
+
+    def __init__(self, choices):
+        self._choices = choices
+        super().__init__([])
+
+    @property
+    def choices(self):
+        return tuple(self._choices())
+
+    @choices.setter
+    def choices(self, value):  # click.Choice.__init__ assigns; the registry is the truth
+        pass
+
+
 def param_option(p: Param):
     """One click option for a declared parameter, with default None ("not set here")."""
     if p.kind == "bool":
         flag = p.option[2:]
         return click.option(f"--{flag}/--no-{flag}", p.name, default=None, help=_help(p))
-    kind = click.Choice(p.choices()) if p.choices is not None else str
+    kind = RegistryChoice(p.choices) if p.choices is not None else str
     metavar = {"int": "INT", "float": "NUMBER", "sizes": "SIZES", "str": "TEXT"}[p.kind]
     return click.option(p.option, p.name, type=kind, default=None, callback=_callback(p),
                         metavar=None if p.choices is not None else metavar, help=_help(p))
@@ -143,12 +160,21 @@ def params_table(rows) -> str:
 
 
 def make_help() -> str:
-    """The make variables, each with its default, for `make help`."""
+    """The make variables, each with its help and defaults, for `make help`."""
+    import textwrap
     lines = ["Parameters (make VAR=value; each one you set sticks in params.toml, "
-             "`digits params` shows them):"]
+             "`make params` shows them):"]
     for p in (q for s in ("split", "train", "model", "predict") for q in section(s)):
-        lines.append(f"  {p.make_var:<19} {_default_text(p):<28} {p.help.split('. ')[0]}")
-    lines.append("Other variables: MIRROR=dir (data source), MESSAGE='...' FORCE=1 TIMEOUT=s "
-                 "(upload), OFFLINE=1 (submissions), SUBMISSION=file (validate, upload), "
-                 "RESUME=0 (train afresh).")
+        text = f"{p.help} Default: {_default_text(p)}."
+        lines.append(textwrap.fill(text, width=100, initial_indent=f"  {p.make_var:<19} ",
+                                   subsequent_indent=" " * 22))
+    lines.append(textwrap.fill(
+        "Other variables: MIRROR=dir (data source), MESSAGE='...' FORCE=1 TIMEOUT=seconds "
+        "(upload), OFFLINE=1 (submissions), SUBMISSION=file (validate, upload), RESUME=0 "
+        "(train afresh). Values pass to digits intact: quotes and spaces are fine.",
+        width=100))
     return "\n".join(lines)
+
+
+__all__ = ["make_defaults", "make_help", "overrides", "param_option", "param_options",
+           "params_table", "save_settled", "settle"]

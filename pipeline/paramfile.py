@@ -44,10 +44,15 @@ class ParamFileError(UserError):
     """params.toml cannot be read or holds a bad value."""
 
 
+def empty() -> dict[str, dict]:
+    """Nothing set: every parameter at its default."""
+    return {t: {} for t in GENERAL + MODELS}
+
+
 def load(path: Path) -> dict[str, dict]:
     """{"split": {...}, "train": {...}, "predict": {...}, "cnn": {...}, ...}: the values set in
     the file, each checked; {} tables when the file does not exist."""
-    values = {t: {} for t in GENERAL + MODELS}
+    values = empty()
     if not path.exists() and not path.is_symlink():
         return values
     from .readers import require_file  # a regular file of sane size, not a folder or a device
@@ -180,5 +185,6 @@ def describe(values: dict[str, dict]) -> list[tuple[Param, object, str]]:
     return rows
 
 
-__all__ = ["ParamFileError", "apply", "configs", "current_model", "describe", "load", "render",
+__all__ = ["ParamFileError", "apply", "configs", "current_model", "describe", "empty", "load",
+           "render",
            "save", "stamps"]

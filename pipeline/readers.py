@@ -103,6 +103,16 @@ def read_json_or_none(path: Path, schema: S.JsonFile):
     return read_json(path, schema) if Path(path).exists() or Path(path).is_symlink() else None
 
 
+def read_json_or_warn(path: Path, schema: S.JsonFile):
+    """For a file the caller can do without (metrics for a ledger line): the checked document,
+    or None when it is missing, or None after ONE warning saying what is wrong with it."""
+    try:
+        return read_json_or_none(path, schema)
+    except StateFileError as e:
+        log.warning("%s; going on without it", str(e).split(". ")[0])
+        return None
+
+
 def read_normalizer(path: Path) -> dict[str, float]:
     return read_json(path, S.NORMALIZER)
 
@@ -320,5 +330,5 @@ def read_model(path: Path):
 
 __all__ = ["CV", "HISTORY", "METRICS", "StateFileError", "check_appendable",
            "check_npz_members", "display", "npz_rows", "parse_json", "read_digits", "read_json",
-           "read_json_or_none", "read_jsonl", "read_model", "read_normalizer", "read_npz",
-           "read_split", "require_file", "submission_reference"]
+           "read_json_or_none", "read_json_or_warn", "read_jsonl", "read_model",
+           "read_normalizer", "read_npz", "read_split", "require_file", "submission_reference"]

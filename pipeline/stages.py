@@ -24,7 +24,7 @@ import numpy as np
 from . import data as data_mod
 from .cache import Cache
 from .config import ZIP_NAME, Paths, UserError, asdict, command_hint
-from .fileio import atomic_path, read_json, sha256_file, write_json, write_npz
+from .fileio import atomic_path, sha256_file, write_json, write_npz
 from .params import PredictConfig, SplitConfig, TrainConfig, resolve
 from .readers import read_digits, read_model, read_normalizer, read_split
 
@@ -262,14 +262,14 @@ def _train_metrics(hp: dict, results, paths: Paths) -> dict:
 
 def predict(paths: Paths, cfg: PredictConfig) -> dict:
     """Predict the test rows, write a validated submission.csv, keep a copy and a ledger line."""
-    from .readers import METRICS, read_json_or_none
+    from .readers import METRICS, read_json_or_warn
     from .submission import publish
     inputs, files = _inputs(paths, model=paths.model, parsed=paths.parsed,
                             normalizer=paths.normalizer)
     proba, _ = _cache(paths).call("predict", _predict, inputs=inputs, params=asdict(cfg),
                                   files=files)
     ids = read_digits(paths.parsed)["test_ids"]
-    metrics = read_json_or_none(paths.metrics, METRICS) or {}
+    metrics = read_json_or_warn(paths.metrics, METRICS) or {}  # only for the ledger line
     sha = publish(paths.submission, paths.submission_history, paths.ledger, proba.argmax(1), ids,
                   {"model_sha256": inputs["model.npz"], "model": metrics.get("model"),
                    "params": {"train": metrics.get("params"), "predict": asdict(cfg)},
@@ -337,12 +337,15 @@ def report(paths: Paths, cfg: PredictConfig) -> dict:
     return {"path": out, "reused": False}
 
 
-def _read_json_or_empty(path: Path) -> dict:
-    try:
-        value = read_json(path)
-    except (OSError, ValueError):
-        return {}
-    return value if isinstance(value, dict) else {}
+def dev_accuracy(paths: Paths, *, tta: bool = False) -> float:
+    """Accuracy of the saved model on the dev rows (e.g. with test-time augmentation)."""
+    from .predict import predict_proba
+    from .preprocess import normalize as apply_normalizer
+    parsed = read_digits(paths.parsed)
+    dev_idx = read_split(paths.split, len(parsed["train_y"]))["dev_idx"]
+    x = apply_normalizer(parsed["train_x"][dev_idx], read_normalizer(paths.normalizer))
+    proba = predict_proba(read_model(paths.model), x, tta=tta)
+    return float(np.mean(proba.argmax(1) == parsed["train_y"][dev_idx]))
 
 
 def _rel(path: Path, paths: Paths) -> str:

@@ -65,7 +65,7 @@ def submission_text(labels) -> str:
     ("data/processed/normalizer.json", b'{"mean": 0.1, "std": 0}', ["predict", "--tta"], "std"),
     ("data/processed/normalizer.json", b'"hello"', ["show", "1"], "string"),
     ("data/models/model.npz", b"garbage", ["predict", "--tta"], "model.npz"),
-    ("data/models/metrics.json", b"[1]", ["predict", "--tta"], "metrics.json"),
+    ("data/models/history.json", b"[1]", ["report"], "history.json"),
     ("data/raw/digit-recognizer.zip", b"", ["download"], "digit-recognizer.zip"),
 ])
 def test_damaged_state_file_is_one_line_and_changes_nothing(project, rel, content, args, match):
