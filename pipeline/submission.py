@@ -175,9 +175,9 @@ def write_submission(path: Path, labels: np.ndarray, image_ids: np.ndarray) -> s
 
 def publish(path: Path, history: Path, ledger: Path, labels: np.ndarray,
             image_ids: np.ndarray, entry: dict, rel=display) -> str:
-    """Write the submission and, when it differs from the last one written, a "written" ledger
-    line (`entry` plus sha256 and the copy's file, shown by `rel`) and a timestamped copy in
-    `history`; -> sha256.
+    """Write the submission and, unless the last one written had the same bytes and model, a
+    "written" ledger line (`entry` plus sha256 and the copy's file, shown by `rel`) and a
+    timestamped copy in `history`; -> sha256.
 
     What can fail comes first (the ledger checked and read, tolerantly); right after `path` is
     replaced the ledger line is appended, so it is never lost; the copy comes last.
@@ -186,7 +186,9 @@ def publish(path: Path, history: Path, ledger: Path, labels: np.ndarray,
     content = render_submission(labels, image_ids)
     sha = hashlib.sha256(content).hexdigest()
     written = [e for e in read_ledger(ledger) if e.get("kind") == "written"]
-    new = not written or written[-1].get("sha256") != sha
+    last = written[-1] if written else {}
+    # a new file, or the same labels from another model: either way the ledger says who made it
+    new = (last.get("sha256"), last.get("model_sha256")) != (sha, entry.get("model_sha256"))
     copy = history / f"{path.stem}-{timestamp()}{path.suffix}"
     _write_checked(path, content, image_ids)
     if new:
