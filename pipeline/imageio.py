@@ -43,7 +43,7 @@ def check_image(path: Path) -> tuple[int, int]:
         with Image.open(path) as im:  # lazy: only the header is read
             width, height = im.size
     except Exception as e:  # UnidentifiedImageError, a truncated header, ...
-        raise ImageError(f"{path} is not an image file Pillow can read ({type(e).__name__}); "
+        raise ImageError(f"{path} is not an image file Pillow can read ({type(e).__name__}). "
                          f"{fix}") from None
     finally:
         Image.MAX_IMAGE_PIXELS = limit
