@@ -83,6 +83,29 @@ def test_damaged_npz_is_read_or_refused(tmp_path, name, data):
         assert "\n" not in str(e) and name in str(e)
 
 
+@FUZZ
+@given(data=st.data())
+def test_npz_arrays_swapped_for_other_types(tmp_path, data):
+    # any array of digits.npz or split.npz replaced by another dtype, shape or range: a read
+    # whose arrays fit the schema, or StateFileError
+    which = data.draw(st.sampled_from(["digits", "split"]))
+    arrays = digits_arrays() if which == "digits" else {"train_idx": np.arange(0, 27),
+                                                        "dev_idx": np.arange(27, 30)}
+    name = data.draw(st.sampled_from(sorted(arrays)))
+    dtype = data.draw(st.sampled_from([np.uint8, np.int32, np.int64, np.float32, np.float64,
+                                       np.bool_]))
+    shape = data.draw(st.sampled_from([arrays[name].shape, (0,), (3,), (30, 784), (8, 2, 2)]))
+    arrays[name] = (np.random.default_rng(0).normal(0, 300, shape)).astype(dtype)
+    path = tmp_path / f"{which}.npz"
+    path.write_bytes(npz_bytes(**arrays))
+    try:
+        got = R.read_digits(path) if which == "digits" else R.read_split(path, 30)
+    except R.StateFileError as e:
+        assert "\n" not in str(e)
+    else:
+        assert set(got) == set(arrays)
+
+
 @pytest.mark.parametrize("change, match", [
     (lambda a: {k: v for k, v in a.items() if k != "test_x"}, "has no array test_x"),
     (lambda a: {**a, "train_x": a["train_x"].astype(np.float32)}, "dtype float32"),
