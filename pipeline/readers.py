@@ -21,7 +21,7 @@ import numpy as np
 
 from . import schemas as S
 from .config import UserError
-from .schemas import CV, HISTORY, METRICS  # noqa: F401  (re-exported for the stages)
+from .schemas import HISTORY, METRICS  # noqa: F401  (re-exported for the stages)
 
 log = logging.getLogger("pipeline")
 
@@ -328,7 +328,7 @@ def read_model(path: Path):
     return models
 
 
-__all__ = ["CV", "HISTORY", "METRICS", "StateFileError", "check_appendable",
+__all__ = ["HISTORY", "METRICS", "StateFileError", "check_appendable",
            "check_npz_members", "display", "npz_rows", "parse_json", "read_digits", "read_json",
            "read_json_or_none", "read_json_or_warn", "read_jsonl", "read_model",
            "read_normalizer", "read_npz", "read_split", "require_file", "submission_reference"]

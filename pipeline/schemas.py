@@ -228,8 +228,6 @@ HISTORY = JsonFile(
                      "epochs": ListOf(Obj())}), min_len=1),
     fix=FIX_TRAIN)
 
-CV = JsonFile(what="the cross-validation results", root=Obj(), fix="Delete it and run `make cv`.")
-
 LEDGER = JsonlFile(
     what="the submissions ledger",
     record=Obj({"kind": Str(), "time": Str(optional=True), "sha256": Str(optional=True),
@@ -250,6 +248,6 @@ KAGGLE_JSON = JsonFile(
     fix="Download a fresh kaggle.json from https://www.kaggle.com/settings/api.",
     max_bytes=64 << 10)
 
-__all__ = ["ANY", "CV", "DIGITS", "HISTORY", "KAGGLE_JSON", "LEDGER", "METRICS", "NORMALIZER",
+__all__ = ["ANY", "DIGITS", "HISTORY", "KAGGLE_JSON", "LEDGER", "METRICS", "NORMALIZER",
            "RUNS", "AnyOf", "Array", "Bool", "JsonFile", "JsonlFile", "ListOf", "NpzFile", "Num",
            "Obj", "Str", "check", "split_schema"]
