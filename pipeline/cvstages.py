@@ -238,7 +238,9 @@ def train_folds(paths: Paths, cfg: TrainConfig, cv_cfg: CVConfig,
                              "dev_accuracy": None, "best_epoch": r["epochs"],
                              "train_seconds": round(r["seconds"], 2)}
                             for (f, s), r in zip(p.members, rs)])
-    save_models(paths.model, [r["model"] for r in rs], extra={"metrics": metrics})
+    from .fileio import atomic_path
+    with atomic_path(paths.model) as tmp:  # save_models by itself is not atomic
+        save_models(tmp, [r["model"] for r in rs], extra={"metrics": metrics})
     write_json(paths.history, [{"seed": s, "fold": f, "best_epoch": r["epochs"],
                                 "epochs": r["history"]} for (f, s), r in zip(p.members, rs)])
     write_json(paths.metrics, metrics)

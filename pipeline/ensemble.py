@@ -77,7 +77,9 @@ def train_ensemble(paths, hp: dict, par: parallel.ParallelConfig) -> dict:
                      100 * (r.dev_accuracy or 0), r.seconds, len(results), n)
     ordered = [(members[k], results[k], results[k].seconds) for k in range(n)]
     metrics = stages._train_metrics(hp, ordered, paths)
-    save_models(paths.model, [r.model for _, r, _ in ordered], extra={"metrics": metrics})
+    from .fileio import atomic_path
+    with atomic_path(paths.model) as tmp:  # save_models by itself is not atomic
+        save_models(tmp, [r.model for _, r, _ in ordered], extra={"metrics": metrics})
     write_json(paths.history, [{"seed": m["seed"], "best_epoch": r.best_epoch,
                                 "epochs": r.history} for m, r, _ in ordered])
     write_json(paths.metrics, metrics)
