@@ -23,7 +23,7 @@ from . import parallel, stages
 from .cache import _combined, _load_checked, _seal_path, code_digests
 from .config import Paths, UserError, asdict
 from .cv import CVConfig, fit_member, oof_summary, stratified_folds, stratified_rows
-from .fileio import read_json, read_npz, write_json, write_npz, write_text
+from .fileio import atomic_path, read_json, read_npz, write_json, write_npz, write_text
 from .params import TrainConfig, changed_from_default, resolve
 
 log = logging.getLogger("pipeline")
@@ -237,7 +237,8 @@ def train_folds(paths: Paths, cfg: TrainConfig, cv_cfg: CVConfig,
                              "dev_accuracy": None, "best_epoch": r["epochs"],
                              "train_seconds": round(r["seconds"], 2)}
                             for (f, s), r in zip(p.members, rs)])
-    save_models(paths.model, [r["model"] for r in rs], extra={"metrics": metrics})
+    with atomic_path(paths.model) as tmp:  # save_models writes where it is told
+        save_models(tmp, [r["model"] for r in rs], extra={"metrics": metrics})
     write_json(paths.history, [{"seed": s, "fold": f, "best_epoch": r["epochs"],
                                 "epochs": r["history"]} for (f, s), r in zip(p.members, rs)])
     write_json(paths.metrics, metrics)

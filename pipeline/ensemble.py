@@ -17,7 +17,7 @@ from pathlib import Path
 from . import parallel, stages
 from .cache import _combined, code_digests
 from .cvstages import _lookup, _store
-from .fileio import read_json, read_npz, write_json
+from .fileio import atomic_path, read_json, read_npz, write_json
 
 log = logging.getLogger("pipeline")
 
@@ -75,7 +75,8 @@ def train_ensemble(paths, hp: dict, par: parallel.ParallelConfig) -> dict:
                      100 * (r.dev_accuracy or 0), r.seconds, len(results), n)
     ordered = [(members[k], results[k], results[k].seconds) for k in range(n)]
     metrics = stages._train_metrics(hp, ordered, paths)
-    save_models(paths.model, [r.model for _, r, _ in ordered], extra={"metrics": metrics})
+    with atomic_path(paths.model) as tmp:  # save_models writes where it is told
+        save_models(tmp, [r.model for _, r, _ in ordered], extra={"metrics": metrics})
     write_json(paths.history, [{"seed": m["seed"], "best_epoch": r.best_epoch,
                                 "epochs": r.history} for m, r, _ in ordered])
     write_json(paths.metrics, metrics)
