@@ -146,12 +146,40 @@ class DigitsGroup(click.Group):
             raise UserFacingError("interrupted; finished outputs are intact, rerun to "
                                   "continue.", exit_code=130) from None
         except OSError as e:
-            if e.errno not in DISK_FULL:
-                raise
-            where = f" writing {e.filename}" if e.filename else ""
-            raise UserFacingError(f"no space left (or file too large){where}: "
-                                  f"{os.strerror(e.errno)}. Earlier outputs are intact; free "
-                                  f"some space and rerun.") from None
+            if e.errno in DISK_FULL:
+                where = f" writing {e.filename}" if e.filename else ""
+                raise UserFacingError(f"no space left (or file too large){where}: "
+                                      f"{os.strerror(e.errno)}. Earlier outputs are intact; free "
+                                      f"some space and rerun.") from None
+            if e.errno == errno.EPIPE:  # `digits runs | head -1`: the reader left; say nothing
+                sys.stdout = open(os.devnull, "w")  # noqa: SIM115 (no flush error at exit)
+                raise click.exceptions.Exit(1) from None
+            if e.filename and e.errno:  # e.g. permission denied on a file the user controls
+                raise UserFacingError(f"{os.strerror(e.errno)}: {e.filename}. Check that path "
+                                      f"and its permissions, then rerun.") from None
+            raise _unexpected(ctx, e) from None
+        except (click.exceptions.ClickException, click.exceptions.Exit, click.exceptions.Abort):
+            raise
+        except MemoryError as e:
+            raise UserFacingError("out of memory; use smaller --batch-size / --hidden / "
+                                  "--ensemble values, or free memory. " +
+                                  _logged(ctx, e)) from None
+        except Exception as e:  # the last line of defence: a bug, reported in one line
+            raise _unexpected(ctx, e) from None
+
+
+def _logged(ctx, e: BaseException) -> str:
+    from .crash import shown_path, write_crash_log
+    paths = ctx.obj.get("paths") if isinstance(ctx.obj, dict) else None
+    log = write_crash_log(paths.data if paths is not None else None, e)
+    return (f"The traceback is in {shown_path(log)}." if log is not None
+            else "No log could be written.")
+
+
+def _unexpected(ctx, e: Exception) -> UserFacingError:
+    from .crash import one_line
+    return UserFacingError(f"unexpected error ({one_line(e)}); this is a bug in digits, please "
+                           f"report it. {_logged(ctx, e)}")
 
 
 @click.group(cls=DigitsGroup, context_settings={"help_option_names": ["-h", "--help"],
@@ -231,8 +259,12 @@ def train(ctx, resume, **kw):
 
     A per-model option (epochs, lr, ...) is kept in that model's table of params.toml."""
     from . import stages
+    from .readers import npz_rows
+    from .resources import check_train_memory
     par = parallel_config(kw)
     split_cfg, train_cfg, _ = settle(ctx, kw, ctx.obj["paths"])
+    paths = ctx.obj["paths"]  # parameters that cannot fit are refused before any work
+    check_train_memory(train_cfg, npz_rows(paths.split, "train_idx") or 42000)
     if (train_cfg.folds or 0) >= 2:
         metrics = stages.train_folds(ctx.obj["paths"], train_cfg,
                                      cv_config(split_cfg, train_cfg), par)
@@ -288,7 +320,8 @@ def report(ctx, **kw):
               help="Description of this submission, shown on Kaggle and kept in the ledger. "
                    "[make: MESSAGE]")
 @click.option("--force", is_flag=True,
-              help="Upload even when this exact file was uploaded before. [make: FORCE=1]")
+              help="Upload even when this exact file was uploaded before, or when its labels "
+                   "look degenerate (see `digits validate`). [make: FORCE=1]")
 @click.option("--timeout", type=click.FloatRange(min=0, min_open=True), default=600.0,
               show_default=True, help="Seconds to wait for Kaggle's score before giving up "
                                       "waiting. [make: TIMEOUT]")
@@ -299,11 +332,13 @@ def upload(obj, message, force, timeout, submission):
     """Validate a submission (default: submissions/submission.csv), upload it to Kaggle, wait
     for its public score and record it in submissions/ledger.jsonl."""
     from . import kaggle_submit
+    from .readers import submission_reference
     paths = obj["paths"]
     entry = kaggle_submit.upload_submission(submission or paths.submission, message,
                                             ledger=paths.ledger, force=force,
                                             poll=kaggle_submit.Poll(timeout=timeout),
-                                            progress=obj["progress"] is not None)
+                                            progress=obj["progress"] is not None,
+                                            **submission_reference(paths.parsed))
     click.echo(f"public score: {entry['public_score']} (submission {entry['ref']}, "
                f"{entry['file']})")
 
@@ -334,6 +369,8 @@ def run(ctx, mirror, resume, with_report, **kw):
     paths, progress = ctx.obj["paths"], ctx.obj["progress"]
     par = parallel_config(kw)
     split_cfg, train_cfg, predict_cfg = settle(ctx, kw, paths)  # checked before any work
+    from .resources import check_train_memory
+    check_train_memory(train_cfg, split_cfg.max_train or 42000)
     stages.download(paths, sources(mirror or default_mirror(paths.root)), progress=progress)
     stages.split(paths, split_cfg)
     stages.normalize(paths)

@@ -20,6 +20,12 @@ N_CLASSES = 10
 N_TEST = 28000
 
 
+def expected_test_rows() -> int | None:
+    """The competition's N_TEST test rows; None (any count) with DIGITS_ANY_TEST_ROWS=1, which
+    only the test suite sets, for its small synthetic zips."""
+    return None if os.environ.get("DIGITS_ANY_TEST_ROWS") == "1" else N_TEST
+
+
 class UserError(Exception):
     """A problem the user can fix (bad input, missing data, bad credential).
 
@@ -186,5 +192,6 @@ def asdict(config) -> dict:
 
 __all__ = [
     "COMPETITION", "IMAGE_SIDE", "N_CLASSES", "N_PIXELS", "N_TEST", "Paths", "UserError",
-    "ZIP_NAME", "asdict", "kaggle_input", "kaggle_notebook", "kaggle_scratch",
+    "ZIP_NAME", "asdict", "expected_test_rows", "kaggle_input", "kaggle_notebook",
+    "kaggle_scratch",
 ]

@@ -23,7 +23,7 @@ from . import parallel, stages
 from .cache import _combined, _load_checked, _seal_path, code_digests
 from .config import Paths, UserError, asdict
 from .cv import CVConfig, fit_member, oof_summary, stratified_folds, stratified_rows
-from .fileio import read_json, read_npz, write_json, write_npz, write_text
+from .fileio import read_json, write_json, write_npz, write_text
 from .params import TrainConfig, changed_from_default, resolve
 
 log = logging.getLogger("pipeline")
@@ -185,8 +185,9 @@ def summarize(p: Plan, results: list[dict], labels: np.ndarray) -> tuple[dict, n
 
 def _data(paths: Paths):
     inputs, files = stages._inputs(paths, parsed=paths.parsed, normalizer=paths.normalizer)
-    parsed = read_npz(Path(files["parsed"]))
-    return inputs, parsed["train_x"], parsed["train_y"], read_json(Path(files["normalizer"]))
+    from .readers import read_digits, read_normalizer
+    parsed = read_digits(Path(files["parsed"]))
+    return inputs, parsed["train_x"], parsed["train_y"], read_normalizer(Path(files["normalizer"]))
 
 
 def _record(paths: Paths, summary: dict, trained: bool) -> None:

@@ -17,7 +17,6 @@ from pathlib import Path
 from . import parallel, stages
 from .cache import _combined, code_digests
 from .cvstages import _lookup, _store
-from .fileio import read_json, read_npz
 
 log = logging.getLogger("pipeline")
 
@@ -63,9 +62,11 @@ def train_ensemble(paths, hp: dict, par: parallel.ParallelConfig) -> dict:
         where = (f"dask scheduler {par.scheduler}" if par.backend == "dask"
                  else f"{min(parallel.workers(par), len(todo))} local worker(s)")
         log.info("train: training %d of %d member(s) on %s", len(todo), n, where)
-        parsed, split = read_npz(Path(files["parsed"])), read_npz(Path(files["split"]))
+        from .readers import read_digits, read_normalizer, read_split
+        parsed = read_digits(Path(files["parsed"]))
+        split = read_split(Path(files["split"]), len(parsed["train_y"]))
         data = {"pixels": parsed["train_x"], "labels": parsed["train_y"],
-                "normalizer": read_json(Path(files["normalizer"])),
+                "normalizer": read_normalizer(Path(files["normalizer"])),
                 "train_idx": split["train_idx"], "dev_idx": split["dev_idx"]}
         cores = parallel.cores_per_task(par, len(todo))
         tasks = [{"cfg": members[k], "cores": cores} for k in todo]

@@ -12,33 +12,32 @@ from pathlib import Path
 import numpy as np
 
 from .config import Paths, UserError
-from .fileio import read_json
 from .imageio import read_image, text_art, to_mnist
+from .readers import read_digits, read_model, read_normalizer, require_file
 
 TOP = 3  # probabilities shown by `show`
 
 
 def _require(path: Path, make_target: str) -> Path:
-    if not path.exists():
-        raise UserError(f"{path} is missing; run `{make_target}` first.")
+    require_file(path, f"Delete it and run `{make_target}` again.",
+                 missing=f"{path} is missing; run `{make_target}` first.")
     return path
 
 
 def classify(paths: Paths, pixels: np.ndarray, *, tta: bool = False) -> np.ndarray:
     """(N, 784) uint8 digits -> (N, 10) probabilities of the trained model (or ensemble)."""
-    from .nn import load_models
     from .predict import predict_proba
     from .preprocess import normalize
-    models = load_models(_require(paths.model, "make train"))
-    x = normalize(pixels, read_json(_require(paths.normalizer, "make normalize")))
+    models = read_model(_require(paths.model, "make train"))
+    x = normalize(pixels, read_normalizer(_require(paths.normalizer, "make normalize")))
     return predict_proba(models, x, tta=tta)
 
 
 def show(paths: Paths, n: int, *, train: bool = False) -> dict:
     """Row n (1-based: the ImageId of test.csv, or the row of train.csv) with its prediction."""
-    with np.load(_require(paths.parsed, "make data"), allow_pickle=False) as z:
-        x = z["train_x" if train else "test_x"]  # (N, 784) uint8
-        label = int(z["train_y"][n - 1]) if train and 1 <= n <= len(x) else None
+    z = read_digits(_require(paths.parsed, "make data"))
+    x = z["train_x" if train else "test_x"]  # (N, 784) uint8
+    label = int(z["train_y"][n - 1]) if train and 1 <= n <= len(x) else None
     if not 1 <= n <= len(x):
         raise UserError(f"{'train' if train else 'test'} row must be in 1..{len(x)}, got {n}.")
     pixels = x[n - 1]

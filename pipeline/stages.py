@@ -24,16 +24,9 @@ import numpy as np
 from . import data as data_mod
 from .cache import Cache
 from .config import ZIP_NAME, Paths, UserError, asdict, command_hint
-from .fileio import (
-    atomic_path,
-    read_json,
-    read_json_dict,
-    read_npz,
-    sha256_file,
-    write_json,
-    write_npz,
-)
+from .fileio import atomic_path, sha256_file, write_json, write_npz
 from .params import PredictConfig, SplitConfig, TrainConfig, resolve
+from .readers import read_digits, read_model, read_normalizer, read_split
 
 log = logging.getLogger("pipeline")
 
@@ -55,7 +48,7 @@ def _parse(files, inputs, params, code) -> dict[str, np.ndarray]:
 
 
 def _split(files, inputs, params, code) -> dict[str, np.ndarray]:
-    y = read_npz(files["parsed"])["train_y"]
+    y = read_digits(files["parsed"])["train_y"]
     train_idx, dev_idx = data_mod.stratified_split(y, params["dev_fraction"], params["seed"],
                                                    params["max_train"])
     return {"train_idx": train_idx, "dev_idx": dev_idx}
@@ -63,15 +56,16 @@ def _split(files, inputs, params, code) -> dict[str, np.ndarray]:
 
 def _normalize(files, inputs, params, code) -> dict[str, float]:
     from .preprocess import fit_normalizer
-    x = read_npz(files["parsed"])["train_x"]
-    return fit_normalizer(x[read_npz(files["split"])["train_idx"]])
+    x = read_digits(files["parsed"])["train_x"]
+    return fit_normalizer(x[read_split(files["split"], len(x))["train_idx"]])
 
 
 def _train(files, inputs, params, code):
     from .preprocess import normalize
     from .train import train
-    parsed, split = read_npz(files["parsed"]), read_npz(files["split"])
-    x = normalize(parsed["train_x"], read_json(files["normalizer"]))  # (42000, 28, 28, 1) float32
+    parsed = read_digits(files["parsed"])
+    split = read_split(files["split"], len(parsed["train_y"]))
+    x = normalize(parsed["train_x"], read_normalizer(files["normalizer"]))  # (42000, 28, 28, 1)
     y = parsed["train_y"].astype(np.int64)
     t, d = split["train_idx"], split["dev_idx"]
     return train(TrainConfig(**params), x[t], y[t], x[d], y[d], progress=files["progress"],
@@ -79,11 +73,10 @@ def _train(files, inputs, params, code):
 
 
 def _predict(files, inputs, params, code) -> np.ndarray:
-    from .nn import load_models
     from .predict import predict_proba
     from .preprocess import normalize
-    models = load_models(Path(files["model"]))
-    x = normalize(read_npz(files["parsed"])["test_x"], read_json(files["normalizer"]))
+    models = read_model(Path(files["model"]))
+    x = normalize(read_digits(files["parsed"])["test_x"], read_normalizer(files["normalizer"]))
     return predict_proba(models, x, batch_size=params["batch_size"], tta=params["tta"])
 
 
@@ -99,17 +92,21 @@ def _inputs(paths: Paths, **files: Path) -> tuple[dict[str, str], dict[str, str]
     cache = _cache(paths)
     need = {"parsed": "download", "split": "split", "normalizer": "normalize", "model": "train",
             "history": "train", "metrics": "train"}
+    from .readers import require_file  # a regular file: not a folder, a device or a FIFO
     for key, path in files.items():
-        if not path.exists():
-            raise UserError(f"{_rel(path, paths)} is missing; run `{command_hint(need[key])}` "
-                            f"first.")
+        require_file(path, f"Delete it and run `{command_hint(need[key])}` again.",
+                     missing=f"{_rel(path, paths)} is missing; run `{command_hint(need[key])}` "
+                             f"first.")
     return ({p.name: cache.file_digest(p) for p in files.values()},
             {k: str(p) for k, p in files.items()})
 
 
 def locate_source(paths: Paths, sources: Sources) -> Path:
     """The competition data: data/raw's zip, a Kaggle Notebook input, the mirror, or the API."""
-    if paths.raw_zip.exists():
+    if paths.raw_zip.exists() or paths.raw_zip.is_symlink():
+        from .readers import require_file
+        require_file(paths.raw_zip, f"Remove it and put the competition's {ZIP_NAME} there, "
+                     f"or run `{command_hint('download')}` to fetch it.")
         log.info("download: using %s (already there)", _rel(paths.raw_zip, paths))
         return paths.raw_zip
     if (sources.kaggle_input / "train.csv").is_file():
@@ -198,6 +195,8 @@ def train(paths: Paths, cfg: TrainConfig, *, progress="bar", resume: bool = True
         return train_ensemble(paths, hp, par or ParallelConfig())
     inputs, files = _inputs(paths, parsed=paths.parsed, split=paths.split,
                             normalizer=paths.normalizer)
+    from .readers import check_appendable
+    check_appendable(paths.runs, "the run history")  # refused now, not after the training
     results, computed = [], []
     for k in range(hp["ensemble"]):
         params = {**hp, "seed": hp["seed"] + k, "ensemble": 1}
@@ -265,7 +264,8 @@ def _train_metrics(hp: dict, results, paths: Paths) -> dict:
     dev_accuracy, dev = None, {}
     if results[0][1].dev_proba is not None:
         from .metrics import dev_metrics
-        y_dev = read_npz(paths.parsed)["train_y"][read_npz(paths.split)["dev_idx"]]
+        y_all = read_digits(paths.parsed)["train_y"]
+        y_dev = y_all[read_split(paths.split, len(y_all))["dev_idx"]]
         proba = np.mean([r.dev_proba for _, r, _ in results], axis=0)  # (n_dev, 10)
         dev_accuracy = float(np.mean(proba.argmax(1) == y_dev))
         dev = dev_metrics(y_dev, proba)  # dev_loss, dev_size, per_class precision/recall
@@ -281,33 +281,31 @@ def _train_metrics(hp: dict, results, paths: Paths) -> dict:
 
 def predict(paths: Paths, cfg: PredictConfig) -> dict:
     """Predict the test rows, write a validated submission.csv, keep a copy and a ledger line."""
-    from .submission import append_ledger, keep_copy, read_ledger, timestamp, write_submission
+    from .readers import METRICS, read_json_or_warn
+    from .submission import publish
     inputs, files = _inputs(paths, model=paths.model, parsed=paths.parsed,
                             normalizer=paths.normalizer)
     proba, _ = _cache(paths).call("predict", _predict, inputs=inputs, params=asdict(cfg),
                                   files=files)
-    ids = read_npz(paths.parsed)["test_ids"]
-    sha = write_submission(paths.submission, proba.argmax(1), ids)
-    metrics = read_json_dict(paths.metrics)
-    written = [e for e in read_ledger(paths.ledger) if e.get("kind") == "written"]
-    if not written or written[-1].get("sha256") != sha:
-        copy = keep_copy(paths.submission, paths.submission_history, timestamp())
-        append_ledger(paths.ledger, {
-            "kind": "written", "file": _rel(copy, paths), "sha256": sha,
-            "model_sha256": inputs["model.npz"], "model": metrics.get("model"),
-            "params": {"train": metrics.get("params"), "predict": asdict(cfg)},
-            "dev_accuracy": metrics.get("dev_accuracy"),
-            **_oof_entry(metrics, cfg.tta)})
+    ids = read_digits(paths.parsed)["test_ids"]
+    metrics = read_json_or_warn(paths.metrics, METRICS) or {}  # only for the ledger line
+    sha = publish(paths.submission, paths.submission_history, paths.ledger, proba.argmax(1), ids,
+                  {"model_sha256": inputs["model.npz"], "model": metrics.get("model"),
+                   "params": {"train": metrics.get("params"), "predict": asdict(cfg)},
+                   "dev_accuracy": metrics.get("dev_accuracy"),
+                   **_oof_entry(metrics, cfg.tta)},
+                  rel=lambda p: _rel(p, paths))
     return {"path": paths.submission, "sha256": sha, "rows": len(ids),
             "dev_accuracy": metrics.get("dev_accuracy")}
 
 
 def validate(paths: Paths, path: Path | None = None) -> dict:
-    """Validate a submission against sample_submission.csv's ImageIds; say what made it."""
-    from .submission import read_ledger, validate_submission
+    """Check a submission by the rule upload uses (submission.check_submission: the format,
+    sample_submission.csv's ImageIds, labels not degenerate); say what made it."""
+    from .readers import submission_reference
+    from .submission import check_submission, read_ledger
     path = Path(path) if path is not None else paths.submission
-    ids = read_npz(paths.parsed)["test_ids"] if paths.parsed.exists() else None
-    labels = validate_submission(path, ids)
+    labels = check_submission(path, **submission_reference(paths.parsed))
     sha = sha256_file(path)
     made = [e for e in read_ledger(paths.ledger) if e.get("kind") == "written"
             and e.get("sha256") == sha]
@@ -341,18 +339,20 @@ def report(paths: Paths, cfg: PredictConfig) -> dict:
         log.info("report: reused %s", _rel(found, paths))
         return {"path": found, "reused": True}
     log.info("report: drawing the figures")
-    from .nn import load_models
     from .preprocess import normalize as apply_normalizer
+    from .readers import HISTORY, METRICS
+    from .readers import read_json as read_checked
     test_proba, _ = _cache(paths).call(
         "predict", _predict, params=asdict(cfg),
         inputs={k: inputs[k] for k in ("model.npz", "digits.npz", "normalizer.json")},
         files={k: files[k] for k in ("model", "parsed", "normalizer")})
-    parsed, dev_idx = read_npz(paths.parsed), read_npz(paths.split)["dev_idx"]
+    parsed = read_digits(paths.parsed)
+    dev_idx = read_split(paths.split, len(parsed["train_y"]))["dev_idx"]
     dev_pixels = parsed["train_x"][dev_idx]  # (n_dev, 784) uint8
     out = report_mod.write_report(paths.reports, report_mod.ReportInputs(
-        models=load_models(paths.model), history=read_json(paths.history),
-        metrics=read_json(paths.metrics), dev_pixels=dev_pixels,
-        dev_x=apply_normalizer(dev_pixels, read_json(paths.normalizer)),
+        models=read_model(paths.model), history=read_checked(paths.history, HISTORY),
+        metrics=read_checked(paths.metrics, METRICS), dev_pixels=dev_pixels,
+        dev_x=apply_normalizer(dev_pixels, read_normalizer(paths.normalizer)),
         dev_y=parsed["train_y"][dev_idx], train_y=parsed["train_y"], test_proba=test_proba,
         key=key))
     log.info("report: wrote %s", _rel(out, paths))
@@ -361,12 +361,12 @@ def report(paths: Paths, cfg: PredictConfig) -> dict:
 
 def dev_accuracy(paths: Paths, *, tta: bool = False) -> float:
     """Accuracy of the saved model on the dev rows (e.g. with test-time augmentation)."""
-    from .nn import load_models
     from .predict import predict_proba
     from .preprocess import normalize as apply_normalizer
-    parsed, dev_idx = read_npz(paths.parsed), read_npz(paths.split)["dev_idx"]
-    x = apply_normalizer(parsed["train_x"][dev_idx], read_json(paths.normalizer))
-    proba = predict_proba(load_models(paths.model), x, tta=tta)
+    parsed = read_digits(paths.parsed)
+    dev_idx = read_split(paths.split, len(parsed["train_y"]))["dev_idx"]
+    x = apply_normalizer(parsed["train_x"][dev_idx], read_normalizer(paths.normalizer))
+    proba = predict_proba(read_model(paths.model), x, tta=tta)
     return float(np.mean(proba.argmax(1) == parsed["train_y"][dev_idx]))
 
 
