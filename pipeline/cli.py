@@ -404,6 +404,30 @@ def predict_image(obj, image):
     click.echo(glance.describe(glance.predict_image(obj["paths"], image), top=10))
 
 
+@cli.command()
+@click.option("--model", "name", type=click.Choice(MODELS), default="cnn", show_default=True,
+              help="Architecture to check, with its default hyperparameters (freshly initialized).")
+@click.option("--batch", type=click.IntRange(4, 64), default=4, show_default=True,
+              help="Random images in the batch (at least 4: BatchNorm over fewer rows is "
+                   "nearly flat, so its gradient is too small to check).")
+@click.option("--samples", type=click.IntRange(1, 1000), default=12, show_default=True,
+              help="Entries compared per gradient tensor.")
+@click.option("--seed", type=int, default=0, show_default=True,
+              help="Seed of the weights, the batch, the dropout masks and the entries drawn.")
+def gradcheck(name, batch, samples, seed):
+    """Check backpropagation against finite differences, layer by layer: float64, a small
+    random batch, dropout with a fixed mask. Prints each gradient's relative error
+    ||backprop - numeric|| / (||backprop|| + ||numeric||); exit 1 if any is 1e-6 or more.
+    The same check the tests run (pipeline/nn/gradcheck.py)."""
+    from .nn import gradcheck as gc
+    rows = gc.check_architecture(name, batch=batch, samples=samples, seed=seed)
+    click.echo(gc.table(rows))
+    failed = [f"{r.layer}.{r.tensor}" for r in rows if not r.ok]
+    if failed:
+        raise UserError(f"gradient check failed for {', '.join(failed)}: the backward pass of "
+                        "those layers disagrees with finite differences.")
+
+
 def _summary(result: dict) -> None:
     model = f" ({result['model']})" if result.get("model") else ""
     click.echo(f"{result['path']}: valid, {result['rows']} rows, dev accuracy "
