@@ -422,10 +422,9 @@ def gradcheck(name, batch, samples, seed):
     from .nn import gradcheck as gc
     rows = gc.check_architecture(name, batch=batch, samples=samples, seed=seed)
     click.echo(gc.table(rows))
-    failed = [f"{r.layer}.{r.tensor}" for r in rows if not r.ok]
-    if failed:
-        raise UserError(f"gradient check failed for {', '.join(failed)}: the backward pass of "
-                        "those layers disagrees with finite differences.")
+    culprit = gc.culprit(rows)
+    if culprit:
+        raise UserError(f"gradient check failed: {culprit}")
 
 
 def _summary(result: dict) -> None:

@@ -219,6 +219,21 @@ def check_architecture(name, *, batch=BATCH, samples=SAMPLES, seed=0, **hp):
     return check_model(model, x, y, samples=samples, seed=seed)
 
 
+def culprit(rows) -> str | None:
+    """Which layer's backward is wrong, or None when every check passed. A wrong gradient flows
+    down to every layer below, so the failing row nearest the output points at the culprit."""
+    bad = [r for r in rows if not r.ok]
+    if not bad:
+        return None
+    r = bad[-1]
+    what = (f"the backward of layer {r.layer} ({r.kind})" if r.layer != "loss"
+            else "the loss gradient")
+    why = (f"relative error {r.error:.1e}" if r.checked else "every entry tried sits on a kink")
+    below = ", ".join(f"{b.layer}.{b.tensor}" for b in bad[:-1])
+    return (f"{what} disagrees with finite differences ({r.layer}.{r.tensor}: {why})"
+            + (f"; failing with it below: {below}" if below else "") + ".")
+
+
 def table(rows) -> str:
     """The checks as a text table, one line per tensor, and a verdict line."""
     head = ("layer", "type", "gradient of", "shape", "checked", "kinks", "rel. error", "")
@@ -242,4 +257,4 @@ def table(rows) -> str:
 
 
 __all__ = ["BATCH", "Check", "H", "SAMPLES", "TOL", "check_architecture", "check_model",
-           "numgrad", "rel_error", "table"]
+           "culprit", "numgrad", "rel_error", "table"]
