@@ -385,12 +385,21 @@ def runs(obj, last):
 @click.argument("n", type=click.IntRange(min=1))
 @click.option("--train", "from_train", is_flag=True,
               help="Show row N of train.csv, with its label, instead of test.csv.")
+@click.option("--activations", is_flag=True,
+              help="Also print what each hidden layer makes of the digit, and draw it (with the "
+                   "first-layer weights of an MLP's most responsive units) in "
+                   "data/reports/activations-<test|train>-N.png.")
 @click.pass_obj
-def show(obj, n, from_train):
+def show(obj, n, from_train, activations):
     """Print test digit N (its ImageId, from 1) as text art with the model's prediction and
     top-3 probabilities."""
     from . import glance
-    click.echo(glance.describe(glance.show(obj["paths"], n, train=from_train)))
+    result = glance.show(obj["paths"], n, train=from_train, layers=activations)
+    click.echo(glance.describe(result))
+    if activations:
+        click.echo(glance.describe_layers(result))
+        png = obj["paths"].reports / f"activations-{'train' if from_train else 'test'}-{n}.png"
+        click.echo(f"figure: {glance.draw_layers(result, png)}")
 
 
 @cli.command("predict-image")
