@@ -217,9 +217,12 @@ def step_batchnorm(data):
     folded = trained.forward(xd)
     t_folded = time.perf_counter() - t
     t = time.perf_counter()
-    h = xd
-    for ly, P in zip(trained.spec["layers"], trained._P):
-        h, _ = LAYER_KINDS[ly["type"]][1](ly, P, h, False, None)
+    h = np.empty_like(folded)
+    for s in range(0, len(xd), 128):  # the same chunks of 128 rows as Model.forward
+        hc = xd[s:s + 128]
+        for ly, P in zip(trained.spec["layers"], trained._P):
+            hc, _ = LAYER_KINDS[ly["type"]][1](ly, P, hc, False, None)
+        h[s:s + 128] = hc
     t_layer = time.perf_counter() - t
     print(f"RESULT BatchNorm folded vs as a layer, 4200 dev rows: max |logit difference| "
           f"{float(np.abs(folded - h).max()):.1e}, {t_folded:.2f} s vs {t_layer:.2f} s", flush=True)
