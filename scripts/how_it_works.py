@@ -64,7 +64,7 @@ def accuracy(model, x, y):
 
 
 def fit(spec_or_model, data, *, epochs=1, batch=128, optimizer="adam", lr=1e-3, wd=0.0,
-        augment="none", rows=None, seed=0, steps=None):
+        augment="none", rows=None, seed=0, steps=None, evaluate=True):
     """Mini-batch training, plainly: shuffle, forward, loss, backward, optimizer step.
     batch=None is full-batch gradient descent (each epoch one step). -> (model, stats)."""
     x, y, xd, yd = data
@@ -89,6 +89,8 @@ def fit(spec_or_model, data, *, epochs=1, batch=128, optimizer="adam", lr=1e-3, 
             if steps and taken >= steps:
                 break
     seconds = time.perf_counter() - start
+    if not evaluate:
+        return model, {"seconds": seconds, "steps": taken}
     dev_loss = softmax_cross_entropy_forward(model.forward(xd), yd)[0]
     return model, {"train_acc": accuracy(model, x, y), "dev_acc": accuracy(model, xd, yd),
                    "dev_loss": dev_loss, "seconds": seconds, "steps": taken}
@@ -255,7 +257,7 @@ def step_pool(data):
     training step on 128 images."""
     for plan in ("32c5-p-64c5-p-fc128", "32c5-64c5-fc128"):
         model = Model(spec("cnn", plan=plan), rng=np.random.default_rng(0))
-        st = fit(model, data, steps=5)[1]
+        st = fit(model, data, steps=5, evaluate=False)[1]
         print(f"RESULT cnn {plan}: {model.theta.size:,} parameters, "
               f"{1e3 * st['seconds'] / st['steps']:.0f} ms per training step of 128", flush=True)
 

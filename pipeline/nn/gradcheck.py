@@ -9,7 +9,7 @@ layer the check compares, on a sample of entries (half the largest, half at rand
 
 with the central difference (L(theta + h) - L(theta - h)) / 2h, and reports the relative error
 ||analytic - numeric|| / (||analytic|| + ||numeric||) per tensor. A correct backward gives about
-1e-9 here; a wrong one gives 1e-2 or more. An entry whose +-h nudge flips a ReLU or a max-pool
+1e-10 here; a dW off by 1% gives 5e-3. An entry whose +-h nudge flips a ReLU or a max-pool
 winner sits on a kink of the loss, where the difference quotient means nothing: it is skipped,
 counted, and another entry is drawn. `digits gradcheck` prints the table; the tests call the same
 functions (`numgrad` for single layers, `check_model` for whole networks).
