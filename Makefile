@@ -14,45 +14,17 @@ PY := $(VENV)/bin/python
 DIGITS := $(PY) -m pipeline
 INSTALLED := $(VENV)/.installed
 
-# ---- parameters (empty means the model's own default; see `digits train --help`)
-MODEL ?= cnn
-EPOCHS ?=
-BATCH_SIZE ?=
-LR ?=
-OPTIMIZER ?=
-SCHEDULE ?=
-WEIGHT_DECAY ?=
-HIDDEN ?=
-ACTIVATION ?=
-DROPOUT ?=
-LABEL_SMOOTHING ?=
-AUGMENT ?=
-PATIENCE ?= 0
-REFIT ?= 0
-SEED ?= 0
-ENSEMBLE ?= 1
-DEV_FRACTION ?= 0.1
-SPLIT_SEED ?= 0
-MAX_TRAIN ?= 0
-TTA ?= 0
-MIRROR ?=
-MESSAGE ?= digits pipeline submission
-SUBMISSION ?= submissions/submission.csv
+# ---- parameters: declared once in pipeline/params.py, persisted in params.toml.
+# A variable given on make's command line (make train EPOCHS=30, make upload MESSAGE="it's ok")
+# reaches digits through the environment, intact: the Makefile names them in DIGITS_MAKE_VARS and
+# never pastes a value into a shell command. digits checks each against its declaration (an
+# unknown name or a bad value is refused) and writes parameters back to params.toml: they stick.
+MAKE_OWN := PYTHON VENV PY DIGITS INSTALLED  # the Makefile's own variables, not digits'
+export DIGITS_MAKE_VARS := $(filter-out $(MAKE_OWN),$(strip $(foreach v,$(.VARIABLES),$(if \
+  $(filter command line,$(origin $(v))),$(v)))))
 
 # this machine's pip.conf names local indexes that may be absent; drop its warnings about them
 PIP_FILTER := { grep -v 'is ignored: it is neither a file nor a directory' || true; }
-opt = $(if $(strip $(2)),$(1) $(2))
-flag = $(if $(filter 1 yes true,$(2)),--$(1),--no-$(1))
-SPLIT_ARGS := --dev-fraction $(DEV_FRACTION) --split-seed $(SPLIT_SEED) --max-train $(MAX_TRAIN)
-TRAIN_ARGS := --model $(MODEL) $(call opt,--epochs,$(EPOCHS)) $(call opt,--batch-size,$(BATCH_SIZE)) \
-  $(call opt,--lr,$(LR)) $(call opt,--optimizer,$(OPTIMIZER)) $(call opt,--schedule,$(SCHEDULE)) \
-  $(call opt,--weight-decay,$(WEIGHT_DECAY)) $(call opt,--hidden,$(HIDDEN)) \
-  $(call opt,--activation,$(ACTIVATION)) $(call opt,--dropout,$(DROPOUT)) \
-  $(call opt,--label-smoothing,$(LABEL_SMOOTHING)) $(call opt,--augment,$(AUGMENT)) \
-  --patience $(PATIENCE) $(call flag,refit,$(REFIT)) --seed $(SEED) --ensemble $(ENSEMBLE)
-TRAIN_ARGS := $(strip $(TRAIN_ARGS))
-PREDICT_ARGS := $(call flag,tta,$(TTA))
-DOWNLOAD_ARGS := $(call opt,--mirror,$(MIRROR))
 
 # ---- files
 SRC := $(shell find pipeline -name '*.py' 2>/dev/null)
@@ -63,17 +35,15 @@ NORMALIZER := data/processed/normalizer.json
 MODEL_FILE := data/models/model.npz
 SUBMISSION_FILE := submissions/submission.csv
 
-.PHONY: help submit data download split normalize train predict validate run upload \
-        submissions report test lint bench clean clean-cache clean-venv FORCE
+.PHONY: help install submit data download split normalize train predict validate run params \
+        upload submissions report test lint bench clean clean-cache clean-venv FORCE
 
-help: ## list the targets
+help: ## list the targets and the parameters
 	@echo "Kaggle Digit Recognizer, from scratch in NumPy. Usage: make <target> [VAR=value ...]"
 	@echo
-	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-13s %s\n", $$1, $$2}'
+	@grep -E '^[a-z -]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-13s %s\n", $$1, $$2}'
 	@echo
-	@echo "Variables: MODEL=$(MODEL) (cnn|mlp|seed) EPOCHS LR BATCH_SIZE OPTIMIZER SCHEDULE HIDDEN=256,128"
-	@echo "  ACTIVATION DROPOUT AUGMENT PATIENCE REFIT=0|1 SEED=$(SEED) ENSEMBLE=$(ENSEMBLE) TTA=0|1"
-	@echo "  DEV_FRACTION=$(DEV_FRACTION) SPLIT_SEED MAX_TRAIN=rows MIRROR=dir MESSAGE='...' (see digits <stage> --help)"
+	@if [ -x $(PY) ]; then $(DIGITS) params --make-help; else echo "Parameters: run 'make install' once, then 'make help' lists them with their defaults."; fi
 
 submit: validate report ## everything: venv, data, split, normalize, train, predict, validate, report
 
@@ -83,51 +53,55 @@ $(INSTALLED): setup.cfg pyproject.toml
 	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[dev]' 2>&1 | $(PIP_FILTER)
 	@touch $@
 
-# A stamp per stage holding its arguments, rewritten only when they change.
-$(STAMPS)/%.args: FORCE
-	@mkdir -p $(@D)
-	@echo '$(ARGS_$*)' | cmp -s - $@ || echo '$(ARGS_$*)' > $@
-ARGS_download = $(DOWNLOAD_ARGS)
-ARGS_split = $(SPLIT_ARGS)
-ARGS_train = $(TRAIN_ARGS)
-ARGS_predict = $(PREDICT_ARGS)
+install: $(INSTALLED) ## create .venv and install the package (make submit does it too)
 
-data download: $(PARSED) ## fetch and check the competition zip, parse the CSVs
-$(PARSED): $(INSTALLED) $(SRC) $(STAMPS)/download.args
-	$(DIGITS) download $(DOWNLOAD_ARGS)
+# One stamp per stage holding the parameters it depends on (from params.toml and the variables
+# given), rewritten by `digits params --stamps` only when they change, so make reruns exactly the
+# stages whose parameters changed. `predict` alone never retrains: its stamp holds predict's
+# parameters only, and the model's stamp changes only when a train parameter does.
+$(STAMPS)/%.params: $(STAMPS)/sync ; @:
+$(STAMPS)/sync: $(INSTALLED) FORCE
+	@$(DIGITS) params --stamps $(STAMPS)
+
+data download: $(PARSED) ## fetch and check the competition data (MIRROR=dir), parse the CSVs
+$(PARSED): $(INSTALLED) $(SRC) $(STAMPS)/download.params
+	$(DIGITS) download
 
 split: $(SPLIT) ## seeded, stratified train/dev split (DEV_FRACTION, SPLIT_SEED)
-$(SPLIT): $(PARSED) $(STAMPS)/split.args
-	$(DIGITS) split $(SPLIT_ARGS)
+$(SPLIT): $(PARSED) $(STAMPS)/split.params
+	$(DIGITS) split
 
 normalize: $(NORMALIZER) ## fit the normalization on the train rows
 $(NORMALIZER): $(SPLIT)
 	$(DIGITS) normalize
 
 train: $(MODEL_FILE) ## train the network (MODEL, EPOCHS, LR, ENSEMBLE, ...)
-$(MODEL_FILE): $(NORMALIZER) $(STAMPS)/train.args
-	$(DIGITS) train $(TRAIN_ARGS)
+$(MODEL_FILE): $(NORMALIZER) $(STAMPS)/train.params
+	$(DIGITS) train
 
 predict: $(SUBMISSION_FILE) ## label test.csv, write submissions/submission.csv (TTA)
-$(SUBMISSION_FILE): $(MODEL_FILE) $(STAMPS)/predict.args
-	$(DIGITS) predict $(PREDICT_ARGS)
+$(SUBMISSION_FILE): $(MODEL_FILE) $(STAMPS)/predict.params
+	$(DIGITS) predict
 
-validate: $(SUBMISSION_FILE) ## check the submission and print it with the dev accuracy
-	@$(DIGITS) validate $(SUBMISSION_FILE)
+validate: $(SUBMISSION_FILE) ## check the submission (SUBMISSION=file) and say which model made it
+	@$(DIGITS) validate
 
 # `digits report` reuses the report of an unchanged model; the stamp skips even that call.
 report: $(STAMPS)/report ## figures + report.md of the model in data/reports/<run>/ (also latest/)
-$(STAMPS)/report: $(SUBMISSION_FILE) $(SRC)
-	$(DIGITS) report $(PREDICT_ARGS)
+$(STAMPS)/report: $(SUBMISSION_FILE) $(SRC) $(STAMPS)/predict.params
+	$(DIGITS) report
 	@touch $@
 
 run: $(INSTALLED) ## all stages in one process (`digits run`), same caching as submit
-	$(DIGITS) run $(DOWNLOAD_ARGS) $(SPLIT_ARGS) $(TRAIN_ARGS) $(PREDICT_ARGS)
+	$(DIGITS) run
 
-upload: validate ## send the validated submission to Kaggle (MESSAGE='...')
-	$(DIGITS) upload -m '$(MESSAGE)' $(SUBMISSION)
+params: $(INSTALLED) ## show the parameters in effect (params.toml, set with VAR=value)
+	@$(DIGITS) params
 
-submissions: $(INSTALLED) ## the submissions ledger joined with Kaggle's status
+upload: validate ## send the validated submission to Kaggle (MESSAGE='...', FORCE=1)
+	$(DIGITS) upload
+
+submissions: $(INSTALLED) ## the submissions ledger joined with Kaggle's status (OFFLINE=1)
 	$(DIGITS) submissions
 
 test: $(INSTALLED) ## run the test suite
@@ -140,7 +114,7 @@ bench: $(INSTALLED) ## speed benchmark against PyTorch (installs the `bench` ext
 	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[bench]' 2>&1 | $(PIP_FILTER)
 	$(PY) scripts/bench.py
 
-clean: ## remove generated outputs (keeps data/raw, the cache and submissions history)
+clean: ## remove generated outputs and EVERY past report (keeps data/raw, the cache, submissions, params.toml)
 	rm -rf data/interim data/processed data/models data/reports $(STAMPS) $(SUBMISSION_FILE)
 
 clean-cache: ## remove the joblib cache (every stage recomputes next time)

@@ -1,8 +1,9 @@
 """The `digits` command: one thin click command per stage, plus `run` for all of them.
 
-Each command packs its options into the frozen config objects of `config.py`, calls one function
-of `stages.py` and prints one result line. A UserError anywhere becomes one line on stderr and
-exit code 1; bad usage is click's exit code 2. The library below never sees click.
+Each command settles its parameters (the options derived from `params.py`, make variables and
+params.toml, see `cli_params.py`) into the frozen configs, calls one function of `stages.py` and
+prints one result line. A UserError anywhere becomes one line on stderr and exit code 1; bad
+usage is click's exit code 2. The library below never sees click.
 """
 
 from __future__ import annotations
@@ -10,147 +11,16 @@ from __future__ import annotations
 import errno
 import functools
 import logging
-import math
 import os
 import sys
 from pathlib import Path
 
 import click
 
-from .config import Paths, PredictConfig, SplitConfig, TrainConfig, UserError
-
-MODELS = ("cnn", "mlp", "seed")
-OPTIMIZERS = ("sgd", "momentum", "nesterov", "adam", "adamw")
-SCHEDULES = ("constant", "step", "cosine", "onecycle")
-ACTIVATIONS = ("relu", "leaky_relu", "tanh", "sigmoid")
-
-
-class Hidden(click.ParamType):
-    """Hidden layer sizes written as "256,128"."""
-
-    name = "SIZES"
-
-    def convert(self, value, param, ctx):
-        if isinstance(value, tuple):
-            return value
-        try:
-            sizes = tuple(int(v) for v in str(value).replace(" ", "").split(",") if v)
-        except ValueError:
-            self.fail(f"expected comma-separated integers like 256,128, got {value!r}", param, ctx)
-        if not sizes or min(sizes) <= 0:
-            self.fail(f"hidden sizes must be > 0, got {list(sizes)}", param, ctx)
-        return sizes
-
-
-class FiniteRange(click.FloatRange):
-    """A FloatRange that also refuses nan and inf (which compare False to every bound)."""
-
-    def convert(self, value, param, ctx):
-        value = super().convert(value, param, ctx)
-        if not math.isfinite(value):
-            self.fail(f"{value} is not a finite number.", param, ctx)
-        return value
-
-
-def positive(kind=float):
-    return (FiniteRange(min=0, min_open=True) if kind is float
-            else click.IntRange(min=1))
-
-
-SPLIT_OPTIONS = [
-    click.option("--dev-fraction", type=FiniteRange(0, 1, min_open=True, max_open=True),
-                 default=SplitConfig.dev_fraction, show_default=True,
-                 help="Share of train.csv held out (stratified) to measure accuracy."),
-    click.option("--split-seed", type=int, default=SplitConfig.seed, show_default=True,
-                 help="Seed of the train/dev shuffle."),
-    click.option("--max-train", type=click.IntRange(min=0), default=SplitConfig.max_train,
-                 show_default=True, help="Train on at most this many rows (stratified), for "
-                                         "quick experiments; 0 = all."),
-]
-
-TRAIN_OPTIONS = [
-    click.option("--model", type=click.Choice(MODELS), default=TrainConfig.model,
-                 show_default=True, help="Network: cnn (best), mlp, or seed (784-10-10 baseline)."),
-    click.option("--epochs", type=positive(int), default=None,
-                 help="Training epochs (iterations for `seed`). [default: the model's own]"),
-    click.option("--batch-size", type=positive(int), default=None,
-                 help="Mini-batch size. [default: the model's own]"),
-    click.option("--lr", type=positive(), default=None,
-                 help="Peak learning rate, > 0. [default: the model's own]"),
-    click.option("--optimizer", type=click.Choice(OPTIMIZERS), default=None,
-                 help="Optimizer. [default: the model's own]"),
-    click.option("--schedule", type=click.Choice(SCHEDULES), default=None,
-                 help="Learning-rate schedule. [default: the model's own]"),
-    click.option("--weight-decay", type=FiniteRange(min=0), default=None,
-                 help="Decoupled weight decay, >= 0. [default: the model's own]"),
-    click.option("--hidden", type=Hidden(), default=None,
-                 help="MLP hidden layer sizes, e.g. 256,128. [default: the model's own]"),
-    click.option("--activation", type=click.Choice(ACTIVATIONS), default=None,
-                 help="MLP activation. [default: the model's own]"),
-    click.option("--dropout", type=FiniteRange(0, 1, max_open=True), default=None,
-                 help="Dropout rate in [0, 1). [default: the model's own]"),
-    click.option("--label-smoothing", type=FiniteRange(0, 1, max_open=True), default=None,
-                 help="Label smoothing in [0, 1). [default: the model's own]"),
-    click.option("--augment", type=str, default=None,
-                 help='Augmentation: "none", "default" or e.g. "shift=2,rotate=10,zoom=0.1,'
-                      'elastic=0". [default: the model\'s own]'),
-    click.option("--patience", type=click.IntRange(min=0), default=TrainConfig.patience,
-                 show_default=True, help="Stop after this many epochs without dev improvement "
-                                         "(0: never stop early)."),
-    click.option("--refit/--no-refit", default=TrainConfig.refit, show_default=True,
-                 help="Retrain on all labelled rows for the chosen number of epochs."),
-    click.option("--seed", type=int, default=TrainConfig.seed, show_default=True,
-                 help="Seed of initialization, shuffling and augmentation."),
-    click.option("--resume/--no-resume", default=True, show_default=True,
-                 help="Continue an interrupted training from its last epoch checkpoint (the "
-                      "result equals an uninterrupted run); --no-resume starts afresh."),
-    click.option("--ensemble", type=positive(int), default=TrainConfig.ensemble,
-                 show_default=True, help="Train this many models (seeds seed, seed+1, ...) "
-                                         "and average their probabilities."),
-]
-
-PREDICT_OPTIONS = [
-    click.option("--predict-batch-size", type=positive(int), default=PredictConfig.batch_size,
-                 show_default=True, help="Rows per forward pass at prediction (speed/memory)."),
-    click.option("--tta/--no-tta", default=PredictConfig.tta, show_default=True,
-                 help="Test-time augmentation: average over shifted copies of each image."),
-]
-
-
-def options(opts):
-    def decorate(f):
-        for opt in reversed(opts):
-            f = opt(f)
-        return f
-    return decorate
-
-
-def split_config(kw) -> SplitConfig:
-    return SplitConfig(dev_fraction=kw["dev_fraction"], seed=kw["split_seed"],
-                       max_train=kw["max_train"])
-
-
-def train_config(kw) -> TrainConfig:
-    defaults = {"epochs": 0, "batch_size": 0, "lr": 0.0, "optimizer": "", "schedule": "",
-                "weight_decay": -1.0, "hidden": (), "activation": "", "dropout": -1.0,
-                "label_smoothing": -1.0, "augment": ""}
-    values = {k: (defaults[k] if kw[k] is None else kw[k]) for k in defaults}
-    if values["augment"]:
-        _check_augment(values["augment"])
-    return TrainConfig(model=kw["model"], patience=kw["patience"], refit=kw["refit"],
-                       seed=kw["seed"], ensemble=kw["ensemble"], **values)
-
-
-def _check_augment(spec: str) -> None:
-    from .nn.augment import parse_augment
-    try:
-        parse_augment(spec)
-    except ValueError as e:
-        raise click.BadParameter(str(e), param_hint="'--augment'") from None
-
-
-def predict_config(kw) -> PredictConfig:
-    return PredictConfig(batch_size=kw["predict_batch_size"], tta=kw["tta"])
+from . import cli_params
+from .cli_params import param_options, settle
+from .config import Paths, UserError, command_hint
+from .text import pct
 
 
 def sources(mirror: str | None):
@@ -164,6 +34,24 @@ def default_mirror(root: Path) -> str | None:
         return os.environ["KAGGLE_MIRROR"]
     shared = root.parent / "shared" / "data"
     return str(shared) if shared.is_dir() else None
+
+
+RESUME_OPTION = click.option(
+    "--resume/--no-resume", default=True, show_default=True,
+    help="Continue an interrupted training from its last epoch checkpoint (the result equals "
+         "an uninterrupted run); --no-resume starts afresh. [make: RESUME=0]")
+
+
+def locked_ctx(f):
+    """`locked` for a command that takes the click context."""
+    @functools.wraps(f)
+    def wrapper(ctx, *args, **kwargs):
+        from .stages import project_lock
+        with project_lock(ctx.obj["paths"]):
+            out = f(ctx, *args, **kwargs)
+            cli_params.save_settled(ctx, ctx.obj["paths"])  # only once the command succeeded
+            return out
+    return wrapper
 
 
 def locked(f):
@@ -191,7 +79,11 @@ DISK_FULL = (errno.ENOSPC, errno.EFBIG, errno.EDQUOT)
 
 
 class DigitsGroup(click.Group):
-    """Turns the library's UserError (and Ctrl-C) into a message and exit code, not a traceback."""
+    """Lists the commands in pipeline order, and turns the library's UserError (and Ctrl-C) into
+    a message and exit code, not a traceback."""
+
+    def list_commands(self, ctx):
+        return list(self.commands)  # the order they are defined in: the pipeline's
 
     def invoke(self, ctx):
         try:
@@ -212,6 +104,7 @@ class DigitsGroup(click.Group):
 
 @click.group(cls=DigitsGroup, context_settings={"help_option_names": ["-h", "--help"],
                                                 "max_content_width": 100})
+@click.version_option(package_name="digits-pipeline", prog_name="digits")
 @click.option("--root", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Project directory holding data/ and submissions/. [default: $DIGITS_ROOT "
                    "or the current directory]")
@@ -220,13 +113,18 @@ class DigitsGroup(click.Group):
 def cli(ctx, root, quiet):
     """Kaggle Digit Recognizer, end to end, with a network written from scratch in NumPy.
 
-    Stages: download -> split -> normalize -> train -> predict -> validate. Each caches its
-    result and logs whether it reused it or recomputed it and why; `run` does them all.
+    Stages, in order: download -> split -> normalize -> train -> predict -> validate -> report
+    (-> upload). Each caches its result and logs whether it reused it or recomputed it and why;
+    `run` does them all. Parameters persist in params.toml: an option you pass sticks
+    (`digits params` shows them all).
     """
     paths = Paths(root.resolve()) if root else Paths.default()
     logging.basicConfig(level=logging.WARNING if quiet else logging.INFO,
                         format="digits: %(message)s", stream=sys.stderr, force=True)
-    ctx.obj = {"paths": paths, "progress": not quiet and sys.stderr.isatty()}
+    # progress: a bar in a terminal, one line per epoch in a log or notebook, nothing with -q
+    ctx.obj = {"paths": paths,
+               "progress": None if quiet else ("bar" if sys.stderr.isatty() else "lines")}
+    ctx.default_map = cli_params.make_defaults(cli)
 
 
 MIRROR_OPTION = click.option(
@@ -235,12 +133,13 @@ MIRROR_OPTION = click.option(
          "[default: $KAGGLE_MIRROR, else ../shared/data when it exists]")
 
 
-@cli.command()
+
+@cli.command(short_help="Fetch and check the competition data; parse it into arrays.")
 @MIRROR_OPTION
 @click.pass_obj
 @locked
 def download(obj, mirror):
-    """Fetch and check the competition data; parse it into uint8 arrays."""
+    """Fetch and check the competition data; parse the CSVs into uint8 arrays."""
     from . import stages
     paths = obj["paths"]
     out = stages.download(paths, sources(mirror or default_mirror(paths.root)),
@@ -248,17 +147,18 @@ def download(obj, mirror):
     click.echo(f"data: {out}")
 
 
-@cli.command()
-@options(SPLIT_OPTIONS)
-@click.pass_obj
-@locked
-def split(obj, **kw):
+@cli.command(short_help="Split train.csv into train and dev rows (seeded, stratified).")
+@param_options("split")
+@click.pass_context
+@locked_ctx
+def split(ctx, **kw):
     """Split train.csv into train and dev rows (seeded, stratified by label)."""
     from . import stages
-    click.echo(f"split: {stages.split(obj['paths'], split_config(kw))}")
+    split_cfg, _, _ = settle(ctx, kw, ctx.obj["paths"])
+    click.echo(f"split: {stages.split(ctx.obj['paths'], split_cfg)}")
 
 
-@cli.command()
+@cli.command(short_help="Fit the pixel normalization on the train rows only.")
 @click.pass_obj
 @locked
 def normalize(obj):
@@ -267,63 +167,89 @@ def normalize(obj):
     click.echo(f"normalizer: {stages.normalize(obj['paths'])}")
 
 
-@cli.command()
-@options(TRAIN_OPTIONS)
-@click.pass_obj
-@locked
-def train(obj, **kw):
-    """Train the network (or an ensemble) and save weights, history and metrics."""
+@cli.command(short_help="Train the network (or an ensemble); save weights and metrics.")
+@param_options("train", "model")
+@RESUME_OPTION
+@click.pass_context
+@locked_ctx
+def train(ctx, resume, **kw):
+    """Train the network (or an ensemble) and save weights, history and metrics.
+
+    A per-model option (epochs, lr, ...) is kept in that model's table of params.toml."""
     from . import stages
-    metrics = stages.train(obj["paths"], train_config(kw), progress=obj["progress"],
-                           resume=kw["resume"])
-    click.echo(f"model: {obj['paths'].model} ({metrics['model']}, dev accuracy "
-               f"{_pct(metrics['dev_accuracy'])})")
+    _, train_cfg, _ = settle(ctx, kw, ctx.obj["paths"])
+    metrics = stages.train(ctx.obj["paths"], train_cfg, progress=ctx.obj["progress"],
+                           resume=resume)
+    click.echo(f"model: {ctx.obj['paths'].model} ({metrics['model']}, dev-split accuracy "
+               f"{pct(metrics['dev_accuracy'])})")
 
 
-@cli.command()
-@options(PREDICT_OPTIONS)
-@click.pass_obj
-@locked
-def predict(obj, **kw):
-    """Label the 28000 test rows and write a validated submission.csv."""
+@cli.command(short_help="Label the 28000 test rows; write a validated submission.csv.")
+@param_options("predict")
+@click.pass_context
+@locked_ctx
+def predict(ctx, **kw):
+    """Label the 28000 test rows with the trained model and write a validated submission.csv.
+
+    Uses the model that is there (data/models/model.npz); it never trains."""
     from . import stages
-    out = stages.predict(obj["paths"], predict_config(kw))
+    _, _, predict_cfg = settle(ctx, kw, ctx.obj["paths"])
+    out = stages.predict(ctx.obj["paths"], predict_cfg)
     click.echo(f"submission: {out['path']} ({out['rows']} rows)")
 
 
-@cli.command()
-@click.argument("path", required=False, type=click.Path(dir_okay=False, path_type=Path))
+@cli.command(short_help="Check a submission file is one Kaggle accepts.")
+@click.argument("submission", required=False, type=click.Path(dir_okay=False, path_type=Path))
 @click.pass_obj
-def validate(obj, path):
-    """Check a submission file (default: submissions/submission.csv) is one Kaggle accepts."""
+def validate(obj, submission):
+    """Check a submission file (default: submissions/submission.csv) is one Kaggle accepts,
+    and say which model made it."""
     from . import stages
-    _summary(stages.validate(obj["paths"], path))
+    _summary(stages.validate(obj["paths"], submission))
 
 
-@cli.command()
-@click.option("-m", "--message", required=True,
-              help="Description of this submission, shown on Kaggle and kept in the ledger.")
+@cli.command(short_help="Figures and report.md of the trained model (data/reports/).")
+@param_options("predict")
+@click.pass_context
+@locked_ctx
+def report(ctx, **kw):
+    """Write data/reports/<run>/: learning curves, dev confusion matrix, the most confident
+    mistakes, what the first layer learned, test class shares, and a report.md tying them to the
+    run's parameters and metrics. Reused (quick) when the current model already has one."""
+    from . import stages
+    _, _, predict_cfg = settle(ctx, kw, ctx.obj["paths"])
+    out = stages.report(ctx.obj["paths"], predict_cfg)
+    click.echo(f"report: {out['path'] / 'report.md'}")
+
+
+@cli.command(short_help="Upload a validated submission to Kaggle and wait for its score.")
+@click.option("-m", "--message", default="digits pipeline submission", show_default=True,
+              help="Description of this submission, shown on Kaggle and kept in the ledger. "
+                   "[make: MESSAGE]")
 @click.option("--force", is_flag=True,
-              help="Upload even when this exact file was uploaded before.")
-@click.option("--timeout", type=positive(), default=600.0, show_default=True,
-              help="Seconds to wait for Kaggle's score before giving up waiting.")
-@click.argument("path", required=False, type=click.Path(dir_okay=False, path_type=Path))
+              help="Upload even when this exact file was uploaded before. [make: FORCE=1]")
+@click.option("--timeout", type=click.FloatRange(min=0, min_open=True), default=600.0,
+              show_default=True, help="Seconds to wait for Kaggle's score before giving up "
+                                      "waiting. [make: TIMEOUT]")
+@click.argument("submission", required=False, type=click.Path(dir_okay=False, path_type=Path))
 @click.pass_obj
 @locked
-def upload(obj, message, force, timeout, path):
+def upload(obj, message, force, timeout, submission):
     """Validate a submission (default: submissions/submission.csv), upload it to Kaggle, wait
     for its public score and record it in submissions/ledger.jsonl."""
     from . import kaggle_io
     paths = obj["paths"]
-    entry = kaggle_io.upload_submission(path or paths.submission, message, ledger=paths.ledger,
-                                        force=force, poll=kaggle_io.Poll(timeout=timeout),
-                                        progress=obj["progress"])
+    entry = kaggle_io.upload_submission(submission or paths.submission, message,
+                                        ledger=paths.ledger, force=force,
+                                        poll=kaggle_io.Poll(timeout=timeout),
+                                        progress=obj["progress"] is not None)
     click.echo(f"public score: {entry['public_score']} (submission {entry['ref']}, "
                f"{entry['file']})")
 
 
-@cli.command()
-@click.option("--offline", is_flag=True, help="Show the ledger alone, without asking Kaggle.")
+@cli.command(short_help="Uploaded submissions, newest first, with Kaggle's scores.")
+@click.option("--offline", is_flag=True,
+              help="Show the ledger alone, without asking Kaggle. [make: OFFLINE=1]")
 @click.pass_obj
 def submissions(obj, offline):
     """Uploaded submissions, newest first: the ledger joined with Kaggle's status and score."""
@@ -332,56 +258,72 @@ def submissions(obj, offline):
     click.echo(kaggle_io.submissions_table(rows) if rows else "no submissions yet")
 
 
-@cli.command()
+@cli.command(short_help="Every stage in order, each reused when nothing changed.")
 @MIRROR_OPTION
-@options(SPLIT_OPTIONS + TRAIN_OPTIONS + PREDICT_OPTIONS)
+@param_options("split", "train", "model", "predict")
+@RESUME_OPTION
 @click.option("--report/--no-report", "with_report", default=True, show_default=True,
               help="End with the report stage (figures and report.md under data/reports).")
-@click.pass_obj
-@locked
-def run(obj, mirror, with_report, **kw):
+@click.pass_context
+@locked_ctx
+def run(ctx, mirror, resume, with_report, **kw):
     """Run every stage in order (each reused from cache when nothing changed)."""
     from . import stages
-    paths = obj["paths"]
-    train_cfg = train_config(kw)  # checked before any work starts
-    stages.download(paths, sources(mirror or default_mirror(paths.root)), progress=obj["progress"])
-    stages.split(paths, split_config(kw))
+    paths, progress = ctx.obj["paths"], ctx.obj["progress"]
+    split_cfg, train_cfg, predict_cfg = settle(ctx, kw, paths)  # checked before any work
+    stages.download(paths, sources(mirror or default_mirror(paths.root)), progress=progress)
+    stages.split(paths, split_cfg)
     stages.normalize(paths)
-    stages.train(paths, train_cfg, progress=obj["progress"], resume=kw["resume"])
-    stages.predict(paths, predict_config(kw))
+    stages.train(paths, train_cfg, progress=progress, resume=resume)
+    stages.predict(paths, predict_cfg)
     _summary(stages.validate(paths))
     if with_report:
-        out = stages.report(paths, predict_config(kw))
+        out = stages.report(paths, predict_cfg)
         click.echo(f"report: {out['path'] / 'report.md'}")
 
 
-@cli.command()
-@options(PREDICT_OPTIONS)
-@click.pass_obj
-@locked
-def report(obj, **kw):
-    """Write data/reports/<run>/: learning curves, dev confusion matrix, the most confident
-    mistakes, what the first layer learned, test class shares, and a report.md tying them to the
-    run's parameters and metrics. Reused (quick) when the current model already has one."""
-    from . import stages
-    out = stages.report(obj["paths"], predict_config(kw))
-    click.echo(f"report: {out['path'] / 'report.md'}")
+@cli.command(short_help="Show, or set, the parameters kept in params.toml.")
+@param_options("split", "train", "model", "predict")
+@click.option("--stamps", type=click.Path(file_okay=False, path_type=Path), default=None,
+              hidden=True, help="Write one stamp file per stage (for the Makefile).")
+@click.option("--mirror", default=None, hidden=True)
+@click.option("--make-help", is_flag=True, hidden=True,
+              help="Print the make variables (for `make help`).")
+@click.pass_context
+def params(ctx, stamps, mirror, make_help, **kw):
+    """Show the parameters in effect (value and where it comes from: params.toml or the
+    model's default); any option given sets that value in params.toml first."""
+    from . import paramfile
+    paths = ctx.obj["paths"]
+    if make_help:
+        click.echo(cli_params.make_help())
+        return
+    from .stages import project_lock
+    with project_lock(paths):
+        settle(ctx, kw, paths, save_now=True)
+        values = paramfile.load(paths.params)
+    if stamps is not None:
+        lines = {**paramfile.stamps(values), "download": mirror or ""}
+        for stage, line in lines.items():
+            write_if_changed(stamps / f"{stage}.params", line + "\n")
+        return
+    click.echo(cli_params.params_table(paramfile.describe(values)))
 
 
-@cli.command()
+@cli.command(short_help="Past training runs: model, accuracy, time, what changed.")
 @click.option("-n", "--last", type=click.IntRange(min=1), default=None,
               help="Show only the last N runs.")
 @click.pass_obj
 def runs(obj, last):
     """Past training runs, oldest first: when, model, dev accuracy, training time and the
     options changed from their defaults (data/runs.jsonl)."""
-    from .report import read_runs, runs_table
+    from .runs import read_runs, runs_table
     rows = read_runs(obj["paths"].runs)
     click.echo(runs_table(rows[-last:] if last else rows) if rows else
-               "no training runs recorded yet; run `make train`")
+               f"no training runs recorded yet; run `{command_hint('train')}`")
 
 
-@cli.command()
+@cli.command(short_help="Print a test digit as text art with the model's prediction.")
 @click.argument("n", type=click.IntRange(min=1))
 @click.option("--train", "from_train", is_flag=True,
               help="Show row N of train.csv, with its label, instead of test.csv.")
@@ -402,13 +344,13 @@ def show(obj, n, from_train, activations):
         click.echo(f"figure: {glance.draw_layers(result, png)}")
 
 
-@cli.command("predict-image")
+@cli.command("predict-image", short_help="Classify your own handwritten digit image.")
 @click.argument("image", type=click.Path(dir_okay=False, path_type=Path))
 @click.pass_obj
 def predict_image(obj, image):
-    """Classify your own handwritten digit: a PNG of any size, dark-on-light or light-on-dark,
-    prepared the way MNIST digits were (grayscale, cropped, scaled into 20x20, centered by mass
-    in 28x28)."""
+    """Classify your own handwritten digit: an image of any size in any format Pillow reads
+    (PNG, JPEG, ...), dark-on-light or light-on-dark, prepared the way MNIST digits were
+    (grayscale, cropped, scaled into 20x20, centered by mass in 28x28)."""
     from . import glance
     click.echo(glance.describe(glance.predict_image(obj["paths"], image), top=10))
 
@@ -437,13 +379,19 @@ def gradcheck(name, batch, samples, seed):
 
 
 def _summary(result: dict) -> None:
-    model = f" ({result['model']})" if result.get("model") else ""
-    click.echo(f"{result['path']}: valid, {result['rows']} rows, dev accuracy "
-               f"{_pct(result['dev_accuracy'])}{model}, sha256 {result['sha256'][:12]}")
+    made_by = f" ({result['made_by']})" if result.get("made_by") else ""
+    click.echo(f"{result['path']}: valid, {result['rows']} rows{made_by}, "
+               f"sha256 {result['sha256'][:12]}")
+    if result.get("note"):
+        click.echo(f"note: {result['note']}")
 
 
-def _pct(x) -> str:
-    return "n/a" if x is None else f"{100 * x:.2f}%"
+def write_if_changed(path: Path, text: str) -> None:
+    """A Makefile stamp: rewritten only when its text changes, so make sees what changed."""
+    from .fileio import write_text
+    if not path.exists() or path.read_text(errors="replace") != text:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_text(path, text)
 
 
 def main() -> None:

@@ -1,7 +1,7 @@
 """Run configuration as frozen dataclasses, and every project path derived from one root.
 
-The CLI builds these objects once from its options and passes them down; no other module reads
-`sys.argv` or option parsing. Defaults here are the defaults users see in `--help` and the Makefile.
+The stage configs (SplitConfig, TrainConfig, PredictConfig) are derived from the parameter
+declarations in `params.py`; the CLI builds them once and passes them down.
 """
 
 from __future__ import annotations
@@ -32,6 +32,7 @@ class Paths:
     """Every file the pipeline reads or writes, derived from the project root."""
 
     root: Path
+    use_cache: bool = True  # False: every stage computes (joblib.Memory with no location)
 
     @classmethod
     def default(cls) -> Paths:
@@ -102,6 +103,11 @@ class Paths:
         return self.data / "runs.jsonl"
 
     @property
+    def params(self) -> Path:
+        """The persisted parameters: readable, editable, worth committing (params.toml)."""
+        return self.root / "params.toml"
+
+    @property
     def cache(self) -> Path:
         return self.data / "cache"
 
@@ -122,40 +128,14 @@ class Paths:
         return self.submissions / "ledger.jsonl"
 
 
-@dataclass(frozen=True)
-class SplitConfig:
-    dev_fraction: float = 0.1  # share of train.csv held out for measuring, stratified by label
-    seed: int = 0  # seeds the shuffle; the same seed gives the same split
-    max_train: int = 0  # keep at most this many training rows (stratified) for quick runs; 0 = all
+MAKE_TARGET = {"download": "data"}  # make targets named differently from their digits command
 
 
-@dataclass(frozen=True)
-class TrainConfig:
-    model: str = "cnn"  # cnn | mlp | seed
-    epochs: int = 0  # 0 means the model's own default
-    batch_size: int = 0  # 0 means the model's own default
-    lr: float = 0.0  # peak learning rate; 0 means the model's own default
-    optimizer: str = ""  # sgd | momentum | nesterov | adam | adamw; "" = model default
-    schedule: str = ""  # constant | step | cosine | onecycle; "" = model default
-    weight_decay: float = -1.0  # decoupled weight decay; negative = model default
-    hidden: tuple[int, ...] = ()  # MLP hidden sizes; () = model default
-    activation: str = ""  # relu | leaky_relu | tanh | sigmoid; "" = model default
-    dropout: float = -1.0  # negative = model default
-    label_smoothing: float = -1.0  # negative = model default
-    augment: str = ""  # "none", "default" or "shift=2,rotate=10,zoom=0.1,elastic=0"; "" = default
-    patience: int = 0  # early stopping patience in epochs; 0 = never stop early
-    refit: bool = False  # after choosing the epoch count on dev, retrain on all labelled rows
-    seed: int = 0  # seeds initialization, shuffling and augmentation
-    ensemble: int = 1  # number of models trained with seeds seed, seed+1, ...
-
-    def replace(self, **changes) -> TrainConfig:
-        return dataclasses.replace(self, **changes)
-
-
-@dataclass(frozen=True)
-class PredictConfig:
-    batch_size: int = 1000  # rows per forward pass; affects speed and memory only
-    tta: bool = False  # average predictions over a few shifted copies of each test image
+def command_hint(target: str) -> str:
+    """The command a user would type for a stage: the make target under make, else digits'."""
+    if os.environ.get("MAKELEVEL"):
+        return f"make {MAKE_TARGET.get(target, target)}"
+    return f"digits {target}"
 
 
 def asdict(config) -> dict:
@@ -165,6 +145,6 @@ def asdict(config) -> dict:
 
 
 __all__ = [
-    "COMPETITION", "IMAGE_SIDE", "N_CLASSES", "N_PIXELS", "N_TEST", "Paths", "PredictConfig",
-    "SplitConfig", "TrainConfig", "UserError", "ZIP_NAME", "asdict",
+    "COMPETITION", "IMAGE_SIDE", "N_CLASSES", "N_PIXELS", "N_TEST", "Paths", "UserError",
+    "ZIP_NAME", "asdict",
 ]

@@ -56,6 +56,16 @@ def read_json(path: Path):
     return json.loads(Path(path).read_text(encoding="utf-8"))
 
 
+def read_json_dict(path: Path) -> dict:
+    """A JSON object from `path`, or {} when it is missing, unreadable or not an object: for
+    bookkeeping files the pipeline can always rebuild (the cache's notes, metrics)."""
+    try:
+        value = read_json(path)
+    except (OSError, ValueError):
+        return {}
+    return value if isinstance(value, dict) else {}
+
+
 def write_npz(path: Path, **arrays: np.ndarray) -> None:
     """Save arrays uncompressed (fast to load) and atomically."""
     with atomic_path(path) as tmp:

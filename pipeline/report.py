@@ -1,6 +1,6 @@
 """A run's report: a folder of figures, a `report.md` that ties them to the run's parameters and
-metrics, and a `metrics.json`; plus the dev metrics the train stage records and the run history
-behind `digits runs`.
+metrics, and a `metrics.json`. The metrics themselves are `metrics.py`'s, the run history
+`runs.py`'s.
 
 The folder is built under a temporary name and renamed into place, so a report is whole or
 absent. The figures themselves are drawn by `figures.py`; which files feed a report, and when an
@@ -20,53 +20,15 @@ from pathlib import Path
 
 import numpy as np
 
-from .config import IMAGE_SIDE, N_CLASSES, TrainConfig, asdict
+from .config import IMAGE_SIDE, N_CLASSES
+from .metrics import confident_mistakes, confusion_matrix, dev_metrics, per_class
+from .params import applies, section
+from .runs import _duration, _short, run_name, utc_now
+from .text import pct as _pct
 
 KEY_FILE = ".report-key.json"  # what a report was made from; a match means it can be reused
 LATEST = "latest"  # data/reports/latest: a symlink to the newest report
-N_MISTAKES = 24  # most confidently wrong dev digits shown
 N_UNITS = 64  # first-layer units or filters shown at most
-PARAM_COLUMNS = ("epochs", "batch_size", "lr", "optimizer", "schedule", "weight_decay", "hidden",
-                 "activation", "dropout", "label_smoothing", "augment")
-
-
-# ------------------------------------------------------------------------ metrics from predictions
-
-
-def confusion_matrix(y: np.ndarray, pred: np.ndarray) -> np.ndarray:
-    """(10, 10) int64 counts: row = true class, column = predicted class."""
-    cm = np.zeros((N_CLASSES, N_CLASSES), np.int64)
-    np.add.at(cm, (np.asarray(y, np.int64), np.asarray(pred, np.int64)), 1)
-    return cm
-
-
-def per_class(cm: np.ndarray) -> dict[str, np.ndarray]:
-    """Precision, recall and support per class from a confusion matrix (0 where undefined)."""
-    tp = np.diag(cm).astype(np.float64)
-    predicted, support = cm.sum(axis=0), cm.sum(axis=1)
-    return {"precision": np.divide(tp, predicted, out=np.zeros(N_CLASSES), where=predicted > 0),
-            "recall": np.divide(tp, support, out=np.zeros(N_CLASSES), where=support > 0),
-            "support": support}
-
-
-def dev_metrics(y: np.ndarray, proba: np.ndarray) -> dict:
-    """JSON-able dev figures of (N,) labels and (N, 10) probabilities: loss, accuracy, per class."""
-    y = np.asarray(y, np.int64)
-    p_true = np.clip(proba[np.arange(len(y)), y], 1e-12, 1.0)  # (N,)
-    cm = confusion_matrix(y, proba.argmax(axis=1))
-    pc = per_class(cm)
-    return {"dev_loss": float(-np.mean(np.log(p_true))), "dev_size": int(len(y)),
-            "per_class": [{"class": k, "precision": round(float(pc["precision"][k]), 6),
-                           "recall": round(float(pc["recall"][k]), 6),
-                           "support": int(pc["support"][k])} for k in range(N_CLASSES)]}
-
-
-def confident_mistakes(y: np.ndarray, proba: np.ndarray, k: int = N_MISTAKES) -> np.ndarray:
-    """Indices of the k wrong predictions made with the highest probability, most sure first."""
-    pred = proba.argmax(axis=1)
-    wrong = np.flatnonzero(pred != y)
-    sure = proba[wrong, pred[wrong]]
-    return wrong[np.argsort(-sure, kind="stable")[:k]]
 
 
 # ------------------------------------------------------------------------ what the network learned
@@ -114,81 +76,6 @@ def feature_maps(model, conv_index: int, x: np.ndarray) -> np.ndarray:
 
 
 # ------------------------------------------------------------------------ run names and history
-
-
-def utc_now() -> dt.datetime:
-    return dt.datetime.now(dt.timezone.utc).replace(microsecond=0)
-
-
-def run_name(metrics: dict, when: dt.datetime) -> str:
-    """`<UTC time>-<model>-<params digest>`, e.g. 20240601T120301Z-cnn-68287b67f9bb."""
-    model, digest = metrics.get("model", "model"), metrics.get("params_digest", "na")
-    return f"{when:%Y%m%dT%H%M%SZ}-{model}-{digest}"
-
-
-def changed_params(params: dict) -> dict:
-    """The training options set away from their defaults: what this run tried."""
-    default = asdict(TrainConfig())
-    return {k: v for k, v in params.items() if k != "model" and default.get(k) != v}
-
-
-def run_record(metrics: dict, when: dt.datetime) -> dict:
-    """One line of data/runs.jsonl for a training run the train stage computed."""
-    return {"time": when.isoformat(), "model": metrics.get("model"),
-            "params": changed_params(metrics.get("params", {})),
-            "hyperparameters": metrics.get("hyperparameters"),
-            "params_digest": metrics.get("params_digest"),
-            "dev_accuracy": metrics.get("dev_accuracy"), "dev_loss": metrics.get("dev_loss"),
-            "train_seconds": metrics.get("train_seconds"),
-            "members": [m.get("seed") for m in metrics.get("members", [])]}
-
-
-def read_runs(path: Path) -> list[dict]:
-    """The records of data/runs.jsonl, oldest first; unreadable lines are skipped."""
-    runs = []
-    try:
-        lines = Path(path).read_text(encoding="utf-8").splitlines()
-    except FileNotFoundError:
-        return []
-    for line in lines:
-        try:
-            rec = json.loads(line)
-        except ValueError:
-            continue
-        if isinstance(rec, dict):
-            runs.append(rec)
-    return runs
-
-
-def runs_table(runs: list[dict]) -> str:
-    """Past training runs as an aligned text table, oldest first."""
-    head = ("when (UTC)", "model", "dev acc", "train time", "members", "params (changed)")
-    rows = []
-    for r in runs:
-        when = str(r.get("time", ""))[:16].replace("T", " ")
-        acc = r.get("dev_accuracy")
-        secs = r.get("train_seconds")
-        params = " ".join(f"{k}={_short(v)}" for k, v in sorted((r.get("params") or {}).items()))
-        rows.append((when, str(r.get("model", "?")),
-                     "n/a" if acc is None else f"{100 * acc:.2f}%",
-                     "n/a" if secs is None else _duration(secs),
-                     str(len(r.get("members") or [])), params or "defaults"))
-    widths = [max(len(row[i]) for row in [head, *rows]) for i in range(len(head))]
-    lines = ["  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in [head, *rows]]
-    return "\n".join([lines[0], "  ".join("-" * w for w in widths), *lines[1:]])
-
-
-def _short(v) -> str:
-    return ",".join(str(x) for x in v) if isinstance(v, (list, tuple)) else str(v)
-
-
-def _duration(seconds: float) -> str:
-    seconds = float(seconds)
-    if seconds < 60:
-        return f"{seconds:.1f}s"
-    if seconds < 3600:
-        return f"{seconds / 60:.1f}min"
-    return f"{seconds / 3600:.1f}h"
 
 
 # ------------------------------------------------------------------------ the run folder
@@ -379,17 +266,17 @@ def markdown(name: str, when: dt.datetime, inputs: ReportInputs, facts: dict) ->
         out += [f"| {x.get('seed')} | {_pct(x.get('dev_accuracy'))} | {x.get('best_epoch')} |"
                 for x in m["members"]]
         out += [""]
-    out += ["## Parameters", "", "Resolved settings (the model's defaults overridden by the "
-            "options given; `digits train --help` explains each):", "",
+    out += ["## Parameters", "", "Resolved settings: the model's defaults, or the value set in "
+            "params.toml, a make variable or an option (`digits params` explains each):", "",
             "| parameter | value | set by |", "| --- | --- | --- |"]
-    changed = changed_params(params)
-    for k in PARAM_COLUMNS:
-        if k in hp:
-            out.append(f"| {k} | `{_short(hp[k])}` | {'option' if k in changed else 'default'} |")
-    for k in ("patience", "refit", "seed", "ensemble"):
-        if k in params:
-            by = "option" if k in changed else "default"
-            out.append(f"| {k} | `{_short(params[k])}` | {by} |")
+    changed = m.get("params_changed") or {}
+    model = m.get("model") or "cnn"
+    for p in section("train") + section("model"):
+        if p.name in hp or p.name in params:
+            if applies(p, model) and p.name != "model":
+                value = hp.get(p.name, params.get(p.name))
+                by = "set" if p.name in changed else "default"
+                out.append(f"| {p.name} | `{_short(value)}` | {by} |")
     out += ["", "## Learning curves", "", f"![learning curves]({files['learning_curves']})", "",
             _curve_note(inputs.history), "",
             "## Confusion matrix (dev)", "", f"![confusion matrix]({files['confusion']})", "",
@@ -464,10 +351,6 @@ def _n_params(model) -> int:
     return int(getattr(model, "theta", np.zeros(0)).size)
 
 
-def _pct(x) -> str:
-    return "n/a" if x is None else f"{100 * float(x):.2f}%"
-
-
 def _num(x) -> str:
     return "n/a" if x is None else f"{float(x):.4f}"
 
@@ -476,6 +359,5 @@ def _join(values) -> str:
     return ", ".join(str(v) for v in values)
 
 
-__all__ = ["ReportInputs", "confident_mistakes", "confusion_matrix", "dev_metrics",
-           "feature_maps", "find_report", "first_layer", "per_class", "read_runs", "run_name",
-           "run_record", "runs_table", "write_report"]
+__all__ = ["ReportInputs", "feature_maps", "find_report", "first_layer", "markdown",
+           "point_latest", "write_report"]

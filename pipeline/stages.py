@@ -1,10 +1,9 @@
 """The pipeline's stages: each reads its input files, computes or reuses its result, writes outputs.
 
-This is the only module that knows both the file layout and joblib.Memory. A stage's cache key is
-the content digest of its input files, every parameter, and a digest of the package source it
-depends on (joblib alone only notices edits to the decorated function, not to helpers it calls).
-Each stage logs one line: reused from cache, or recomputed and why. The cached functions are
-module-level and pure; file paths are passed for reading only and left out of the key.
+This is the only module that knows the file layout. Each stage names its input files (their
+content digests key the cache), its parameters and a pure compute function; `cache.Cache` does
+the rest (joblib.Memory, the code digest, the log line saying reused or recomputed and why). The
+compute functions are module-level and pure; file paths are passed for reading only.
 """
 
 from __future__ import annotations
@@ -14,32 +13,29 @@ import fcntl
 import hashlib
 import json
 import logging
-import os
 import shutil
 import time
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
-import joblib
 import numpy as np
 
 from . import data as data_mod
-from .config import ZIP_NAME, Paths, PredictConfig, SplitConfig, TrainConfig, UserError, asdict
-from .fileio import atomic_path, read_json, read_npz, sha256_file, write_json, write_npz, write_text
+from .cache import Cache
+from .config import ZIP_NAME, Paths, UserError, asdict, command_hint
+from .fileio import (
+    atomic_path,
+    read_json,
+    read_json_dict,
+    read_npz,
+    sha256_file,
+    write_json,
+    write_npz,
+)
+from .params import PredictConfig, SplitConfig, TrainConfig, resolve
 
 log = logging.getLogger("pipeline")
-
-PACKAGE = Path(__file__).resolve().parent
-# The package source each stage's result depends on (files or directories under pipeline/).
-STAGE_CODE = {
-    "parse": ("data.py", "config.py"),
-    "split": ("data.py",),
-    "normalize": ("preprocess.py",),
-    "train": ("train.py", "nn", "preprocess.py"),
-    "predict": ("predict.py", "nn", "preprocess.py"),
-    "report": ("report.py", "figures.py", "predict.py", "nn", "preprocess.py"),
-}
 
 
 @dataclass(frozen=True)
@@ -51,140 +47,7 @@ class Sources:
     use_api: bool = True  # finally, download through the Kaggle API
 
 
-# ---------------------------------------------------------------- digests and cache bookkeeping
-
-
-def file_digest(path: Path, paths: Paths) -> str:
-    """sha256 of a file, remembered by (size, mtime) so unchanged files are not read again."""
-    path = Path(path).resolve()
-    st = path.stat()
-    book_path = paths.cache / "digests.json"
-    book = _read_json_or_empty(book_path)
-    key = str(path)
-    seen = book.get(key)
-    if seen and seen["size"] == st.st_size and seen["mtime_ns"] == st.st_mtime_ns:
-        return seen["sha256"]
-    digest = sha256_file(path)
-    book[key] = {"size": st.st_size, "mtime_ns": st.st_mtime_ns, "sha256": digest}
-    _ensure_cache_dir(paths)
-    write_json(book_path, book)
-    return digest
-
-
-def source_digest(source: Path, paths: Paths) -> str:
-    """Digest of the competition data: the zip's, or of the three CSVs in a directory."""
-    if source.is_file():
-        return file_digest(source, paths)
-    h = hashlib.sha256()
-    for name in data_mod.MEMBERS:
-        h.update(file_digest(source / name, paths).encode())
-    return h.hexdigest()
-
-
-def code_digests(stage: str) -> dict[str, str]:
-    """sha256 (12 hex digits) of every source file the stage depends on, by relative path."""
-    files = []
-    for entry in STAGE_CODE[stage]:
-        p = PACKAGE / entry
-        files += sorted(p.rglob("*.py")) if p.is_dir() else [p]
-    return {str(f.relative_to(PACKAGE.parent)): hashlib.sha256(f.read_bytes()).hexdigest()[:12]
-            for f in files if f.exists()}
-
-
-def _combined(digests: dict[str, str]) -> str:
-    return hashlib.sha256(json.dumps(digests, sort_keys=True).encode()).hexdigest()[:16]
-
-
-def _read_json_or_empty(path: Path) -> dict:
-    try:
-        return read_json(path)
-    except (OSError, ValueError):
-        return {}
-
-
-def _ensure_cache_dir(paths: Paths) -> None:
-    """The cache holds pickles: keep it owner-only (it must be trusted, see the README)."""
-    paths.cache.mkdir(parents=True, exist_ok=True)
-    os.chmod(paths.cache, 0o700)
-
-
-def memory(paths: Paths) -> joblib.Memory:
-    _ensure_cache_dir(paths)
-    return joblib.Memory(paths.cache / "joblib", verbose=0)
-
-
-def _why(stage: str, key: dict, paths: Paths) -> str:
-    """Compare this call's key with the stage's previous one and say what changed."""
-    last = _read_json_or_empty(paths.cache / "last" / f"{stage}.json")
-    if not last:
-        return "no earlier result"
-    reasons = []
-    for name, digest in key["inputs"].items():
-        if last.get("inputs", {}).get(name) != digest:
-            reasons.append(f"input {name} changed")
-    for name, value in key["params"].items():
-        before = last.get("params", {}).get(name, "<unset>")
-        if before != value:
-            reasons.append(f"parameter {name} changed {before} -> {value}")
-    changed = sorted(f for f, d in key["code"].items() if last.get("code", {}).get(f) != d)
-    if changed:
-        more = " ..." if len(changed) > 3 else ""
-        reasons.append(f"code changed ({', '.join(changed[:3])}{more})")
-    return "; ".join(reasons) or "cache entry missing (cleared or unreadable)"
-
-
-def cached_call(stage: str, func, paths: Paths, *, inputs: dict[str, str], params: dict,
-                files: dict | None = None, label: str = "") -> tuple[object, bool]:
-    """Call `func(files, inputs, params, code)` through joblib.Memory and log reuse or why not.
-
-    `inputs` maps input names to content digests, `params` holds every parameter (JSON-able),
-    `files` holds paths to read (not part of the key). Returns (result, reused from cache).
-    """
-    code = code_digests(stage)
-    key = {"inputs": inputs, "params": params, "code": code}
-    cached = memory(paths).cache(func, ignore=["files"])
-    name = f"{stage}{label}"
-    args = (files or {}, inputs, params, _combined(code))
-    result = None
-    if cached.check_call_in_cache(*args):
-        result = _load_checked(cached, args, name, paths)
-    else:
-        log.info("%s: recomputing (%s)", name, _why(stage, key, paths))
-    reused = result is not None
-    if not reused:
-        result = cached(*args)
-        write_text(_seal_path(cached.call_and_shelve(*args)), joblib.hash(result))
-    last = paths.cache / "last" / f"{stage}.json"
-    write_json(last, key)
-    return result, reused
-
-
-def _seal_path(shelved) -> Path:
-    """Beside a joblib entry's output.pkl: the digest of the result, written when stored."""
-    return Path(shelved.store_backend.location, shelved.func_id, shelved.args_id, "digest")
-
-
-def _load_checked(cached, args, name: str, paths: Paths):
-    """The cached result when it loads and matches its sealed digest; else None, after saying so
-    in one line and clearing the entry (a truncated or bit-flipped pickle is recomputed)."""
-    shelved = cached.call_and_shelve(*args)  # a reference; nothing is loaded yet
-    seal = _seal_path(shelved)
-    try:
-        result = shelved.get()
-        sealed = seal.read_text().strip() if seal.is_file() else None
-        problem = None if sealed == joblib.hash(result) else "its digest does not match"
-    except Exception as e:  # unpickling a damaged file can raise almost anything
-        problem = f"it cannot be read: {type(e).__name__}"
-    if problem is None:
-        log.info("%s: reused from cache", name)
-        return result
-    log.warning("%s: cache entry %s is corrupt (%s); recomputing", name,
-                _rel(seal.parent, paths), problem)
-    shelved.clear()
-    return None
-
-
-# ----------------------------------------------------------------------------- the stages
+# ----------------------------------------------------------------------------- compute
 
 
 def _parse(files, inputs, params, code) -> dict[str, np.ndarray]:
@@ -200,17 +63,19 @@ def _split(files, inputs, params, code) -> dict[str, np.ndarray]:
 
 def _normalize(files, inputs, params, code) -> dict[str, float]:
     from .preprocess import fit_normalizer
-    x = np.load(files["parsed"], allow_pickle=False)["train_x"]
-    train_idx = np.load(files["split"], allow_pickle=False)["train_idx"]
-    return fit_normalizer(x[train_idx])
+    x = read_npz(files["parsed"])["train_x"]
+    return fit_normalizer(x[read_npz(files["split"])["train_idx"]])
 
 
 def _train(files, inputs, params, code):
+    from .preprocess import normalize
     from .train import train
-    cfg = _train_config(params)
-    x_train, y_train, x_dev, y_dev = _training_arrays(files)
-    return train(cfg, x_train, y_train, x_dev, y_dev, progress=files["progress"],
-                 checkpoint=Path(files["checkpoint"]), resume=True)
+    parsed, split = read_npz(files["parsed"]), read_npz(files["split"])
+    x = normalize(parsed["train_x"], read_json(files["normalizer"]))  # (42000, 28, 28, 1) float32
+    y = parsed["train_y"].astype(np.int64)
+    t, d = split["train_idx"], split["dev_idx"]
+    return train(TrainConfig(**params), x[t], y[t], x[d], y[d], progress=files["progress"],
+                 checkpoint=Path(files["checkpoint"]), resume=True, label=files["label"])
 
 
 def _predict(files, inputs, params, code) -> np.ndarray:
@@ -218,24 +83,28 @@ def _predict(files, inputs, params, code) -> np.ndarray:
     from .predict import predict_proba
     from .preprocess import normalize
     models = load_models(Path(files["model"]))
-    test_x = np.load(files["parsed"], allow_pickle=False)["test_x"]
-    x = normalize(test_x, read_json(files["normalizer"]))
+    x = normalize(read_npz(files["parsed"])["test_x"], read_json(files["normalizer"]))
     return predict_proba(models, x, batch_size=params["batch_size"], tta=params["tta"])
 
 
-def _train_config(d: dict) -> TrainConfig:
-    return TrainConfig(**{**d, "hidden": tuple(d["hidden"])})
+# ----------------------------------------------------------------------------- the stages
 
 
-def _training_arrays(files):
-    from .preprocess import normalize
-    parsed = read_npz(files["parsed"])
-    split = read_npz(files["split"])
-    norm = read_json(files["normalizer"])
-    x = normalize(parsed["train_x"], norm)  # (42000, 28, 28, 1) float32
-    y = parsed["train_y"].astype(np.int64)
-    t, d = split["train_idx"], split["dev_idx"]
-    return x[t], y[t], x[d], y[d]
+def _cache(paths: Paths) -> Cache:
+    return Cache(paths.cache if paths.use_cache else None)
+
+
+def _inputs(paths: Paths, **files: Path) -> tuple[dict[str, str], dict[str, str]]:
+    """(digests by file name, paths by key) of a stage's input files, each required to exist."""
+    cache = _cache(paths)
+    need = {"parsed": "download", "split": "split", "normalizer": "normalize", "model": "train",
+            "history": "train", "metrics": "train"}
+    for key, path in files.items():
+        if not path.exists():
+            raise UserError(f"{_rel(path, paths)} is missing; run `{command_hint(need[key])}` "
+                            f"first.")
+    return ({p.name: cache.file_digest(p) for p in files.values()},
+            {k: str(p) for k, p in files.items()})
 
 
 def locate_source(paths: Paths, sources: Sources) -> Path:
@@ -272,72 +141,77 @@ def _no_data_message(paths: Paths) -> str:
             f"or provide Kaggle API credentials (see README, 'Credentials').")
 
 
-def download(paths: Paths, sources: Sources, *, progress: bool = True) -> Path:
+def download(paths: Paths, sources: Sources, *, progress=True) -> Path:
     """Locate the competition data, check it, and write the parsed uint8 arrays."""
     source = locate_source(paths, sources)
     digest = source_digest(source, paths)
-    arrays, _ = cached_call("parse", _parse, paths, inputs={ZIP_NAME: digest},
-                            params={}, files={"source": str(source), "progress": progress})
+    arrays, _ = _cache(paths).call("parse", _parse, inputs={ZIP_NAME: digest}, params={},
+                                   files={"source": str(source), "progress": bool(progress)})
     write_npz(paths.parsed, **arrays)
     return paths.parsed
 
 
+def source_digest(source: Path, paths: Paths) -> str:
+    """Digest of the competition data: the zip's, or of the three CSVs in a directory."""
+    cache = _cache(paths)
+    if source.is_file():
+        return cache.file_digest(source)
+    h = hashlib.sha256()
+    for name in data_mod.MEMBERS:
+        h.update(cache.file_digest(source / name).encode())
+    return h.hexdigest()
+
+
 def split(paths: Paths, cfg: SplitConfig) -> Path:
-    parsed = _require(paths.parsed, "make data", paths)
-    result, _ = cached_call("split", _split, paths,
-                            inputs={"digits.npz": file_digest(parsed, paths)},
-                            params=asdict(cfg), files={"parsed": str(parsed)})
+    inputs, files = _inputs(paths, parsed=paths.parsed)
+    result, _ = _cache(paths).call("split", _split, inputs=inputs, params=asdict(cfg),
+                                   files=files)
     write_npz(paths.split, **result)
     return paths.split
 
 
 def normalize(paths: Paths) -> Path:
-    parsed = _require(paths.parsed, "make data", paths)
-    split_file = _require(paths.split, "make split", paths)
-    result, _ = cached_call("normalize", _normalize, paths,
-                            inputs={"digits.npz": file_digest(parsed, paths),
-                                    "split.npz": file_digest(split_file, paths)},
-                            params={}, files={"parsed": str(parsed), "split": str(split_file)})
+    inputs, files = _inputs(paths, parsed=paths.parsed, split=paths.split)
+    result, _ = _cache(paths).call("normalize", _normalize, inputs=inputs, params={},
+                                   files=files)
     write_json(paths.normalizer, result)
     return paths.normalizer
 
 
-def train(paths: Paths, cfg: TrainConfig, *, progress: bool = True, resume: bool = True) -> dict:
+def train(paths: Paths, cfg: TrainConfig, *, progress="bar", resume: bool = True) -> dict:
     """Train cfg.ensemble models (seeds seed, seed+1, ...), save them together, write metrics.
 
     Each model checkpoints every epoch; an interrupted run continues from its last checkpoint
     (the same result as an uninterrupted run), unless `resume` is False.
     """
     from .nn import save_models
-    files = {"parsed": str(_require(paths.parsed, "make data", paths)),
-             "split": str(_require(paths.split, "make split", paths)),
-             "normalizer": str(_require(paths.normalizer, "make normalize", paths))}
-    inputs = {name: file_digest(Path(p), paths) for name, p in
-              (("digits.npz", files["parsed"]), ("split.npz", files["split"]),
-               ("normalizer.json", files["normalizer"]))}
+    hp = resolve(cfg)  # every parameter checked, the model's defaults filled in
+    inputs, files = _inputs(paths, parsed=paths.parsed, split=paths.split,
+                            normalizer=paths.normalizer)
     results, computed = [], []
-    for k in range(cfg.ensemble):
-        member = cfg.replace(seed=cfg.seed + k, ensemble=1)
-        params = asdict(member)
-        key = hashlib.sha256(json.dumps([inputs, params, code_digests("train")],
-                                        sort_keys=True).encode()).hexdigest()
-        member_files = {**files, "checkpoint": str(paths.checkpoints / f"{key[:16]}.npz")}
-        label = f" (model {k + 1}/{cfg.ensemble}, seed {member.seed})" if cfg.ensemble > 1 else ""
-        _check_checkpoint(Path(member_files["checkpoint"]), resume, paths, f"train{label}")
+    for k in range(hp["ensemble"]):
+        params = {**hp, "seed": hp["seed"] + k, "ensemble": 1}
+        key = hashlib.sha256(json.dumps([inputs, params], sort_keys=True).encode()).hexdigest()
+        checkpoint = paths.checkpoints / f"{key[:16]}.npz"
+        label = (f" (model {k + 1}/{hp['ensemble']}, seed {params['seed']})"
+                 if hp["ensemble"] > 1 else "")
+        _check_checkpoint(checkpoint, resume, paths, f"train{label}")
         start = time.perf_counter()
-        result, reused = cached_call("train", _train, paths, inputs=inputs, params=params,
-                                     files={**member_files, "progress": progress}, label=label)
+        result, reused = _cache(paths).call(
+            "train", _train, inputs=inputs, params=params, label=label,
+            files={**files, "checkpoint": str(checkpoint), "progress": progress,
+                   "label": f"train{label}"})
         computed.append(not reused)
-        Path(member_files["checkpoint"]).unlink(missing_ok=True)
-        results.append((member, result, time.perf_counter() - start))
-    metrics = _train_metrics(cfg, results, paths)
+        checkpoint.unlink(missing_ok=True)
+        results.append((params, result, time.perf_counter() - start))
+    metrics = _train_metrics(hp, results, paths)
     save_models(paths.model, [r.model for _, r, _ in results], extra={"metrics": metrics})
-    write_json(paths.history, [{"seed": m.seed, "best_epoch": r.best_epoch, "epochs": r.history}
-                               for m, r, _ in results])
+    write_json(paths.history, [{"seed": m["seed"], "best_epoch": r.best_epoch,
+                                "epochs": r.history} for m, r, _ in results])
     write_json(paths.metrics, metrics)
     if any(computed):  # one line of run history per training done, none for a cache reuse
         from .fileio import append_line
-        from .report import run_record, utc_now
+        from .runs import run_record, utc_now
         append_line(paths.runs, json.dumps(run_record(metrics, utc_now()), sort_keys=True))
     return metrics
 
@@ -364,21 +238,21 @@ def _check_checkpoint(path: Path, resume: bool, paths: Paths, name: str) -> None
              " of the refit" if phase else "")
 
 
-def _train_metrics(cfg: TrainConfig, results, paths: Paths) -> dict:
-    y_dev = None
-    if results[0][1].dev_proba is not None:
-        split = read_npz(paths.split)
-        y_dev = np.load(paths.parsed, allow_pickle=False)["train_y"][split["dev_idx"]]
-    members = [{"seed": m.seed, "dev_accuracy": r.dev_accuracy, "best_epoch": r.best_epoch,
+def _train_metrics(hp: dict, results, paths: Paths) -> dict:
+    """metrics.json: the parameters, each member's figures and the ensemble's dev figures."""
+    from .params import changed_from_default
+    members = [{"seed": m["seed"], "dev_accuracy": r.dev_accuracy, "best_epoch": r.best_epoch,
                 "train_seconds": round(r.seconds, 2)} for m, r, _ in results]
     dev_accuracy, dev = None, {}
-    if y_dev is not None:
-        from .report import dev_metrics
+    if results[0][1].dev_proba is not None:
+        from .metrics import dev_metrics
+        y_dev = read_npz(paths.parsed)["train_y"][read_npz(paths.split)["dev_idx"]]
         proba = np.mean([r.dev_proba for _, r, _ in results], axis=0)  # (n_dev, 10)
         dev_accuracy = float(np.mean(proba.argmax(1) == y_dev))
         dev = dev_metrics(y_dev, proba)  # dev_loss, dev_size, per_class precision/recall
-    params = asdict(cfg)
-    return {"model": cfg.model, "params": params,
+    params = json.loads(json.dumps(hp, default=list))
+    return {"model": hp["model"], "params": params,
+            "params_changed": json.loads(json.dumps(changed_from_default(hp), default=list)),
             "params_digest": hashlib.sha256(json.dumps(params, sort_keys=True).encode()
                                             ).hexdigest()[:12],
             "dev_accuracy": dev_accuracy, "members": members,
@@ -389,22 +263,19 @@ def _train_metrics(cfg: TrainConfig, results, paths: Paths) -> dict:
 def predict(paths: Paths, cfg: PredictConfig) -> dict:
     """Predict the test rows, write a validated submission.csv, keep a copy and a ledger line."""
     from .submission import append_ledger, keep_copy, read_ledger, timestamp, write_submission
-    files = {"model": str(_require(paths.model, "make train", paths)),
-             "parsed": str(_require(paths.parsed, "make data", paths)),
-             "normalizer": str(_require(paths.normalizer, "make normalize", paths))}
-    inputs = {"model.npz": file_digest(Path(files["model"]), paths),
-              "digits.npz": file_digest(Path(files["parsed"]), paths),
-              "normalizer.json": file_digest(Path(files["normalizer"]), paths)}
-    proba, _ = cached_call("predict", _predict, paths, inputs=inputs, params=asdict(cfg),
-                           files=files)
-    ids = np.load(files["parsed"], allow_pickle=False)["test_ids"]
+    inputs, files = _inputs(paths, model=paths.model, parsed=paths.parsed,
+                            normalizer=paths.normalizer)
+    proba, _ = _cache(paths).call("predict", _predict, inputs=inputs, params=asdict(cfg),
+                                  files=files)
+    ids = read_npz(paths.parsed)["test_ids"]
     sha = write_submission(paths.submission, proba.argmax(1), ids)
-    metrics = _read_json_or_empty(paths.metrics)
+    metrics = read_json_dict(paths.metrics)
     written = [e for e in read_ledger(paths.ledger) if e.get("kind") == "written"]
     if not written or written[-1].get("sha256") != sha:
         copy = keep_copy(paths.submission, paths.submission_history, timestamp())
         append_ledger(paths.ledger, {
             "kind": "written", "file": _rel(copy, paths), "sha256": sha,
+            "model_sha256": inputs["model.npz"], "model": metrics.get("model"),
             "params": {"train": metrics.get("params"), "predict": asdict(cfg)},
             "dev_accuracy": metrics.get("dev_accuracy")})
     return {"path": paths.submission, "sha256": sha, "rows": len(ids),
@@ -412,28 +283,37 @@ def predict(paths: Paths, cfg: PredictConfig) -> dict:
 
 
 def validate(paths: Paths, path: Path | None = None) -> dict:
-    """Validate a submission against sample_submission.csv's ImageIds; summarize it."""
-    from .submission import validate_submission
+    """Validate a submission against sample_submission.csv's ImageIds; say what made it."""
+    from .submission import read_ledger, validate_submission
     path = Path(path) if path is not None else paths.submission
-    ids = np.load(paths.parsed, allow_pickle=False)["test_ids"] if paths.parsed.exists() else None
+    ids = read_npz(paths.parsed)["test_ids"] if paths.parsed.exists() else None
     labels = validate_submission(path, ids)
-    metrics = _read_json_or_empty(paths.metrics)
-    return {"path": path, "rows": len(labels), "sha256": sha256_file(path),
-            "dev_accuracy": metrics.get("dev_accuracy"), "model": metrics.get("model")}
+    sha = sha256_file(path)
+    made = [e for e in read_ledger(paths.ledger) if e.get("kind") == "written"
+            and e.get("sha256") == sha]
+    made_by, note = None, None
+    if made:
+        e = made[-1]
+        acc = e.get("dev_accuracy")
+        made_by = f"made by {e.get('model') or 'a model'}" + (
+            f", dev-split accuracy {100 * acc:.2f}%" if isinstance(acc, float) else "")
+        if paths.model.exists() and e.get("model_sha256") not in (
+                None, _cache(paths).file_digest(paths.model)):
+            note = (f"the model now in {_rel(paths.model, paths)} is not the one that made this "
+                    f"file; `{command_hint('predict')}` writes its submission.")
+    return {"path": path, "rows": len(labels), "sha256": sha, "made_by": made_by, "note": note}
 
 
 def report(paths: Paths, cfg: PredictConfig) -> dict:
     """Write data/reports/<run>/ (figures, report.md, metrics.json) explaining the trained model;
     reuse an existing report made from the same files, parameters and code."""
     from . import report as report_mod
-    files = {"model.npz": _require(paths.model, "make train", paths),
-             "history.json": _require(paths.history, "make train", paths),
-             "metrics.json": _require(paths.metrics, "make train", paths),
-             "digits.npz": _require(paths.parsed, "make data", paths),
-             "split.npz": _require(paths.split, "make split", paths),
-             "normalizer.json": _require(paths.normalizer, "make normalize", paths)}
-    inputs = {name: file_digest(p, paths) for name, p in files.items()}
-    key = {"inputs": inputs, "predict": asdict(cfg), "code": code_digests("report")}
+    from .cache import code_digests
+    inputs, files = _inputs(paths, model=paths.model, history=paths.history,
+                            metrics=paths.metrics, parsed=paths.parsed, split=paths.split,
+                            normalizer=paths.normalizer)
+    key = {"inputs": inputs, "predict": asdict(cfg),
+           "code": code_digests(report_mod.write_report)}
     found = report_mod.find_report(paths.reports, key)
     if found is not None:
         report_mod.point_latest(paths.reports, found.name)
@@ -442,27 +322,31 @@ def report(paths: Paths, cfg: PredictConfig) -> dict:
     log.info("report: drawing the figures")
     from .nn import load_models
     from .preprocess import normalize as apply_normalizer
-    test_proba, _ = cached_call(
-        "predict", _predict, paths, params=asdict(cfg),
+    test_proba, _ = _cache(paths).call(
+        "predict", _predict, params=asdict(cfg),
         inputs={k: inputs[k] for k in ("model.npz", "digits.npz", "normalizer.json")},
-        files={"model": str(files["model.npz"]), "parsed": str(files["digits.npz"]),
-               "normalizer": str(files["normalizer.json"])})
-    parsed, dev_idx = read_npz(files["digits.npz"]), read_npz(files["split.npz"])["dev_idx"]
+        files={k: files[k] for k in ("model", "parsed", "normalizer")})
+    parsed, dev_idx = read_npz(paths.parsed), read_npz(paths.split)["dev_idx"]
     dev_pixels = parsed["train_x"][dev_idx]  # (n_dev, 784) uint8
     out = report_mod.write_report(paths.reports, report_mod.ReportInputs(
-        models=load_models(files["model.npz"]), history=read_json(files["history.json"]),
-        metrics=read_json(files["metrics.json"]), dev_pixels=dev_pixels,
-        dev_x=apply_normalizer(dev_pixels, read_json(files["normalizer.json"])),
+        models=load_models(paths.model), history=read_json(paths.history),
+        metrics=read_json(paths.metrics), dev_pixels=dev_pixels,
+        dev_x=apply_normalizer(dev_pixels, read_json(paths.normalizer)),
         dev_y=parsed["train_y"][dev_idx], train_y=parsed["train_y"], test_proba=test_proba,
         key=key))
     log.info("report: wrote %s", _rel(out, paths))
     return {"path": out, "reused": False}
 
 
-def _require(path: Path, make_target: str, paths: Paths) -> Path:
-    if not path.exists():
-        raise UserError(f"{_rel(path, paths)} is missing; run `{make_target}` first.")
-    return path
+def dev_accuracy(paths: Paths, *, tta: bool = False) -> float:
+    """Accuracy of the saved model on the dev rows (e.g. with test-time augmentation)."""
+    from .nn import load_models
+    from .predict import predict_proba
+    from .preprocess import normalize as apply_normalizer
+    parsed, dev_idx = read_npz(paths.parsed), read_npz(paths.split)["dev_idx"]
+    x = apply_normalizer(parsed["train_x"][dev_idx], read_json(paths.normalizer))
+    proba = predict_proba(load_models(paths.model), x, tta=tta)
+    return float(np.mean(proba.argmax(1) == parsed["train_y"][dev_idx]))
 
 
 def _rel(path: Path, paths: Paths) -> str:

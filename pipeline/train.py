@@ -1,11 +1,12 @@
-"""The training loop: mini-batch training of a `pipeline.nn` model from a TrainConfig, with
-on-the-fly augmentation, per-epoch dev evaluation, early stopping on dev accuracy (keeping the
-best epoch's parameters), optional refit on train+dev, and resumable per-epoch checkpoints.
+"""The training loop: `train_step` (one mini-batch), `run_epoch` (one pass), `fit` (epochs with
+dev evaluation and early stopping) and `train` (a whole run from a TrainConfig, with the optional
+refit on every labelled row and resumable checkpoints, `checkpoint.py`).
 
 Inputs are normalized float32 images (N, 28, 28, 1) and integer labels. Everything random
-(initialization, shuffling, augmentation, dropout) draws from one `np.random.default_rng(cfg.seed)`,
-so a run is reproducible and a resumed run equals an uninterrupted one. Ensembles are the
-caller's job (one train() per seed); file paths other than the checkpoint are too.
+(initialization, shuffling, augmentation, dropout) draws from one `np.random.default_rng(seed)`,
+so a run is reproducible and a resumed run equals an uninterrupted one. Ensembles and file paths
+other than the checkpoint are the caller's job. A non-finite loss or weights stop training with
+`TrainingDiverged`, before anything is saved, so the previous model stays.
 
 Refit (cfg.refit with a dev set): train() first fits on (x_train, y_train), picks the best epoch
 count on dev, then trains a fresh model on train+dev for that many epochs and returns it. The
@@ -24,23 +25,29 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.config import IMAGE_SIDE, N_CLASSES, TrainConfig, asdict
-from pipeline.fileio import atomic_path
+from pipeline import checkpoint as ckpt
+from pipeline.checkpoint import FitState
+from pipeline.config import IMAGE_SIDE, N_CLASSES, UserError, asdict
 from pipeline.nn.augment import augment_batch, parse_augment
-from pipeline.nn.layers import ACTIVATIONS
 from pipeline.nn.losses import (
     softmax,
     softmax_cross_entropy_backward,
     softmax_cross_entropy_forward,
 )
 from pipeline.nn.model import Model
-from pipeline.nn.models import ARCHITECTURES, DEFAULTS, build_spec
-from pipeline.nn.optim import OPTIMIZERS, Optimizer
-from pipeline.nn.schedules import SCHEDULES, make_schedule
+from pipeline.nn.models import build_spec
+from pipeline.nn.optim import Optimizer
+from pipeline.nn.schedules import make_schedule
 from pipeline.nn.threads import blas_threads
+from pipeline.params import resolve
+from pipeline.progress import EpochProgress
 
 EVAL_BATCH = 1000
 TRAIN_THREADS = 1  # OpenBLAS threads during training; see train()
+
+
+class TrainingDiverged(UserError):
+    """The loss or the weights stopped being finite numbers."""
 
 
 @dataclass
@@ -55,73 +62,9 @@ class TrainResult:
     refit_history: list[dict] = field(default_factory=list)
 
 
-# ----------------------------------------------------------------------------------------------
-# Hyperparameters: the model's defaults, overridden by whatever the config sets
-
-
-def hyperparameters(cfg: TrainConfig) -> dict:
-    """Resolve cfg against the model's DEFAULTS and validate; ValueError names a bad value."""
-    if cfg.model not in ARCHITECTURES:
-        raise ValueError(f"model must be one of {sorted(ARCHITECTURES)}, got {cfg.model!r}")
-    hp = dict(DEFAULTS[cfg.model])
-    if cfg.epochs < 0:
-        raise ValueError(f"epochs must be >= 1 (0 = model default), got {cfg.epochs}")
-    if cfg.batch_size < 0:
-        raise ValueError(f"batch_size must be >= 1 (0 = model default), got {cfg.batch_size}")
-    if cfg.lr < 0:
-        raise ValueError(f"lr must be > 0, got {cfg.lr}")
-    overrides = {
-        "epochs": cfg.epochs if cfg.epochs > 0 else None,
-        "batch_size": cfg.batch_size if cfg.batch_size > 0 else None,
-        "lr": cfg.lr if cfg.lr > 0 else None,
-        "optimizer": cfg.optimizer or None,
-        "schedule": cfg.schedule or None,
-        "weight_decay": cfg.weight_decay if cfg.weight_decay >= 0 else None,
-        "hidden": tuple(cfg.hidden) if cfg.hidden else None,
-        "activation": cfg.activation or None,
-        "dropout": cfg.dropout if cfg.dropout >= 0 else None,
-        "label_smoothing": cfg.label_smoothing if cfg.label_smoothing >= 0 else None,
-        "augment": cfg.augment or None,
-    }
-    hp.update({k: v for k, v in overrides.items() if v is not None})
-    if cfg.patience < 0:
-        raise ValueError(f"patience must be >= 0, got {cfg.patience}")
-    if hp["optimizer"] not in OPTIMIZERS:
-        raise ValueError(f"optimizer must be one of {sorted(OPTIMIZERS)}, got {hp['optimizer']!r}")
-    if hp["schedule"] not in SCHEDULES:
-        raise ValueError(f"schedule must be one of {sorted(SCHEDULES)}, got {hp['schedule']!r}")
-    if hp["activation"] not in ACTIVATIONS:
-        raise ValueError(
-            f"activation must be one of {sorted(ACTIVATIONS)}, got {hp['activation']!r}"
-        )
-    if not 0 <= hp["dropout"] < 1:
-        raise ValueError(f"dropout must be in [0, 1), got {hp['dropout']}")
-    if not 0 <= hp["label_smoothing"] < 1:
-        raise ValueError(f"label_smoothing must be in [0, 1), got {hp['label_smoothing']}")
-    if any(int(h) <= 0 for h in hp["hidden"]):
-        raise ValueError(f"hidden sizes must be > 0, got {list(hp['hidden'])}")
-    if not math.isfinite(hp["lr"]) or hp["lr"] <= 0:
-        raise ValueError(f"lr must be > 0, got {hp['lr']}")
-    parse_augment(hp["augment"])  # raises on a bad string
-    return hp
-
-
-def _check_data(x, y, what):
-    if x.ndim != 4 or x.shape[1:] != (IMAGE_SIDE, IMAGE_SIDE, 1):
-        raise ValueError(f"x_{what} must have shape (N, 28, 28, 1), got {x.shape}")
-    if y is None or y.shape != (x.shape[0],):
-        raise ValueError(
-            f"y_{what} must have shape ({x.shape[0]},), got {None if y is None else y.shape}"
-        )
-    if x.shape[0] == 0:
-        raise ValueError(f"x_{what} is empty")
-    if y.min() < 0 or y.max() >= N_CLASSES:
-        raise ValueError(f"y_{what} labels must be in 0..9, got {y.min()}..{y.max()}")
-    return np.ascontiguousarray(x, dtype=np.float32), np.asarray(y, dtype=np.int64)
-
-
-# ----------------------------------------------------------------------------------------------
-# Evaluation
+def hyperparameters(cfg) -> dict:
+    """cfg resolved against the model's defaults and checked (`params.resolve`)."""
+    return resolve(cfg)
 
 
 def evaluate(model, x, y, batch_size=EVAL_BATCH):
@@ -136,278 +79,191 @@ def evaluate(model, x, y, batch_size=EVAL_BATCH):
 
 
 # ----------------------------------------------------------------------------------------------
-# One fit: state that a checkpoint captures
+# One step, one epoch, one fit
+
+
+def train_step(model, opt, xb, yb, lr, rng, smoothing=0.0):
+    """Forward, loss, backward and one optimizer step on a batch -> (loss, correct count)."""
+    z, caches = model.forward_train(xb, rng)  # (B, 10)
+    loss, lcache = softmax_cross_entropy_forward(z, yb, smoothing)
+    model.backward(softmax_cross_entropy_backward(lcache), caches)
+    opt.step(model.theta, model.grad, lr)
+    return loss, int((z.argmax(axis=1) == yb).sum())
 
 
 @dataclass
-class _Fit:
-    model: Model
-    opt: Optimizer
-    epoch: int = 0  # epochs completed
-    history: list = field(default_factory=list)
-    best_epoch: int = 0
-    best_acc: float = -1.0
-    best_params: dict | None = None
-    stopped: bool = False  # stopped early: a resumed run must not train on
+class Recipe:
+    """What one fit needs besides the data: batch size, schedule, augmentation, smoothing."""
+
+    batch: int
+    steps: int  # per epoch
+    lr_at: object  # step -> learning rate
+    augment: dict
+    smoothing: float
+    lr: float  # the configured peak, for messages
+
+    @classmethod
+    def of(cls, hp, n, epochs):
+        batch = n if hp["batch_size"] is None else min(int(hp["batch_size"]), n)
+        steps = math.ceil(n / batch)
+        return cls(batch, steps, make_schedule(hp["schedule"], hp["lr"], epochs * steps),
+                   parse_augment(hp["augment"]), float(hp["label_smoothing"]), hp["lr"])
 
 
-def _snapshot(model):
-    return {k: v.copy() for k, v in model.params.items()}
-
-
-def _new_fit(hp, rng):
-    model = Model(build_spec(hp["model"], hp), rng=rng)
-    opt = Optimizer(
-        hp["optimizer"], model.theta.size, model.n_decay, weight_decay=hp["weight_decay"]
-    )
-    return _Fit(model, opt)
-
-
-def _run_epochs(fit, hp, rng, x, y, x_dev, y_dev, epochs, patience, progress, save, phase):
-    """Train `fit` from fit.epoch up to `epochs`, evaluating on dev when given."""
-    N = x.shape[0]
-    B = N if hp["batch_size"] is None else min(int(hp["batch_size"]), N)
-    steps_per_epoch = math.ceil(N / B)
-    lr_at = make_schedule(hp["schedule"], hp["lr"], epochs * steps_per_epoch)
-    aug = parse_augment(hp["augment"])
+def run_epoch(state: FitState, recipe: Recipe, rng, x, y, on_step=None) -> dict:
+    """One pass over (x, y) in shuffled mini-batches -> the epoch's row of history."""
+    n, b = x.shape[0], recipe.batch
+    perm = rng.permutation(n) if b < n else None
+    xbuf = np.empty((b, *x.shape[1:]), dtype=x.dtype)  # the batch, gathered in place each step
     fill = float(x.min())
-    smoothing = float(hp["label_smoothing"])
-    model, opt = fit.model, fit.opt
-    xbuf = np.empty((B, *x.shape[1:]), dtype=x.dtype)  # the batch, gathered in place each step
-    bar = None
-    if progress:
-        from tqdm.auto import tqdm
+    loss_sum, correct, lr = 0.0, 0, recipe.lr
+    for i in range(recipe.steps):
+        if perm is None:
+            xb, yb = x, y
+        else:
+            idx = perm[i * b : (i + 1) * b]
+            xb = np.take(x, idx, axis=0, out=xbuf[: len(idx)])  # (B, 28, 28, 1)
+            yb = y[idx]  # (B,)
+        xb = augment_batch(xb, recipe.augment, rng, fill)
+        lr = recipe.lr_at(state.epoch * recipe.steps + i)
+        loss, right = train_step(state.model, state.opt, xb, yb, lr, rng, recipe.smoothing)
+        if not math.isfinite(loss):
+            raise TrainingDiverged(
+                f"training diverged in epoch {state.epoch + 1}, step {i + 1}: the loss is "
+                f"{loss}. The previous model is kept; lower the learning rate (--lr, LR=; peak "
+                f"now {recipe.lr:g}) and train again.")
+        loss_sum += loss * yb.shape[0]
+        correct += right
+        if on_step is not None:
+            on_step(loss)
+    if not np.isfinite(state.model.theta).all():
+        raise TrainingDiverged(f"training diverged in epoch {state.epoch + 1}: the weights are "
+                               f"no longer finite. The previous model is kept; lower the "
+                               f"learning rate (--lr, LR=) and train again.")
+    return {"epoch": state.epoch + 1, "train_loss": loss_sum / n, "train_acc": correct / n,
+            "dev_loss": None, "dev_acc": None, "lr": lr, "seconds": 0.0}
 
-        bar = tqdm(
-            total=epochs * steps_per_epoch,
-            initial=fit.epoch * steps_per_epoch,
-            desc=f"{hp['model']}{' refit' if phase else ''}",
-            unit="batch",
-            leave=False,
-        )
+
+def fit(state: FitState, recipe: Recipe, rng, x, y, x_dev, y_dev, epochs, patience=0,
+        progress=None, save=None) -> FitState:
+    """Train `state` from state.epoch up to `epochs`, evaluating on dev when given, keeping the
+    best dev epoch's parameters and stopping after `patience` epochs without improvement."""
+    if progress is not None:
+        progress.start(epochs, recipe.steps, done=state.epoch)
     try:
-        while fit.epoch < epochs and not fit.stopped:
+        while state.epoch < epochs and not state.stopped:
             t0 = time.perf_counter()
-            perm = rng.permutation(N) if B < N else None
-            loss_sum, correct = 0.0, 0
-            for i in range(steps_per_epoch):
-                step = fit.epoch * steps_per_epoch + i
-                if perm is None:
-                    xb, yb = x, y
-                else:
-                    idx = perm[i * B : (i + 1) * B]
-                    xb = np.take(x, idx, axis=0, out=xbuf[: len(idx)])  # (B, 28, 28, 1)
-                    yb = y[idx]  # (B,)
-                xb = augment_batch(xb, aug, rng, fill)
-                z, caches = model.forward_train(xb, rng)  # (B, 10)
-                loss, lcache = softmax_cross_entropy_forward(z, yb, smoothing)
-                model.backward(softmax_cross_entropy_backward(lcache), caches)
-                lr = lr_at(step)
-                opt.step(model.theta, model.grad, lr)
-                loss_sum += loss * yb.shape[0]
-                correct += int((z.argmax(axis=1) == yb).sum())
-                if bar is not None:
-                    bar.update(1)
-                    if i % 20 == 0:
-                        bar.set_postfix(loss=f"{loss:.4f}", dev_acc=_last(fit.history, "dev_acc"))
-            fit.epoch += 1
-            row = {
-                "epoch": fit.epoch,
-                "train_loss": loss_sum / N,
-                "train_acc": correct / N,
-                "dev_loss": None,
-                "dev_acc": None,
-                "lr": lr,
-                "seconds": 0.0,
-            }
+            row = run_epoch(state, recipe, rng, x, y,
+                            on_step=progress.step if progress is not None else None)
+            state.epoch += 1
             if x_dev is not None:
-                row["dev_loss"], row["dev_acc"], _ = evaluate(model, x_dev, y_dev)
-                if row["dev_acc"] > fit.best_acc:
-                    fit.best_epoch, fit.best_acc, fit.best_params = (
-                        fit.epoch,
-                        row["dev_acc"],
-                        _snapshot(model),
-                    )
+                row["dev_loss"], row["dev_acc"], _ = evaluate(state.model, x_dev, y_dev)
+                if row["dev_acc"] > state.best_acc:
+                    state.best_epoch, state.best_acc = state.epoch, row["dev_acc"]
+                    state.best_params = {k: v.copy() for k, v in state.model.params.items()}
             else:
-                fit.best_epoch = fit.epoch
+                state.best_epoch = state.epoch
             row["seconds"] = time.perf_counter() - t0
-            fit.history.append(row)
-            fit.stopped = bool(
-                x_dev is not None and patience and fit.epoch - fit.best_epoch >= patience
-            )
+            state.history.append(row)
+            state.stopped = bool(x_dev is not None and patience
+                                 and state.epoch - state.best_epoch >= patience)
+            if progress is not None:
+                progress.epoch(row)
             if save is not None:
-                save(fit, phase, done=fit.stopped or fit.epoch >= epochs)
+                save(state)
     finally:
-        if bar is not None:
-            bar.close()
-
-
-def _last(history, key):
-    v = history[-1][key] if history else None
-    return "-" if v is None else f"{v:.4f}"
+        if progress is not None:
+            progress.close()
+    return state
 
 
 # ----------------------------------------------------------------------------------------------
-# Checkpoints: one .npz, no pickle
+# A whole run
 
 
-def _cfg_key(cfg, hp):
-    return json.dumps(
-        {
-            "cfg": asdict(cfg),
-            "hp": {k: list(v) if isinstance(v, tuple) else v for k, v in hp.items()},
-        },
-        sort_keys=True,
-    )
+def _check_data(x, y, what):
+    if x.ndim != 4 or x.shape[1:] != (IMAGE_SIDE, IMAGE_SIDE, 1):
+        raise ValueError(f"x_{what} must have shape (N, 28, 28, 1), got {x.shape}")
+    if y is None or y.shape != (x.shape[0],):
+        raise ValueError(f"y_{what} must have shape ({x.shape[0]},), got "
+                         f"{None if y is None else y.shape}")
+    if x.shape[0] == 0:
+        raise ValueError(f"x_{what} is empty")
+    if y.min() < 0 or y.max() >= N_CLASSES:
+        raise ValueError(f"y_{what} labels must be in 0..9, got {y.min()}..{y.max()}")
+    return np.ascontiguousarray(x, dtype=np.float32), np.asarray(y, dtype=np.int64)
 
 
-def _save_checkpoint(path, cfg_key, rng, fit, phase, first):
-    first = dict(first)
-    proba = first.pop("dev_proba", None)
-    arrays = {
-        "cfg": np.array(cfg_key),
-        "phase": np.array(phase),
-        "epoch": np.array(fit.epoch),
-        "rng": np.array(json.dumps(rng.bit_generator.state)),
-        "history": np.array(json.dumps(fit.history)),
-        "best": np.array(json.dumps([fit.best_epoch, fit.best_acc, fit.stopped])),
-        "first": np.array(json.dumps(first)),
-    }
-    arrays.update({f"param/{k}": v for k, v in fit.model.params.items()})
-    arrays.update({f"opt/{k}": v for k, v in fit.opt.state_dict().items()})
-    if fit.best_params is not None:
-        arrays.update({f"best/{k}": v for k, v in fit.best_params.items()})
-    if proba is not None:
-        arrays["first_proba"] = proba
-    with atomic_path(path) as tmp:
-        with open(tmp, "wb") as f:
-            np.savez(f, **arrays)
-
-
-def _load_checkpoint(path, cfg_key, rng, hp):
-    with np.load(path, allow_pickle=False) as z:
-        d = {k: z[k] for k in z.files}
-    if str(d["cfg"]) != cfg_key:
-        raise ValueError(
-            f"checkpoint {path} was written for a different configuration; "
-            "delete it or train without resume"
-        )
-    rng.bit_generator.state = json.loads(str(d["rng"]))
-    fit = _new_fit(hp, np.random.default_rng(0))
-    fit.model.load_params({k[6:]: v for k, v in d.items() if k.startswith("param/")})
-    fit.opt.load_state_dict({k[4:]: v for k, v in d.items() if k.startswith("opt/")})
-    fit.epoch = int(d["epoch"])
-    fit.history = json.loads(str(d["history"]))
-    fit.best_epoch, fit.best_acc, fit.stopped = json.loads(str(d["best"]))
-    best = {k[5:]: v for k, v in d.items() if k.startswith("best/")}
-    fit.best_params = best or None
-    first = json.loads(str(d["first"]))
-    if "first_proba" in d:
-        first["dev_proba"] = d["first_proba"]
-    return int(d["phase"]), fit, first
-
-
-# ----------------------------------------------------------------------------------------------
-
-
-def train(
-    cfg: TrainConfig,
-    x_train,
-    y_train,
-    x_dev=None,
-    y_dev=None,
-    *,
-    progress: bool = True,
-    checkpoint: Path | None = None,
-    resume: bool = False,
-) -> TrainResult:
+def train(cfg, x_train, y_train, x_dev=None, y_dev=None, *, progress="bar",
+          checkpoint: Path | None = None, resume: bool = False, label: str = "") -> TrainResult:
     """Train one model per `cfg` and return it with its history and dev figures.
 
+    `progress`: "bar" (a terminal), "lines" (one line per epoch, for logs), None or False.
     Runs with one OpenBLAS thread (TRAIN_THREADS): the batch-sized matrix products gain little
     from a second thread, and on two cores shared with other processes two threads made a
     training step up to 30x slower (docs/bench-notes.md)."""
     with blas_threads(TRAIN_THREADS):
-        return _train(cfg, x_train, y_train, x_dev, y_dev, progress, checkpoint, resume)
+        return _train(cfg, x_train, y_train, x_dev, y_dev, progress, checkpoint, resume, label)
 
 
-def _train(cfg, x_train, y_train, x_dev, y_dev, progress, checkpoint, resume):
+def _train(cfg, x_train, y_train, x_dev, y_dev, progress, checkpoint, resume, label):
     t_start = time.perf_counter()
-    hp = hyperparameters(cfg)
-    hp["model"] = cfg.model
+    hp = resolve(cfg)
     x_train, y_train = _check_data(x_train, y_train, "train")
     if x_dev is not None:
         x_dev, y_dev = _check_data(x_dev, y_dev, "dev")
-    rng = np.random.default_rng(cfg.seed)
-    cfg_key = _cfg_key(cfg, hp)
+    rng = np.random.default_rng(hp["seed"])
+    key = json.dumps({"cfg": asdict(cfg), "hp": _jsonable(hp)}, sort_keys=True)
+
+    def new_state(init_rng):
+        model = Model(build_spec(hp["model"], hp), rng=init_rng)
+        return FitState(model, Optimizer(hp["optimizer"], model.theta.size, model.n_decay,
+                                         weight_decay=hp["weight_decay"]))
+
     phase, first = 0, {}
     if resume and checkpoint is not None and Path(checkpoint).exists():
-        phase, fit, first = _load_checkpoint(checkpoint, cfg_key, rng, hp)
+        phase, state, first = ckpt.load(checkpoint, key, rng, new_state)
     else:
-        fit = _new_fit(hp, rng)
+        state = new_state(rng)
 
-    def save(f, ph, done):
-        if checkpoint is not None:
-            _save_checkpoint(checkpoint, cfg_key, rng, f, ph, first)
+    def saver(ph):
+        if checkpoint is None:
+            return None
+        return lambda s: ckpt.save(checkpoint, key, rng, s, ph, first)
+
+    def reporter(what):
+        return EpochProgress.make(progress, f"{label or hp['model']}{what}")
 
     if phase == 0:
-        _run_epochs(
-            fit,
-            hp,
-            rng,
-            x_train,
-            y_train,
-            x_dev,
-            y_dev,
-            hp["epochs"],
-            cfg.patience,
-            progress,
-            save,
-            phase=0,
-        )
-        if fit.best_params is not None:
-            fit.model.load_params(fit.best_params)
+        recipe = Recipe.of(hp, x_train.shape[0], hp["epochs"])
+        fit(state, recipe, rng, x_train, y_train, x_dev, y_dev, hp["epochs"], hp["patience"],
+            reporter(""), saver(0))
+        if state.best_params is not None:
+            state.model.load_params(state.best_params)
         dev_acc = dev_proba = None
         if x_dev is not None:
-            _, dev_acc, dev_proba = evaluate(fit.model, x_dev, y_dev)
-        first = {
-            "best_epoch": fit.best_epoch,
-            "dev_accuracy": dev_acc,
-            "history": fit.history,
-            "dev_proba": dev_proba,
-        }
-        if not (cfg.refit and x_dev is not None):
-            return TrainResult(
-                fit.model,
-                fit.history,
-                fit.best_epoch,
-                dev_acc,
-                dev_proba,
-                time.perf_counter() - t_start,
-                _jsonable(hp),
-            )
-        phase = 1
-        fit = _new_fit(hp, rng)
-        save(fit, 1, done=False)
+            _, dev_acc, dev_proba = evaluate(state.model, x_dev, y_dev)
+        first.update(best_epoch=state.best_epoch, dev_accuracy=dev_acc, history=state.history,
+                     dev_proba=dev_proba)
+        if not (hp["refit"] and x_dev is not None):
+            return TrainResult(state.model, state.history, state.best_epoch, dev_acc, dev_proba,
+                               time.perf_counter() - t_start, _jsonable(hp))
+        phase, state = 1, new_state(rng)
+        if checkpoint is not None:
+            ckpt.save(checkpoint, key, rng, state, 1, first)
     # phase 1: refit on every labelled row for the dev-selected number of epochs
-    x_all = np.concatenate([x_train, x_dev])
-    y_all = np.concatenate([y_train, y_dev])
-    _run_epochs(
-        fit, hp, rng, x_all, y_all, None, None, first["best_epoch"], 0, progress, save, phase=1
-    )
-    return TrainResult(
-        fit.model,
-        first["history"],
-        first["best_epoch"],
-        first["dev_accuracy"],
-        first["dev_proba"],
-        time.perf_counter() - t_start,
-        _jsonable(hp),
-        fit.history,
-    )
+    x_all, y_all = np.concatenate([x_train, x_dev]), np.concatenate([y_train, y_dev])
+    recipe = Recipe.of(hp, x_all.shape[0], first["best_epoch"])
+    fit(state, recipe, rng, x_all, y_all, None, None, first["best_epoch"], 0,
+        reporter(" refit"), saver(1))
+    return TrainResult(state.model, first["history"], first["best_epoch"], first["dev_accuracy"],
+                       first["dev_proba"], time.perf_counter() - t_start, _jsonable(hp),
+                       state.history)
 
 
 def _jsonable(hp):
     return {k: list(v) if isinstance(v, tuple) else v for k, v in hp.items()}
 
 
-__all__ = ["TrainResult", "evaluate", "hyperparameters", "train"]
+__all__ = ["Recipe", "TrainResult", "TrainingDiverged", "evaluate", "fit", "hyperparameters",
+           "run_epoch", "train", "train_step"]

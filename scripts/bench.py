@@ -68,10 +68,10 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from pipeline import train as train_module  # noqa: E402
-from pipeline.config import TrainConfig  # noqa: E402
 from pipeline.data import read_competition  # noqa: E402
 from pipeline.nn.models import build_spec  # noqa: E402
 from pipeline.nn.threads import blas_threads  # noqa: E402
+from pipeline.params import TrainConfig  # noqa: E402
 from pipeline.predict import predict_proba  # noqa: E402
 from pipeline.preprocess import fit_normalizer, normalize  # noqa: E402
 from pipeline.train import hyperparameters, train  # noqa: E402

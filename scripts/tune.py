@@ -1,172 +1,77 @@
-"""Train one model on the dev split of train.csv and print dev accuracy and seconds: the command
-behind the figures in docs/nn-results.md.
+"""Train one model (or an ensemble) through the pipeline's own stages, on its dev split, and print
+one RESULT line with the dev-split accuracy and the seconds: a quick experiment that leaves your
+project alone.
 
-    python scripts/tune.py --model cnn [--epochs 15 --lr 3e-3 ... --ensemble 5 --tta]
+    python scripts/tune.py --model seed
+    python scripts/tune.py --model cnn --epochs 15 --lr 3e-3 --ensemble 2 --tta
 
-It reads the competition zip itself (default /work/shared/data/digit-recognizer.zip, or
---zip), splits 10% per class with np.random.default_rng(0) and normalizes with the scalar
-mean/std of the train part, as the pipeline's defaults do. Set OPENBLAS_NUM_THREADS before
-running to pin BLAS threads.
+Every option is a parameter declared in `pipeline/params.py` (the same as `digits run`'s).
+The runs happen in a scratch project (--root, default $TMPDIR/digits-tune) whose cache makes a
+repeated run instant; the data come from --mirror (default: $KAGGLE_MIRROR, else ../shared/data
+beside the checkout). A dev-split figure is for comparing runs quickly; the estimate to quote is
+the cross-validated one.
 """
 
 from __future__ import annotations
 
 import argparse
-import io
 import json
+import os
 import sys
+import tempfile
 import time
-import zipfile
 from pathlib import Path
 
-import numpy as np
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from pipeline.config import TrainConfig  # noqa: E402
-from pipeline.nn import save_models  # noqa: E402
-from pipeline.predict import predict_proba  # noqa: E402
-from pipeline.train import train  # noqa: E402
-
-CACHE = Path("/tmp/digits-train.npz")
+from pipeline import paramfile, stages  # noqa: E402
+from pipeline.config import Paths  # noqa: E402
+from pipeline.params import PARAMS, ParamError  # noqa: E402
 
 
-def load_train(zip_path):
-    if CACHE.exists():
-        with np.load(CACHE) as z:
-            return z["x"], z["y"]
-    import pandas as pd
-
-    with zipfile.ZipFile(zip_path) as zf:
-        df = pd.read_csv(io.BytesIO(zf.read("train.csv")), dtype=np.uint8)
-    y = df["label"].to_numpy(np.int64)
-    x = df.drop(columns="label").to_numpy(np.uint8)
-    np.savez(CACHE, x=x, y=y)
-    return x, y
-
-
-def split(y, dev_fraction=0.1, seed=0):
-    """Stratified: per class, shuffle with one default_rng(seed) and take dev_fraction."""
-    rng = np.random.default_rng(seed)
-    dev = []
-    for c in range(10):
-        idx = np.flatnonzero(y == c)
-        rng.shuffle(idx)
-        dev.append(idx[: int(round(dev_fraction * len(idx)))])
-    dev = np.sort(np.concatenate(dev))
-    train = np.setdiff1d(np.arange(len(y)), dev)
-    return train, dev
+def parse_args(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--root", type=Path, default=Path(tempfile.gettempdir()) / "digits-tune")
+    ap.add_argument("--mirror", type=Path, default=None)
+    ap.add_argument("--quiet", action="store_true", help="no per-epoch lines")
+    for p in PARAMS:
+        ap.add_argument(p.option, dest=p.name, default=None, help=p.help)
+    args = ap.parse_args(argv)
+    given = {p.name: getattr(args, p.name) for p in PARAMS if getattr(args, p.name) is not None}
+    try:
+        values = paramfile.apply(paramfile.empty(), given)
+    except ParamError as e:
+        ap.error(str(e))
+    return args, values
 
 
-def prepare(zip_path):
-    x, y = load_train(zip_path)
-    tr, dv = split(y)
-    xt = x[tr].astype(np.float64) / 255.0
-    mean, std = xt.mean(), xt.std()
-
-    def norm(a):
-        return ((a.astype(np.float32) / 255.0 - np.float32(mean)) / np.float32(std)).reshape(
-            -1, 28, 28, 1
-        )
-
-    return norm(x[tr]), y[tr], norm(x[dv]), y[dv]
-
-
-def evaluate_saved(directory, xd, yd):
-    from pipeline.nn import load_models
-
-    files = sorted(directory.glob("*.npz"))
-    models = [load_models(f)[0] for f in files]
-
-    def scores(ms, tta):
-        p = predict_proba(ms, xd, tta=tta)
-        loss = float(-np.log(np.maximum(p[np.arange(len(yd)), yd], 1e-12)).mean())
-        return f"{float((p.argmax(1) == yd).mean()):.4f} (log loss {loss:.4f})"
-
-    for f, m in zip(files, models):
-        print(f"{f.name}: dev_acc {scores([m], False)}  with TTA {scores([m], True)}")
-    both = f"dev_acc {scores(models, False)}  with TTA {scores(models, True)}"
-    print(f"ENSEMBLE of {len(models)}: {both}")
-
-
-def main():
-    ap = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    ap.add_argument("--zip", default="/work/shared/data/digit-recognizer.zip")
-    ap.add_argument("--model", default="cnn")
-    for name, typ in [
-        ("epochs", int),
-        ("batch-size", int),
-        ("lr", float),
-        ("optimizer", str),
-        ("schedule", str),
-        ("weight-decay", float),
-        ("activation", str),
-        ("dropout", float),
-        ("label-smoothing", float),
-        ("augment", str),
-        ("patience", int),
-        ("seed", int),
-        ("ensemble", int),
-    ]:
-        ap.add_argument(f"--{name}", type=typ)
-    ap.add_argument("--hidden", type=str, help="comma-separated sizes")
-    ap.add_argument("--tta", action="store_true")
-    ap.add_argument("--no-progress", action="store_true")
-    ap.add_argument(
-        "--save", type=Path, help="directory to save each member as <model>-seed<k>.npz"
-    )
-    ap.add_argument(
-        "--eval",
-        type=Path,
-        help="instead of training: dev accuracy of every saved "
-        "model in this directory, alone and as an ensemble, without and with TTA",
-    )
-    a = ap.parse_args()
-    fields = {
-        k: v
-        for k, v in vars(a).items()
-        if v is not None and k not in ("zip", "tta", "no_progress", "hidden", "save", "eval")
-    }
-    if a.hidden:
-        fields["hidden"] = tuple(int(h) for h in a.hidden.split(","))
-    cfg = TrainConfig(**fields)
-    xt, yt, xd, yd = prepare(a.zip)
-    if a.eval:
-        return evaluate_saved(a.eval, xd, yd)
-    models, total = [], 0.0
-    for k in range(cfg.ensemble):
-        r = train(cfg.replace(seed=cfg.seed + k), xt, yt, xd, yd, progress=not a.no_progress)
-        total += r.seconds
-        models.append(r.model)
-        if a.save:
-            save_models(
-                a.save / f"{cfg.model}-seed{cfg.seed + k}.npz",
-                [r.model],
-                extra={"history": r.history, "best_epoch": r.best_epoch, "seconds": r.seconds},
-            )
-        for h in r.history:
-            print(
-                json.dumps({k2: round(v, 5) if isinstance(v, float) else v for k2, v in h.items()})
-            )
-        print(
-            f"member {k}: seed {cfg.seed + k} best_epoch {r.best_epoch} "
-            f"dev_acc {r.dev_accuracy:.4f} "
-            f"seconds {r.seconds:.1f}",
-            flush=True,
-        )
-    t = time.perf_counter()
-    p = predict_proba(models, xd, tta=a.tta)
-    acc = float((p.argmax(1) == yd).mean())
-    if a.tta is False and len(models) > 1:
-        singles = [float((predict_proba([m], xd).argmax(1) == yd).mean()) for m in models]
-        print("members' dev_acc:", " ".join(f"{v:.4f}" for v in singles))
-    print(
-        f"RESULT model={cfg.model} members={len(models)} tta={a.tta} dev_acc={acc:.4f} "
-        f"train_seconds={total:.1f} predict_seconds={time.perf_counter() - t:.2f} "
-        f"hp={json.dumps(r.hyperparameters)}"
-    )
+def main(argv=None) -> None:
+    import logging
+    args, values = parse_args(argv)
+    logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO,
+                        format="tune: %(message)s", stream=sys.stderr)
+    split_cfg, train_cfg, predict_cfg = paramfile.configs(values)
+    mirror = args.mirror or Path(os.environ.get("KAGGLE_MIRROR") or REPO.parent / "shared/data")
+    paths = Paths(args.root.resolve())
+    with stages.project_lock(paths):
+        stages.download(paths, stages.Sources(mirror=mirror, use_api=False), progress=False)
+        stages.split(paths, split_cfg)
+        stages.normalize(paths)
+        t0 = time.perf_counter()
+        metrics = stages.train(paths, train_cfg, progress=None if args.quiet else "lines")
+        train_s = time.perf_counter() - t0
+        dev_tta = None
+        if predict_cfg.tta:
+            dev_tta = stages.dev_accuracy(paths, tta=True)
+    members = " ".join(f"{100 * m['dev_accuracy']:.2f}%" for m in metrics["members"]
+                       if m["dev_accuracy"] is not None)
+    print(f"RESULT model={metrics['model']} members={len(metrics['members'])} "
+          f"dev_acc={metrics['dev_accuracy']:.4f} dev_loss={metrics.get('dev_loss', 0):.4f} "
+          + (f"dev_acc_tta={dev_tta:.4f} " if dev_tta is not None else "")
+          + f"member_dev_acc=[{members}] train_seconds={metrics['train_seconds']:.1f} "
+          f"wall_seconds={train_s:.1f} changed={json.dumps(metrics['params_changed'])}")
 
 
 if __name__ == "__main__":

@@ -23,6 +23,13 @@ def find_real_zip() -> Path | None:
     return None
 
 
+@pytest.fixture(autouse=True)
+def _not_under_make(monkeypatch):
+    """Tests see the environment a user's shell gives, even when `make test` runs them."""
+    for var in ("MAKELEVEL", "DIGITS_MAKE_VARS", "MAKEFLAGS", "MFLAGS"):
+        monkeypatch.delenv(var, raising=False)
+
+
 @pytest.fixture(scope="session")
 def real_zip() -> Path:
     path = find_real_zip()

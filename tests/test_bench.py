@@ -83,8 +83,8 @@ def test_macs_per_sample_counts_dense_and_conv_layers():
     sys.path.insert(0, str(SCRIPT.parent))
     import bench
 
-    from pipeline.config import TrainConfig
     from pipeline.nn.models import build_spec
+    from pipeline.params import TrainConfig
     from pipeline.train import hyperparameters
     mlp = build_spec("mlp", hyperparameters(TrainConfig(**bench.MLP)))
     assert bench.macs_per_sample(mlp) == 784 * 256 + 256 * 128 + 128 * 10

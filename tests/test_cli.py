@@ -62,6 +62,6 @@ def test_end_to_end_on_the_real_zip(tmp_path, real_zip):
     assert result.exit_code == 0, result.output
     labels = validate_submission(tmp_path / "submissions" / "submission.csv")
     assert labels.shape == (28000,) and len(np.unique(labels)) == 10
-    assert "valid, 28000 rows, dev accuracy" in result.output
+    assert "valid, 28000 rows (made by mlp, dev-split accuracy" in result.output
     again = invoke("validate", root=tmp_path)
     assert again.exit_code == 0 and "valid, 28000 rows" in again.output

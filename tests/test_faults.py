@@ -44,13 +44,13 @@ if hook:
             return real_replace(src, dst, *a, **k)
         os.replace = replace
     elif kind == "epoch":
-        import pipeline.train as t
-        real_save = t._save_checkpoint
-        def save(path, cfg_key, rng, fit, phase, first):
-            real_save(path, cfg_key, rng, fit, phase, first)
-            if fit.epoch == int(where):
+        import pipeline.checkpoint as ck
+        real_save = ck.save
+        def save(path, key, rng, state, phase, first):
+            real_save(path, key, rng, state, phase, first)
+            if state.epoch == int(where):
                 die()
-        t._save_checkpoint = save
+        ck.save = save
 from pipeline.cli import main
 sys.argv = ["digits", *sys.argv[1:]]
 main()

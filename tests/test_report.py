@@ -16,7 +16,7 @@ import pytest
 from click.testing import CliRunner
 from conftest import make_competition_zip
 
-from pipeline import figures, report
+from pipeline import figures, metrics, report
 from pipeline.cli import cli
 from pipeline.config import Paths
 from pipeline.imageio import ImageError, text_art, to_gray, to_mnist
@@ -79,11 +79,11 @@ def test_confusion_matrix_sums_to_dev_size_and_agrees_with_predictions(project):
     assert cm.shape == (10, 10) and cm.sum() == len(y) == saved["report"]["dev_size"]
     x = normalize(pixels, json.loads(paths.normalizer.read_text()))
     pred = predict_proba(load_models(paths.model), x).argmax(axis=1)
-    assert np.array_equal(cm, report.confusion_matrix(y, pred))
+    assert np.array_equal(cm, metrics.confusion_matrix(y, pred))
     assert np.array_equal(cm.sum(axis=1), np.bincount(y, minlength=10))
     # the train stage's per-class figures come from the same predictions (no refit here)
     recall = [c["recall"] for c in saved["per_class"]]
-    assert np.allclose(recall, report.per_class(cm)["recall"], atol=1e-6)
+    assert np.allclose(recall, metrics.per_class(cm)["recall"], atol=1e-6)
     assert saved["dev_loss"] > 0 and saved["hyperparameters"]["hidden"] == [32]
 
 
@@ -95,7 +95,7 @@ def test_report_md_links_files_that_exist(project):
     assert linked and all((folder / f).is_file() for f in linked)
     assert {p.name for p in folder.glob("*.png")} == set(linked)
     assert (folder / "metrics.json").is_file() and "`metrics.json`" in text
-    assert "dev accuracy" in text and "| hidden | `32` | option |" in text
+    assert "dev accuracy" in text and "| hidden | `32` | set |" in text
 
 
 def test_report_is_reused_when_nothing_changed(project):
@@ -131,7 +131,7 @@ def test_runs_and_report_before_any_training(tmp_path):
     # with nothing trained, `runs` says so and `report` names the missing step (exit 1)
     assert "no training runs recorded yet" in invoke(tmp_path, "runs").output
     result = invoke(tmp_path, "report")
-    assert result.exit_code == 1 and "make train" in result.output
+    assert result.exit_code == 1 and "digits train" in result.output
 
 
 def test_show_prints_text_art_and_top3(project):

@@ -77,10 +77,10 @@ def test_npz_with_an_object_array_is_refused(tmp_path):
 
 def test_cache_is_owner_only_and_the_readme_says_to_trust_it(tmp_path):
     # the joblib cache (pickles) lives in data/cache with mode 0700; the README warns about it
+    from pipeline.cache import Cache
     from pipeline.config import Paths
-    from pipeline.stages import memory
     paths = Paths(tmp_path)
-    memory(paths)
+    Cache(paths.cache)
     assert paths.cache.is_relative_to(paths.root)
     assert stat.S_IMODE(paths.cache.stat().st_mode) == 0o700
     readme = (REPO / "README.md").read_text(encoding="utf-8")

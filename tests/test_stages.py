@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 
 from pipeline import stages
-from pipeline.config import Paths, PredictConfig, SplitConfig, TrainConfig
+from pipeline.config import Paths
+from pipeline.params import PredictConfig, SplitConfig, TrainConfig
 from pipeline.submission import read_ledger, validate_submission
 
 QUICK = TrainConfig(model="mlp", epochs=1, hidden=(16,), batch_size=32, augment="none")
@@ -73,19 +74,42 @@ def test_predict_option_does_not_retrain(project, caplog):
 
 def test_code_change_in_a_helper_invalidates(project, caplog, monkeypatch):
     # an edit to any source file the stage depends on (not just the cached function) recomputes
+    from pipeline import cache
     run_all(*project)
-    real = stages.code_digests
+    real = cache.code_digests
 
-    def edited(stage):
-        digests = real(stage)
-        if stage == "normalize":
+    def edited(func):
+        digests = real(func)
+        if func is stages._normalize:
             digests["pipeline/preprocess.py"] = "edited"
         return digests
 
-    monkeypatch.setattr(stages, "code_digests", edited)
+    monkeypatch.setattr(cache, "code_digests", edited)
     with caplog.at_level(logging.INFO, logger="pipeline"):
         stages.normalize(project[0])
     assert "normalize: recomputing (code changed (pipeline/preprocess.py))" in messages(caplog)
+
+
+def test_code_digest_is_derived_from_imports():
+    # each stage's code digest covers every package module it imports, transitively, and the
+    # helpers of its own module it calls; no list is kept by hand
+    from pipeline.cache import code_digests
+    split = code_digests(stages._split)
+    assert {"pipeline/data.py", "pipeline/fileio.py", "pipeline/config.py"} <= set(split)
+    train = code_digests(stages._train)
+    assert {"pipeline/train.py", "pipeline/nn/layers.py", "pipeline/preprocess.py",
+            "pipeline/checkpoint.py", "pipeline/params.py"} <= set(train)
+    assert "pipeline/kaggle_io.py" not in train and "pipeline/report.py" not in train
+
+
+def test_caching_can_be_turned_off(tmp_path, small_zip, caplog):
+    # Paths(use_cache=False): every stage computes, and nothing is written under data/cache
+    paths = Paths(tmp_path / "p", use_cache=False)
+    src = stages.Sources(mirror=small_zip.parent, use_api=False, kaggle_input=tmp_path / "none")
+    with caplog.at_level(logging.INFO, logger="pipeline"):
+        run_all(paths, src)
+    assert "train: computing (caching is off)" in messages(caplog)
+    assert not (paths.cache / "joblib").exists()
 
 
 def test_same_inputs_give_byte_identical_submission(tmp_path, small_zip):
@@ -112,8 +136,11 @@ def test_submission_is_validated_copied_and_ledgered(project):
     assert (paths.root / written[0]["file"]).read_bytes() == paths.submission.read_bytes()
 
 
-def test_missing_input_says_which_target_to_run(tmp_path):
-    # running a stage before its inputs exist names the make target to run first
+def test_missing_input_says_which_command_to_run(tmp_path, monkeypatch):
+    # running a stage before its inputs exist names what to run first, as the user runs it
+    with pytest.raises(stages.UserError, match="run `digits download` first"):
+        stages.split(Paths(tmp_path), SplitConfig())
+    monkeypatch.setenv("MAKELEVEL", "1")
     with pytest.raises(stages.UserError, match="run `make data` first"):
         stages.split(Paths(tmp_path), SplitConfig())
 
