@@ -20,6 +20,7 @@ import click
 from . import cli_params
 from .cli_params import param_options, settle
 from .config import Paths, UserError, command_hint
+from .params import MODELS
 from .text import pct
 
 
