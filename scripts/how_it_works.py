@@ -213,8 +213,11 @@ def step_batchnorm(data):
         report(f"CNN 16c5-p-32c5-p-fc64, 1 epoch on 10000 rows, {name}", st)
         if sp is s:
             trained = model
-    from pipeline.nn.model import LAYER_KINDS
+    from pipeline.nn.gradcheck import LAYER_KINDS, layer_forward  # one call for every layer
     xd = data[2]
+    layers = trained.spec["layers"]
+    P = [{p: trained.params[f"{ly['name']}.{p}"] for p in LAYER_KINDS[ly["type"]][0](ly)}
+         for ly in layers]
     t = time.perf_counter()
     folded = trained.forward(xd)
     t_folded = time.perf_counter() - t
@@ -222,8 +225,8 @@ def step_batchnorm(data):
     h = np.empty_like(folded)
     for s in range(0, len(xd), 128):  # the same chunks of 128 rows as Model.forward
         hc = xd[s:s + 128]
-        for ly, P in zip(trained.spec["layers"], trained._P):
-            hc, _ = LAYER_KINDS[ly["type"]][1](ly, P, hc, False, None)
+        for ly, Pi in zip(layers, P):
+            hc, _ = layer_forward(ly, Pi, hc, False, None)
         h[s:s + 128] = hc
     t_layer = time.perf_counter() - t
     print(f"RESULT BatchNorm folded vs as a layer, 4200 dev rows: max |logit difference| "

@@ -9,8 +9,6 @@ from click.testing import CliRunner
 
 from pipeline.cli import cli
 from pipeline.nn import gradcheck as gc
-from pipeline.nn import layers as L
-from pipeline.nn import model as M
 from pipeline.nn.model import Model
 from pipeline.nn.models import DEFAULTS, build_spec
 
@@ -52,29 +50,33 @@ def test_check_leaves_the_model_unchanged():
         np.testing.assert_array_equal(v, before[k])
 
 
+def broken(monkeypatch, kind, fault):
+    """Make the check's backward of every `kind` layer go through fault(ly, G, dout, dx) -> dx."""
+    original = gc.layer_backward
+
+    def backward(ly, P, G, dout, cache, need_dx):
+        dx = original(ly, P, G, dout, cache, need_dx)
+        return fault(ly, G, dout, dx) if ly["type"] == kind else dx
+
+    monkeypatch.setattr(gc, "layer_backward", backward)
+
+
 def test_a_wrong_weight_gradient_fails_that_tensor_only(monkeypatch):
     # dW off by 1% in one dense layer: its w fails, every input gradient still passes
-    dense = M.LAYER_KINDS["dense"]
-
-    def bwd(ly, P, G, dout, cache, need_dx):
-        dx = dense[2](ly, P, G, dout, cache, need_dx)
+    def fault(ly, G, dout, dx):
         if ly["name"] == "fc1":
             G["w"] *= 1.01
         return dx
 
-    monkeypatch.setitem(M.LAYER_KINDS, "dense", (dense[0], dense[1], bwd))
+    broken(monkeypatch, "dense", fault)
     assert failing(gc.check_model(small("mlp"), *data(), samples=6)) == ["fc1.w"]
 
 
 def test_a_wrong_maxpool_backward_is_located_at_the_pool(monkeypatch):
     # a max-pool that sends the gradient to all four inputs: the rows above the pool pass, the
-    # pool's input gradient fails, and so does everything that receives it
-    pool = M.LAYER_KINDS["pool"]
-
-    def bwd(ly, P, G, dout, cache, need_dx):
-        return np.repeat(np.repeat(dout, 2, axis=1), 2, axis=2) / 4
-
-    monkeypatch.setitem(M.LAYER_KINDS, "pool", (pool[0], pool[1], bwd))
+    # pool's input gradient fails, and so does everything that receives it; culprit names it
+    broken(monkeypatch, "pool",
+           lambda ly, G, dout, dx: np.repeat(np.repeat(dout, 2, axis=1), 2, axis=2) / 4)
     m = small("cnn")
     rows = gc.check_model(m, *data(), samples=6)
     names = [ly["name"] for ly in m.spec["layers"]]
@@ -82,21 +84,16 @@ def test_a_wrong_maxpool_backward_is_located_at_the_pool(monkeypatch):
     after = [r for r in rows if r.layer in names[last_pool + 1:] or r.layer == "loss"]
     assert after and all(r.ok for r in after)
     assert f"{names[last_pool]}.input" in failing(rows) and "c1.w" in failing(rows)
+    assert gc.culprit(rows).startswith(f"the backward of layer {names[last_pool]} (pool)")
 
 
 def test_batchnorm_backward_without_its_mean_term_fails(monkeypatch):
-    # the BatchNorm input gradient without the -mean(dy) term is caught at the BatchNorm layer
-    bn = M.LAYER_KINDS["bn"]
+    # a BatchNorm input gradient off by a per-channel constant (what dropping the -mean(dy)
+    # term does) fails at that BatchNorm, while its gamma and beta and the layers above pass
+    def fault(ly, G, dout, dx):
+        return dx + dout.reshape(-1, dout.shape[-1]).mean(axis=0)
 
-    def bwd(ly, P, G, dout, cache, need_dx):
-        xhat, gamma, rstd, shape = cache
-        dy = dout.reshape(xhat.shape)
-        G["beta"][...] = dy.sum(0)
-        G["gamma"][...] = (dy * xhat).sum(0)
-        dx = (dy - xhat * G["gamma"] / len(dy)) * gamma * rstd
-        return dx.reshape(shape)
-
-    monkeypatch.setitem(M.LAYER_KINDS, "bn", (bn[0], bn[1], bwd))
+    broken(monkeypatch, "bn", fault)
     bad = failing(gc.check_model(small("cnn"), *data(), samples=6))
     assert "fc5bn.input" in bad and "fc5bn.gamma" not in bad and "out.w" not in bad
 
@@ -120,14 +117,12 @@ def test_a_zero_gradient_passes_but_a_wrong_nonzero_one_fails(monkeypatch):
     m = small("cnn")
     rows = {f"{r.layer}.{r.tensor}": r for r in gc.check_model(m, *data(), samples=6)}
     assert rows["fc5.b"].zero and rows["fc5.b"].ok and not rows["out.b"].zero
-    dense = M.LAYER_KINDS["dense"]
 
-    def bwd(ly, P, G, dout, cache, need_dx):
-        dx = dense[2](ly, P, G, dout, cache, need_dx)
+    def fault(ly, G, dout, dx):
         G["b"] += 1e-4
         return dx
 
-    monkeypatch.setitem(M.LAYER_KINDS, "dense", (dense[0], dense[1], bwd))
+    broken(monkeypatch, "dense", fault)
     assert "fc5.b" in failing(gc.check_model(m, *data(), samples=6))
 
 
@@ -156,10 +151,8 @@ def test_cli_prints_the_table_and_exits_0():
 
 
 def test_cli_exits_1_naming_the_failing_layer(monkeypatch):
-    # a broken backward: exit 1 and one error line naming the tensor, no traceback
-    act = M.LAYER_KINDS["act"]
-    monkeypatch.setitem(M.LAYER_KINDS, "act", (act[0], act[1],
-                                               lambda ly, P, G, d, c, n: d * (1 - c)))
+    # an activation backward that forgets g'(z): exit 1, one error line naming that layer
+    broken(monkeypatch, "act", lambda ly, G, dout, dx: dout)
     result = CliRunner().invoke(cli, ["gradcheck", "--model", "seed", "--samples", "4"])
     assert result.exit_code == 1 and "FAIL" in result.output
     assert "digits: error: gradient check failed: the backward of layer a1 (act)" in result.output
@@ -172,6 +165,11 @@ def test_cli_refuses_a_batch_too_small_for_batchnorm():
     assert result.exit_code == 2 and "--batch" in result.output
 
 
-def test_layers_used_by_the_check_are_the_models():
-    # the check runs the model's own layer functions (so it checks the code that trains)
-    assert gc.LAYER_KINDS is M.LAYER_KINDS and L.dense_backward.__module__ == L.__name__
+def test_the_check_runs_the_network_the_model_runs():
+    # the check's float64 pass gives the model's own training-mode logits (float32 rounding)
+    for name in ("mlp", "cnn"):
+        m = small(name, dropout=0.0)
+        x, _ = data()
+        logits64 = gc._Net64(m, seed=0).forward(x)[0]
+        logits32, _ = m.forward_train(x.astype(np.float32), np.random.default_rng(0))
+        np.testing.assert_allclose(logits64, logits32, rtol=1e-3, atol=1e-4)

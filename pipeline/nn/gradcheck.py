@@ -22,8 +22,19 @@ from dataclasses import dataclass
 import numpy as np
 
 from pipeline.nn.losses import softmax_cross_entropy_backward, softmax_cross_entropy_forward
-from pipeline.nn.model import BUFFERS, LAYER_KINDS, Model
+from pipeline.nn.model import BUFFERS, Model
 from pipeline.nn.models import DEFAULTS, build_spec
+
+try:  # the layer-kind table with one forward/backward signature for every layer
+    from pipeline.nn.plan import LAYER_KINDS, layer_backward, layer_forward
+except ImportError:  # the table as model.py kept it before plan.py: per-kind adapters
+    from pipeline.nn.model import LAYER_KINDS
+
+    def layer_forward(ly, P, x, train, rng):
+        return LAYER_KINDS[ly["type"]][1](ly, P, x, train, rng)
+
+    def layer_backward(ly, P, G, dout, cache, need_dx):
+        return LAYER_KINDS[ly["type"]][2](ly, P, G, dout, cache, need_dx)
 
 TOL = 1e-6  # a check passes when its relative error is below this
 H = 1e-5  # finite-difference step (float64): rounding noise ~eps*|L|/H, truncation ~H^2
@@ -91,7 +102,8 @@ def _kinks(ly, x):
 
 
 class _Net64:
-    """A float64 copy of a model's parameters, run layer by layer in training mode."""
+    """A float64 copy of a model's parameters, run layer by layer in training mode with the
+    model's own layer functions (each layer alone: a fused pair runs as its two layers)."""
 
     def __init__(self, model: Model, seed: int):
         self.layers = model.spec["layers"]
@@ -110,7 +122,7 @@ class _Net64:
             rng = np.random.default_rng([self.seed, i])  # the same dropout mask on every pass
             inputs.append(h)
             kinks.append(_kinks(ly, h))
-            h, cache = LAYER_KINDS[ly["type"]][1](ly, self.P[i], h, True, rng)
+            h, cache = layer_forward(ly, self.P[i], h, True, rng)
             caches.append(cache)
         return h, inputs, caches, kinks
 
@@ -120,7 +132,7 @@ class _Net64:
         d, dinputs = dlogits, [None] * len(self.layers)
         for i in range(len(self.layers) - 1, -1, -1):
             ly = self.layers[i]
-            d = LAYER_KINDS[ly["type"]][2](ly, self.P[i], G[i], d, caches[i], True)
+            d = layer_backward(ly, self.P[i], G[i], d, caches[i], True)
             dinputs[i] = d
         return dinputs, G
 
