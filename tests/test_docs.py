@@ -57,6 +57,14 @@ def test_every_code_reference_resolves():
     assert unresolved(text) == []
 
 
+def test_every_code_reference_links_to_its_file():
+    # each reference is a link a reader can follow on GitHub, to the file it names
+    text = DOC.read_text(encoding="utf-8")
+    links = re.findall(r"\[`([\w./-]+\.py): [\w.]+`\]\(\.\./([\w./-]+)\)", text)
+    assert len(links) == len(references(text))
+    assert all(path == target for path, target in links)
+
+
 def test_the_checker_catches_a_stale_reference(tmp_path):
     # a renamed function, a missing file and a method that is not there are all reported
     (tmp_path / "m.py").write_text("def f():\n    pass\n\nclass C:\n    def g(self):\n"
