@@ -20,6 +20,7 @@ import click
 from . import cli_params
 from .cli_params import param_options, settle
 from .config import Paths, UserError, command_hint
+from .nn.layers import ACTIVATIONS
 from .params import MODELS
 from .text import pct
 
@@ -364,15 +365,18 @@ def predict_image(obj, image):
                    "nearly flat, so its gradient is too small to check).")
 @click.option("--samples", type=click.IntRange(1, 1000), default=12, show_default=True,
               help="Entries compared per gradient tensor.")
+@click.option("--activation", type=click.Choice(sorted(ACTIVATIONS)), default=None,
+              help="Hidden activation to check instead of the model's own.")
 @click.option("--seed", type=int, default=0, show_default=True,
               help="Seed of the weights, the batch, the dropout masks and the entries drawn.")
-def gradcheck(name, batch, samples, seed):
+def gradcheck(name, batch, samples, activation, seed):
     """Check backpropagation against finite differences, layer by layer: float64, a small
     random batch, dropout with a fixed mask. Prints each gradient's relative error
     ||backprop - numeric|| / (||backprop|| + ||numeric||); exit 1 if any is 1e-6 or more.
     The same check the tests run (pipeline/nn/gradcheck.py)."""
     from .nn import gradcheck as gc
-    rows = gc.check_architecture(name, batch=batch, samples=samples, seed=seed)
+    hp = {"activation": activation} if activation else {}
+    rows = gc.check_architecture(name, batch=batch, samples=samples, seed=seed, **hp)
     click.echo(gc.table(rows))
     culprit = gc.culprit(rows)
     if culprit:

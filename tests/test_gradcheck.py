@@ -159,6 +159,14 @@ def test_cli_exits_1_naming_the_failing_layer(monkeypatch):
     assert "Traceback" not in result.output
 
 
+@pytest.mark.parametrize("activation", ["sigmoid", "leaky_relu"])
+def test_cli_checks_another_activation(activation):
+    # --activation swaps the hidden activation, and the check still passes
+    result = CliRunner().invoke(cli, ["gradcheck", "--model", "mlp", "--activation", activation,
+                                      "--samples", "3"], catch_exceptions=False)
+    assert result.exit_code == 0 and "all 15 gradients agree" in result.output
+
+
 def test_cli_refuses_a_batch_too_small_for_batchnorm():
     # --batch below 4 is a usage error naming the option
     result = CliRunner().invoke(cli, ["gradcheck", "--batch", "2"])
