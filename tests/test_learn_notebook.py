@@ -11,6 +11,7 @@ import pytest
 
 nbformat = pytest.importorskip("nbformat")
 nbclient = pytest.importorskip("nbclient")
+pytest.importorskip("ipykernel")
 
 NOTEBOOK = Path(__file__).resolve().parent.parent / "notebooks" / "learn.ipynb"
 
