@@ -278,7 +278,10 @@ def markdown(name: str, when: dt.datetime, inputs: ReportInputs, facts: dict) ->
                 by = "set" if p.name in changed else "default"
                 out.append(f"| {p.name} | `{_short(value)}` | {by} |")
     out += ["", "## Learning curves", "", f"![learning curves]({files['learning_curves']})", "",
-            _curve_note(inputs.history), "",
+            _curve_note(inputs.history)
+            + (" This model is trained full-batch: each epoch is one gradient step over all "
+               "train rows, so the curves are its cost and accuracy per iteration."
+               if hp.get("batch_size", 0) is None else ""), "",
             "## Confusion matrix (dev)", "", f"![confusion matrix]({files['confusion']})", "",
             "Rows are the true digit, columns the prediction. " + _pairs_note(facts["pairs"]), "",
             "| class | precision | recall | dev rows |", "| --- | --- | --- | --- |"]

@@ -339,4 +339,6 @@ def test_full_batch_learning_curves_are_labelled_by_iteration(tmp_path, monkeypa
             dev_y=np.arange(20) % 10, train_y=np.arange(50) % 10,
             test_proba=np.full((5, 10), 0.1), key={"k": k}))
         assert (folder / "activations.png").is_file() and (folder / "weights.png").is_file()
+        full = "cost and accuracy per iteration" in (folder / "report.md").read_text()
+        assert full == (batch is None)
     assert labels == ["iteration (one full-batch gradient step)", "epoch"]
