@@ -1,6 +1,6 @@
 """notebooks/learn.ipynb runs from top to bottom on the real zip (nbclient), quickly, and
 shows what it promises: the equations equal the model, training learns, the gradient checks
-pass, and the figures are displayed inline."""
+pass (and catch the bug planted on purpose), and the figures are displayed inline."""
 
 from __future__ import annotations
 
@@ -35,6 +35,7 @@ def test_learn_notebook_runs(real_zip, monkeypatch):
     text = outputs(nb)
     assert "by hand == model.forward: True" in text
     assert text.count("gradients agree with finite differences") == 2
+    assert "the backward of layer a1 (act) disagrees" in text  # the bug planted on purpose
     acc = [float(line.rsplit(" ", 1)[1].rstrip("%")) for line in text.splitlines()
            if "dev accuracy" in line]
     assert len(acc) == 2 and acc[0] > 80 and acc[1] > 85, acc  # 784-10-10, then the CNN
