@@ -6,6 +6,7 @@ import pytest
 
 from pipeline.params import TrainConfig
 from pipeline.train import hyperparameters, train
+from pipeline.nn.models import DEFAULTS
 
 
 def toy(n, seed):
@@ -88,7 +89,7 @@ def test_bad_arrays_are_named():
 def test_defaults_are_overridden_only_when_set():
     # zero/empty/negative config fields keep the model defaults; set fields win
     hp = hyperparameters(TrainConfig(model="mlp"))
-    assert hp["hidden"] == (512, 256) and hp["lr"] > 0
+    assert hp["hidden"] == DEFAULTS["mlp"]["hidden"] and hp["lr"] > 0
     hp = hyperparameters(TrainConfig(model="mlp", lr=0.5, hidden=(7,), dropout=0.0))
     assert hp["lr"] == 0.5 and hp["hidden"] == (7,) and hp["dropout"] == 0.0
 

@@ -24,17 +24,7 @@ import numpy as np
 from pipeline.nn.losses import softmax_cross_entropy_backward, softmax_cross_entropy_forward
 from pipeline.nn.model import BUFFERS, Model
 from pipeline.nn.models import DEFAULTS, build_spec
-
-try:  # the layer-kind table with one forward/backward signature for every layer
-    from pipeline.nn.plan import LAYER_KINDS, layer_backward, layer_forward
-except ImportError:  # the table as model.py kept it before plan.py: per-kind adapters
-    from pipeline.nn.model import LAYER_KINDS
-
-    def layer_forward(ly, P, x, train, rng):
-        return LAYER_KINDS[ly["type"]][1](ly, P, x, train, rng)
-
-    def layer_backward(ly, P, G, dout, cache, need_dx):
-        return LAYER_KINDS[ly["type"]][2](ly, P, G, dout, cache, need_dx)
+from pipeline.nn.plan import LAYER_KINDS, layer_backward, layer_forward
 
 TOL = 1e-6  # a check passes when its relative error is below this
 H = 1e-5  # finite-difference step (float64): rounding noise ~eps*|L|/H, truncation ~H^2

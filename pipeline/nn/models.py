@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import re
 
-from pipeline.config import IMAGE_SIDE, N_CLASSES, N_PIXELS
+IMAGE_SIDE = 28  # the images these architectures take: 28x28, one channel (as pipeline.config)
+N_PIXELS = IMAGE_SIDE * IMAGE_SIDE
+N_CLASSES = 10
 
 
 def mlp_spec(hp):
@@ -72,7 +74,7 @@ def cnn_spec(hp):
                     "cout": f,
                     "k": k,
                     "pad": pad,
-                    "init": "he",
+                    "init": hp.get("init", "he"),
                     "bias": False,
                 },  # BatchNorm's beta does a bias's job
                 {"type": "bn", "name": f"c{i}bn", "c": f},
@@ -97,7 +99,8 @@ def cnn_spec(hp):
                 layers.append({"type": "flatten", "name": "flat"})
                 flat = side * side * c
             layers += [
-                {"type": "dense", "name": f"fc{i}", "in": flat, "out": op[1], "init": "he"},
+                {"type": "dense", "name": f"fc{i}", "in": flat, "out": op[1],
+                 "init": hp.get("init", "he")},
                 {"type": "bn", "name": f"fc{i}bn", "c": op[1]},
                 {"type": "act", "name": f"fc{i}a", "fn": act},
             ]
@@ -107,7 +110,8 @@ def cnn_spec(hp):
     if flat is None:
         layers.append({"type": "flatten", "name": "flat"})
         flat = side * side * c
-    layers.append({"type": "dense", "name": "out", "in": flat, "out": N_CLASSES, "init": "xavier"})
+    out_init = "torch" if hp.get("init") == "torch" else "xavier"
+    layers.append({"type": "dense", "name": "out", "in": flat, "out": N_CLASSES, "init": out_init})
     return {"name": "cnn", "input_shape": [IMAGE_SIDE, IMAGE_SIDE, 1], "layers": layers}
 
 
@@ -130,21 +134,21 @@ ARCHITECTURES = {"mlp": mlp_spec, "cnn": cnn_spec, "seed": seed_spec}
 
 # Defaults per model. batch_size None = the whole training set (full-batch gradient descent).
 DEFAULTS = {
-    "mlp": dict(
-        epochs=20,
+    "mlp": dict(  # held-out fold 0: 98.99% against 98.81% for 512-256/20 epochs/no elastic
+        epochs=30,
         batch_size=128,
         lr=2e-3,
         optimizer="adamw",
         schedule="onecycle",
         weight_decay=1e-4,
-        hidden=(512, 256),
+        hidden=(1024, 512),
         activation="relu",
-        dropout=0.1,
+        dropout=0.2,
         label_smoothing=0.0,
-        augment="shift=2,rotate=10,zoom=0.1,elastic=0",
+        augment="shift=2,rotate=10,zoom=0.1,elastic=2",
     ),
     "cnn": dict(
-        epochs=20,  # 99.64% dev (best epoch 17, last 99.57%); see docs/nn-results.md
+        epochs=20,
         batch_size=128,
         lr=3e-3,
         optimizer="adamw",
@@ -157,6 +161,10 @@ DEFAULTS = {
         augment="shift=2,rotate=10,zoom=0.1,elastic=0",
         plan="32c5-p-64c5-p-fc128",
         pool_first=True,  # conv -> pool -> BatchNorm: ~15% faster than BN first, same accuracy
+        # PyTorch's default weight init, U(+-1/sqrt(fan_in)): with BatchNorm after each layer the
+        # smaller weights mean a larger effective Adam step; it closed the gap to the torch twin
+        # (held-out fold 0: 40 errors against 49 with He init; torch 39). docs/nn-results.md
+        init="torch",
     ),
     "seed": dict(
         epochs=500,
