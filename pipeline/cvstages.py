@@ -225,7 +225,6 @@ def train_folds(paths: Paths, cfg: TrainConfig, cv_cfg: CVConfig,
                 par: parallel.ParallelConfig) -> dict:
     """The fold models as the submission's model: cv.json, then model.npz (every fold model,
     averaged by predict), history.json and metrics.json carrying the OOF estimate."""
-    from .nn import save_models
     [(p, rs, summary, oof, trained)] = _run(paths, [cfg], cv_cfg, par)
     _write_cv(paths, p, summary, oof)
     metrics = {k: summary[k] for k in ("model", "params", "params_changed", "params_digest",
@@ -237,10 +236,9 @@ def train_folds(paths: Paths, cfg: TrainConfig, cv_cfg: CVConfig,
                              "dev_accuracy": None, "best_epoch": r["epochs"],
                              "train_seconds": round(r["seconds"], 2)}
                             for (f, s), r in zip(p.members, rs)])
-    save_models(paths.model, [r["model"] for r in rs], extra={"metrics": metrics})
-    write_json(paths.history, [{"seed": s, "fold": f, "best_epoch": r["epochs"],
-                                "epochs": r["history"]} for (f, s), r in zip(p.members, rs)])
-    write_json(paths.metrics, metrics)
+    stages.write_models(paths, [r["model"] for r in rs], metrics,
+                        [{"seed": s, "fold": f, "best_epoch": r["epochs"], "epochs": r["history"]}
+                         for (f, s), r in zip(p.members, rs)])
     _record(paths, summary, trained)
     return metrics
 

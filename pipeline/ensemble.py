@@ -17,7 +17,7 @@ from pathlib import Path
 from . import parallel, stages
 from .cache import _combined, code_digests
 from .cvstages import _lookup, _store
-from .fileio import read_json, read_npz, write_json
+from .fileio import read_json, read_npz
 
 log = logging.getLogger("pipeline")
 
@@ -44,7 +44,6 @@ def _code() -> str:
 
 def train_ensemble(paths, hp: dict, par: parallel.ParallelConfig) -> dict:
     """hp["ensemble"] members (seeds seed, seed+1, ...) saved together; returns metrics."""
-    from .nn import save_models
     inputs, files = stages._inputs(paths, parsed=paths.parsed, split=paths.split,
                                    normalizer=paths.normalizer)
     n, code = hp["ensemble"], _code()
@@ -75,10 +74,9 @@ def train_ensemble(paths, hp: dict, par: parallel.ParallelConfig) -> dict:
                      100 * (r.dev_accuracy or 0), r.seconds, len(results), n)
     ordered = [(members[k], results[k], results[k].seconds) for k in range(n)]
     metrics = stages._train_metrics(hp, ordered, paths)
-    save_models(paths.model, [r.model for _, r, _ in ordered], extra={"metrics": metrics})
-    write_json(paths.history, [{"seed": m["seed"], "best_epoch": r.best_epoch,
-                                "epochs": r.history} for m, r, _ in ordered])
-    write_json(paths.metrics, metrics)
+    stages.write_models(paths, [r.model for _, r, _ in ordered], metrics,
+                        [{"seed": m["seed"], "best_epoch": r.best_epoch, "epochs": r.history}
+                         for m, r, _ in ordered])
     if todo:  # one line of run history per training done, none for a cache reuse
         from .fileio import append_line
         from .runs import run_record, utc_now

@@ -191,7 +191,6 @@ def train(paths: Paths, cfg: TrainConfig, *, progress="bar", resume: bool = True
     (the same result as an uninterrupted run), unless `resume` is False. An ensemble's members
     train in parallel instead (`par`, see ensemble.py), each cached on its own.
     """
-    from .nn import save_models
     hp = resolve(cfg)  # every parameter checked, the model's defaults filled in
     if hp["ensemble"] > 1:  # members through joblib.Parallel, resumed member by member
         from .ensemble import train_ensemble
@@ -216,16 +215,24 @@ def train(paths: Paths, cfg: TrainConfig, *, progress="bar", resume: bool = True
         checkpoint.unlink(missing_ok=True)
         results.append((params, result, time.perf_counter() - start))
     metrics = _train_metrics(hp, results, paths)
-    with atomic_path(paths.model) as tmp:
-        save_models(tmp, [r.model for _, r, _ in results], extra={"metrics": metrics})
-    write_json(paths.history, [{"seed": m["seed"], "best_epoch": r.best_epoch,
-                                "epochs": r.history} for m, r, _ in results])
-    write_json(paths.metrics, metrics)
+    write_models(paths, [r.model for _, r, _ in results], metrics,
+                 [{"seed": m["seed"], "best_epoch": r.best_epoch, "epochs": r.history}
+                  for m, r, _ in results])
     if any(computed):  # one line of run history per training done, none for a cache reuse
         from .fileio import append_line
         from .runs import run_record, utc_now
         append_line(paths.runs, json.dumps(run_record(metrics, utc_now()), sort_keys=True))
     return metrics
+
+
+def write_models(paths: Paths, models: list, metrics: dict, history: list[dict]) -> None:
+    """The train stage's outputs, each written atomically: model.npz, history.json, metrics.json.
+    Every path that trains (one model, an ensemble, the fold models) ends here."""
+    from .nn import save_models
+    with atomic_path(paths.model) as tmp:
+        save_models(tmp, models, extra={"metrics": metrics})
+    write_json(paths.history, history)
+    write_json(paths.metrics, metrics)
 
 
 def _check_checkpoint(path: Path, resume: bool, paths: Paths, name: str) -> None:
