@@ -79,7 +79,7 @@ def learning_curves(members: list[dict], path: Path, *, xlabel: str = "epoch") -
     lr = [r["lr"] for r in rows]
     lr_ax = ax_loss.twinx()  # the learning rate on a second axis of the loss panel
     lr_ax.plot([r["epoch"] for r in rows], lr, "--", marker="^", color="C2", linewidth=1,
-               markersize=4, label="learning rate (end of epoch)")
+               markersize=4 if len(rows) <= 60 else 0, label="learning rate (end of epoch)")
     top = max(lr, default=0.0)
     lr_ax.set_ylim(0, 1.15 * top if top > 0 else 1.0)  # from 0: no zoom into a flat line
     lr_ax.set_ylabel("learning rate", color="C2")
