@@ -19,7 +19,9 @@ import click
 
 from . import cli_params
 from .cli_params import param_options, settle
-from .config import Paths, UserError, command_hint
+from .config import Paths, UserError, command_hint, for_user
+from .nn.layers import ACTIVATIONS
+from .params import MODELS
 from .text import pct
 
 
@@ -114,7 +116,7 @@ class UserFacingError(click.ClickException):
         self.exit_code = exit_code
 
     def show(self, file=None) -> None:
-        click.echo(f"digits: error: {self.message}", err=True)
+        click.echo(f"digits: error: {for_user(self.message)}", err=True)
 
 
 DISK_FULL = (errno.ENOSPC, errno.EFBIG, errno.EDQUOT)
@@ -482,12 +484,21 @@ def runs(obj, last):
 @click.argument("n", type=click.IntRange(min=1))
 @click.option("--train", "from_train", is_flag=True,
               help="Show row N of train.csv, with its label, instead of test.csv.")
+@click.option("--activations", is_flag=True,
+              help="Also print what each hidden layer makes of the digit, and draw it (with the "
+                   "first-layer weights of an MLP's most responsive units) in "
+                   "data/reports/activations-<test|train>-N.png.")
 @click.pass_obj
-def show(obj, n, from_train):
+def show(obj, n, from_train, activations):
     """Print test digit N (its ImageId, from 1) as text art with the model's prediction and
     top-3 probabilities."""
     from . import glance
-    click.echo(glance.describe(glance.show(obj["paths"], n, train=from_train)))
+    result = glance.show(obj["paths"], n, train=from_train, layers=activations)
+    click.echo(glance.describe(result))
+    if activations:
+        click.echo(glance.describe_layers(result))
+        png = obj["paths"].reports / f"activations-{'train' if from_train else 'test'}-{n}.png"
+        click.echo(f"figure: {glance.draw_layers(result, png)}")
 
 
 @cli.command("predict-image", short_help="Classify your own handwritten digit image.")
@@ -510,6 +521,32 @@ def predict_image(obj, image):
 
 
 UNSURE = 0.6  # predict-image warns when the top probability is below this
+
+
+@cli.command()
+@click.option("--model", "name", type=click.Choice(MODELS), default="cnn", show_default=True,
+              help="Architecture to check, with its default hyperparameters (freshly initialized).")
+@click.option("--batch", type=click.IntRange(4, 64), default=4, show_default=True,
+              help="Random images in the batch (at least 4: BatchNorm over fewer rows is "
+                   "nearly flat, so its gradient is too small to check).")
+@click.option("--samples", type=click.IntRange(1, 1000), default=12, show_default=True,
+              help="Entries compared per gradient tensor.")
+@click.option("--activation", type=click.Choice(sorted(ACTIVATIONS)), default=None,
+              help="Hidden activation to check instead of the model's own.")
+@click.option("--seed", type=int, default=0, show_default=True,
+              help="Seed of the weights, the batch, the dropout masks and the entries drawn.")
+def gradcheck(name, batch, samples, activation, seed):
+    """Check backpropagation against finite differences, layer by layer: float64, a small
+    random batch, dropout with a fixed mask. Prints each gradient's relative error
+    ||backprop - numeric|| / (||backprop|| + ||numeric||); exit 1 if any is 1e-6 or more.
+    The same check the tests run (pipeline/nn/gradcheck.py)."""
+    from .nn import gradcheck as gc
+    hp = {"activation": activation} if activation else {}
+    rows = gc.check_architecture(name, batch=batch, samples=samples, seed=seed, **hp)
+    click.echo(gc.table(rows))
+    culprit = gc.culprit(rows)
+    if culprit:
+        raise UserError(f"gradient check failed: {culprit}")
 
 
 def _summary(result: dict) -> None:

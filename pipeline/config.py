@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -182,6 +183,16 @@ def command_hint(target: str) -> str:
     if os.environ.get("MAKELEVEL"):
         return f"make {MAKE_TARGET.get(target, target)}"
     return f"digits {target}"
+
+
+def for_user(message: str) -> str:
+    """A message's `make <target>` hints as the command this user types: unchanged under make,
+    `digits <command>` otherwise (messages are written once, with make's names)."""
+    if os.environ.get("MAKELEVEL"):
+        return message
+    commands = {v: k for k, v in MAKE_TARGET.items()} | {"submit": "run"}
+    return re.sub(r"`make (\w[\w-]*)`", lambda m: f"`digits {commands.get(m[1], m[1])}`",
+                  message)
 
 
 def asdict(config) -> dict:

@@ -196,3 +196,10 @@ def test_unknown_make_variable_is_refused(scratch):
     root, _ = scratch
     out = make(root, "train", "EPOCH=3")
     assert out.returncode != 0 and "EPOCH" in out.stderr and "EPOCHS" in out.stderr
+
+
+def test_committed_params_file_is_current():
+    # the repo's params.toml sets nothing and shows today's defaults (regenerate it with
+    # `python -c "from pipeline import paramfile as p; print(p.render(p.empty()), end='')"`)
+    committed = (REPO / "params.toml").read_text(encoding="utf-8")
+    assert committed == paramfile.render(paramfile.empty())
