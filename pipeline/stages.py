@@ -8,36 +8,25 @@ compute functions are module-level and pure; file paths are passed for reading o
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import hashlib
 import json
 import logging
-import shutil
 import time
 import zipfile
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from . import data as data_mod
 from .cache import Cache
-from .config import ZIP_NAME, Paths, UserError, asdict, command_hint
+from .config import ZIP_NAME, Paths, asdict, command_hint
 from .fileio import atomic_path, sha256_file, write_json, write_npz
+from .lock import project_lock  # noqa: F401 (the commands take it through stages)
 from .params import PredictConfig, SplitConfig, TrainConfig, resolve
 from .readers import read_digits, read_model, read_normalizer, read_split
+from .sources import Sources, locate_source, source_digest
 
 log = logging.getLogger("pipeline")
-
-
-@dataclass(frozen=True)
-class Sources:
-    """Where the competition data may come from, in the order they are tried after data/raw."""
-
-    kaggle_input: Path = Path("/kaggle/input/digit-recognizer")  # a Kaggle Notebook's input
-    mirror: Path | None = None  # a local directory holding digit-recognizer.zip (or the CSVs)
-    use_api: bool = True  # finally, download through the Kaggle API
 
 
 # ----------------------------------------------------------------------------- compute
@@ -101,67 +90,15 @@ def _inputs(paths: Paths, **files: Path) -> tuple[dict[str, str], dict[str, str]
             {k: str(p) for k, p in files.items()})
 
 
-def locate_source(paths: Paths, sources: Sources) -> Path:
-    """The competition data: data/raw's zip, a Kaggle Notebook input, the mirror, or the API."""
-    if paths.raw_zip.exists() or paths.raw_zip.is_symlink():
-        from .readers import require_file
-        require_file(paths.raw_zip, f"Remove it and put the competition's {ZIP_NAME} there, "
-                     f"or run `{command_hint('download')}` to fetch it.")
-        log.info("download: using %s (already there)", _rel(paths.raw_zip, paths))
-        return paths.raw_zip
-    if (sources.kaggle_input / "train.csv").is_file():
-        log.info("download: using the Kaggle Notebook input %s", sources.kaggle_input)
-        return sources.kaggle_input
-    if (sources.kaggle_input / ZIP_NAME).is_file():  # read in place: the input is read-only
-        log.info("download: using the Kaggle Notebook input %s", sources.kaggle_input / ZIP_NAME)
-        return sources.kaggle_input / ZIP_NAME
-    if sources.mirror is not None:
-        zip_path = sources.mirror / ZIP_NAME
-        if zip_path.is_file():
-            data_mod.check_zip(zip_path)
-            with atomic_path(paths.raw_zip) as tmp:
-                shutil.copyfile(zip_path, tmp)
-            log.info("download: copied %s from the mirror %s", ZIP_NAME, sources.mirror)
-            return paths.raw_zip
-        if (sources.mirror / "train.csv").is_file():
-            log.info("download: using the CSVs in the mirror %s", sources.mirror)
-            return sources.mirror
-        raise data_mod.DataError(f"The mirror {sources.mirror} (KAGGLE_MIRROR) holds neither "
-                                 f"{ZIP_NAME} nor train.csv/test.csv/sample_submission.csv.")
-    if not sources.use_api:
-        raise data_mod.DataError(_no_data_message(paths))
-    from . import kaggle_io
-    log.info("download: fetching %s through the Kaggle API", ZIP_NAME)
-    return kaggle_io.download_competition(paths.raw, progress=True)
-
-
-def _no_data_message(paths: Paths) -> str:
-    return (f"No competition data found. Put {ZIP_NAME} in {_rel(paths.raw, paths)}/, "
-            f"or set KAGGLE_MIRROR to a directory that holds it (or the three CSVs), "
-            f"or attach the competition to your Kaggle Notebook, "
-            f"or provide Kaggle API credentials (see README, 'Credentials').")
-
-
 def download(paths: Paths, sources: Sources, *, progress=True) -> Path:
     """Locate the competition data, check it, and write the parsed uint8 arrays."""
     source = locate_source(paths, sources)
-    digest = source_digest(source, paths)
+    digest = source_digest(source, _cache(paths))
     bar = progress in (True, "bar")  # a parsing bar in a terminal only, not in a log
     arrays, _ = _cache(paths).call("parse", _parse, inputs={ZIP_NAME: digest}, params={},
                                    files={"source": str(source), "progress": bar})
     write_npz(paths.parsed, **arrays)
     return paths.parsed
-
-
-def source_digest(source: Path, paths: Paths) -> str:
-    """Digest of the competition data: the zip's, or of the three CSVs in a directory."""
-    cache = _cache(paths)
-    if source.is_file():
-        return cache.file_digest(source)
-    h = hashlib.sha256()
-    for name in data_mod.MEMBERS:
-        h.update(cache.file_digest(source / name).encode())
-    return h.hexdigest()
 
 
 def split(paths: Paths, cfg: SplitConfig) -> Path:
@@ -416,38 +353,3 @@ def _rel(path: Path, paths: Paths) -> str:
         return str(Path(path).resolve().relative_to(paths.root))
     except ValueError:
         return str(path)
-
-
-@contextlib.contextmanager
-def project_lock(paths: Paths, *, wait: bool = True):
-    """Hold an exclusive lock on the project's data so two runs never write the same outputs."""
-    paths.data.mkdir(parents=True, exist_ok=True)
-    with open(paths.data / ".lock", "a+") as f:
-        try:
-            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            if not wait:
-                raise UserError("Another digits run holds the project lock (data/.lock); "
-                                "wait for it to finish.") from None
-            log.warning("another digits run is in progress; waiting for it to finish")
-            fcntl.flock(f, fcntl.LOCK_EX)
-        try:
-            _sweep_orphans(paths)
-            yield
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
-
-
-def _sweep_orphans(paths: Paths) -> None:
-    """Delete the temporary files (`.NAME.*.tmp`, see fileio.atomic_path) a killed run left.
-
-    Called with the project lock held, so no other run is writing them.
-    """
-    orphans = [p for root in (paths.data, paths.submissions) if root.is_dir()
-               for p in root.rglob(".*.tmp") if p.is_file()]
-    if paths.output is not None and paths.output.is_dir():  # a notebook's output: ours only
-        orphans += [p for p in paths.output.glob(f".{paths.submission.name}.*.tmp")]
-    for p in orphans:
-        p.unlink(missing_ok=True)
-    if orphans:
-        log.info("removed %d temporary file(s) left by an interrupted run", len(orphans))
