@@ -103,3 +103,14 @@ def test_readme_links_the_learning_material(link):
     readme = (REPO / "README.md").read_text(encoding="utf-8")
     assert "## Learn how it works" in readme
     assert link in readme.split("## Learn how it works", 1)[1].split("\n## ", 1)[0]
+
+
+def test_readme_layout_names_every_module():
+    # the README's Layout section lists every module of the package and every script
+    import re
+    readme = (REPO / "README.md").read_text(encoding="utf-8")
+    layout = readme[readme.index("## Layout"):readme.index("## Tests")]
+    named = set(re.findall(r"[\w]+\.py", layout))
+    modules = {p.name for p in (REPO / "pipeline").rglob("*.py")} - {"__init__.py", "__main__.py"}
+    scripts = {p.name for p in (REPO / "scripts").glob("*.py")}
+    assert modules | scripts <= named, sorted((modules | scripts) - named)
