@@ -120,7 +120,8 @@ def test_resolve_fills_each_models_defaults():
     for model in MODELS:
         hp = resolve(TrainConfig(model=model))
         assert hp["epochs"] == DEFAULTS[model]["epochs"]
-    assert resolve(TrainConfig(model="mlp", epochs=20)) == resolve(TrainConfig(model="mlp"))
+    epochs = DEFAULTS["mlp"]["epochs"]
+    assert resolve(TrainConfig(model="mlp", epochs=epochs)) == resolve(TrainConfig(model="mlp"))
 
 
 # ---------------------------------------------------------------- make, as a new user runs it
