@@ -36,7 +36,8 @@ MODEL_FILE := data/models/model.npz
 SUBMISSION_FILE := submissions/submission.csv
 
 .PHONY: help install submit data download split normalize train predict validate run params \
-        upload submissions report test lint bench clean clean-cache clean-venv FORCE
+        upload submissions report test lint bench clean clean-cache clean-venv cv sweep \
+        throughput FORCE
 
 help: ## list the targets and the parameters
 	@echo "Kaggle Digit Recognizer, from scratch in NumPy. Usage: make <target> [VAR=value ...]"
@@ -45,7 +46,8 @@ help: ## list the targets and the parameters
 	@echo
 	@if [ -x $(PY) ]; then $(DIGITS) params --make-help; else echo "Parameters: run 'make install' once, then 'make help' lists them with their defaults."; fi
 
-submit: validate report ## everything: venv, data, split, normalize, train, predict, validate, report
+submit: report ## everything: venv, data, split, normalize, train, predict, report, validate
+	@$(DIGITS) validate
 
 # The virtual environment is a real file target: rebuilt only when setup.cfg changes.
 $(INSTALLED): setup.cfg pyproject.toml
@@ -97,6 +99,17 @@ run: $(INSTALLED) ## all stages in one process (`digits run`), same caching as s
 
 params: $(INSTALLED) ## show the parameters in effect (params.toml, set with VAR=value)
 	@$(DIGITS) params
+
+# ---- cross-validation (FOLDS, 5 unless set), sweeps (GRID=...), 1-vs-2-workers throughput;
+# JOBS, BACKEND=loky|dask and SCHEDULER=tcp://host:8786 say where the fold models train
+cv: $(NORMALIZER) ## K-fold CV: data/models/cv.json, the out-of-fold estimate (FOLDS=5 JOBS BACKEND)
+	$(DIGITS) cv
+
+sweep: $(NORMALIZER) ## CV of each GRID="lr=1e-3,3e-3 epochs=15,20" combination, ranked
+	$(DIGITS) sweep
+
+throughput: $(NORMALIZER) ## fold members per hour, 2 workers against 1 (scripts/throughput.py)
+	$(PY) scripts/throughput.py
 
 upload: validate ## send the validated submission to Kaggle (MESSAGE='...', FORCE=1)
 	$(DIGITS) upload

@@ -24,8 +24,9 @@ from .text import pct
 
 
 def sources(mirror: str | None):
+    from .config import kaggle_input
     from .stages import Sources
-    return Sources(mirror=Path(mirror) if mirror else None)
+    return Sources(kaggle_input=kaggle_input(), mirror=Path(mirror) if mirror else None)
 
 
 def default_mirror(root: Path) -> str | None:
@@ -40,6 +41,47 @@ RESUME_OPTION = click.option(
     "--resume/--no-resume", default=True, show_default=True,
     help="Continue an interrupted training from its last epoch checkpoint (the result equals "
          "an uninterrupted run); --no-resume starts afresh. [make: RESUME=0]")
+
+
+# ---- cross-validation and parallel training (cv.py, cvstages.py, parallel.py)
+
+PARALLEL_OPTIONS = [
+    click.option("--jobs", type=click.IntRange(min=0), default=0, show_default=True,
+                 help="Models trained at once, each on one BLAS thread; 0 = the cores "
+                      "available. [make: JOBS]"),
+    click.option("--backend", type=click.Choice(("loky", "dask")), default="loky",
+                 show_default=True, help="Where fold models train: loky, worker processes on "
+                 "this machine; dask, a dask.distributed cluster (--scheduler). [make: BACKEND]"),
+    click.option("--scheduler", envvar="DASK_SCHEDULER_ADDRESS", default="",
+                 help="The dask scheduler's address, e.g. tcp://127.0.0.1:8786. [default: "
+                      "$DASK_SCHEDULER_ADDRESS] [make: SCHEDULER]"),
+]
+
+
+def parallel_options(f):
+    for opt in reversed(PARALLEL_OPTIONS):
+        f = opt(f)
+    return f
+
+
+def parallel_config(kw):
+    from .parallel import ParallelConfig
+    return ParallelConfig(jobs=kw.pop("jobs"), backend=kw.pop("backend"),
+                          scheduler=kw.pop("scheduler") or "")
+
+
+def cv_config(split_cfg, train_cfg, default_folds: int = 0):
+    """The folds: K from --folds (FOLDS), rows and seed from the split's --max-train and
+    --split-seed."""
+    from .cv import CVConfig
+    folds = train_cfg.folds if (train_cfg.folds or 0) >= 2 else default_folds
+    return CVConfig(folds=folds, seed=split_cfg.seed, max_rows=split_cfg.max_train)
+
+
+def _oof(m: dict) -> str:
+    lo, hi = m["oof_accuracy_ci95"]
+    return (f"out-of-fold accuracy {pct(m['oof_accuracy'])} (95% CI {pct(lo)}-{pct(hi)}, "
+            f"{m['folds']} folds)")
 
 
 def locked_ctx(f):
@@ -78,6 +120,14 @@ class UserFacingError(click.ClickException):
 DISK_FULL = (errno.ENOSPC, errno.EFBIG, errno.EDQUOT)
 
 
+def nn_user_errors() -> tuple:
+    """pipeline.nn's ModelFileError, a problem the user can fix like a UserError (pipeline.nn
+    imports nothing from the package, so it has its own), once that module is loaded: the CLI
+    starts without numpy, and an `except` clause evaluates this only when something is raised."""
+    nn_model = sys.modules.get("pipeline.nn.model")
+    return () if nn_model is None else (nn_model.ModelFileError,)
+
+
 class DigitsGroup(click.Group):
     """Lists the commands in pipeline order, and turns the library's UserError (and Ctrl-C) into
     a message and exit code, not a traceback."""
@@ -89,6 +139,8 @@ class DigitsGroup(click.Group):
         try:
             return super().invoke(ctx)
         except UserError as e:
+            raise UserFacingError(str(e)) from None
+        except nn_user_errors() as e:
             raise UserFacingError(str(e)) from None
         except KeyboardInterrupt:
             raise UserFacingError("interrupted; finished outputs are intact, rerun to "
@@ -118,7 +170,7 @@ def cli(ctx, root, quiet):
     `run` does them all. Parameters persist in params.toml: an option you pass sticks
     (`digits params` shows them all).
     """
-    paths = Paths(root.resolve()) if root else Paths.default()
+    paths = Paths.default(root)
     logging.basicConfig(level=logging.WARNING if quiet else logging.INFO,
                         format="digits: %(message)s", stream=sys.stderr, force=True)
     # progress: a bar in a terminal, one line per epoch in a log or notebook, nothing with -q
@@ -170,16 +222,25 @@ def normalize(obj):
 @cli.command(short_help="Train the network (or an ensemble); save weights and metrics.")
 @param_options("train", "model")
 @RESUME_OPTION
+@parallel_options
 @click.pass_context
 @locked_ctx
 def train(ctx, resume, **kw):
-    """Train the network (or an ensemble) and save weights, history and metrics.
+    """Train the network (or an ensemble, or --folds K fold models) and save weights, history
+    and metrics.
 
     A per-model option (epochs, lr, ...) is kept in that model's table of params.toml."""
     from . import stages
-    _, train_cfg, _ = settle(ctx, kw, ctx.obj["paths"])
+    par = parallel_config(kw)
+    split_cfg, train_cfg, _ = settle(ctx, kw, ctx.obj["paths"])
+    if (train_cfg.folds or 0) >= 2:
+        metrics = stages.train_folds(ctx.obj["paths"], train_cfg,
+                                     cv_config(split_cfg, train_cfg), par)
+        click.echo(f"model: {ctx.obj['paths'].model} ({metrics['model']}, "
+                   f"{metrics['folds']} fold models; {_oof(metrics)})")
+        return
     metrics = stages.train(ctx.obj["paths"], train_cfg, progress=ctx.obj["progress"],
-                           resume=resume)
+                           resume=resume, par=par)
     click.echo(f"model: {ctx.obj['paths'].model} ({metrics['model']}, dev-split accuracy "
                f"{pct(metrics['dev_accuracy'])})")
 
@@ -237,12 +298,12 @@ def report(ctx, **kw):
 def upload(obj, message, force, timeout, submission):
     """Validate a submission (default: submissions/submission.csv), upload it to Kaggle, wait
     for its public score and record it in submissions/ledger.jsonl."""
-    from . import kaggle_io
+    from . import kaggle_submit
     paths = obj["paths"]
-    entry = kaggle_io.upload_submission(submission or paths.submission, message,
-                                        ledger=paths.ledger, force=force,
-                                        poll=kaggle_io.Poll(timeout=timeout),
-                                        progress=obj["progress"] is not None)
+    entry = kaggle_submit.upload_submission(submission or paths.submission, message,
+                                            ledger=paths.ledger, force=force,
+                                            poll=kaggle_submit.Poll(timeout=timeout),
+                                            progress=obj["progress"] is not None)
     click.echo(f"public score: {entry['public_score']} (submission {entry['ref']}, "
                f"{entry['file']})")
 
@@ -253,15 +314,16 @@ def upload(obj, message, force, timeout, submission):
 @click.pass_obj
 def submissions(obj, offline):
     """Uploaded submissions, newest first: the ledger joined with Kaggle's status and score."""
-    from . import kaggle_io
-    rows = kaggle_io.list_submissions(obj["paths"].ledger, remote=not offline)
-    click.echo(kaggle_io.submissions_table(rows) if rows else "no submissions yet")
+    from . import kaggle_submit
+    rows = kaggle_submit.list_submissions(obj["paths"].ledger, remote=not offline)
+    click.echo(kaggle_submit.submissions_table(rows) if rows else "no submissions yet")
 
 
 @cli.command(short_help="Every stage in order, each reused when nothing changed.")
 @MIRROR_OPTION
 @param_options("split", "train", "model", "predict")
 @RESUME_OPTION
+@parallel_options
 @click.option("--report/--no-report", "with_report", default=True, show_default=True,
               help="End with the report stage (figures and report.md under data/reports).")
 @click.pass_context
@@ -270,16 +332,71 @@ def run(ctx, mirror, resume, with_report, **kw):
     """Run every stage in order (each reused from cache when nothing changed)."""
     from . import stages
     paths, progress = ctx.obj["paths"], ctx.obj["progress"]
+    par = parallel_config(kw)
     split_cfg, train_cfg, predict_cfg = settle(ctx, kw, paths)  # checked before any work
     stages.download(paths, sources(mirror or default_mirror(paths.root)), progress=progress)
     stages.split(paths, split_cfg)
     stages.normalize(paths)
-    stages.train(paths, train_cfg, progress=progress, resume=resume)
+    if (train_cfg.folds or 0) >= 2:
+        metrics = stages.train_folds(paths, train_cfg, cv_config(split_cfg, train_cfg), par)
+    else:
+        metrics = stages.train(paths, train_cfg, progress=progress, resume=resume, par=par)
     stages.predict(paths, predict_cfg)
     _summary(stages.validate(paths))
     if with_report:
         out = stages.report(paths, predict_cfg)
         click.echo(f"report: {out['path'] / 'report.md'}")
+    if metrics.get("oof_accuracy") is not None:  # the last line: the expected score
+        from .cvstages import estimate_line
+        click.echo(estimate_line(metrics))
+
+
+@cli.command(short_help="K-fold cross-validation: the out-of-fold estimate (cv.json).")
+@param_options("split", "train", "model")
+@parallel_options
+@click.pass_context
+@locked_ctx
+def cv(ctx, **kw):
+    """Cross-validate the training parameters: K fold models (--folds, 5 unless set; trained in
+    parallel, each cached), each scored on the fold it never saw. Writes data/models/cv.json
+    (the out-of-fold accuracy with its 95% interval, log loss, per fold and per class) and
+    oof.npz. The rows: all labelled ones, or a stratified --max-train subset."""
+    from . import stages
+    from .cvstages import estimate_line
+    par = parallel_config(kw)
+    split_cfg, train_cfg, _ = settle(ctx, kw, ctx.obj["paths"])
+    summary = stages.cv(ctx.obj["paths"], train_cfg, cv_config(split_cfg, train_cfg, 5), par)
+    click.echo("folds: " + " ".join(pct(a) for a in summary["fold_accuracy"]))
+    click.echo(f"cv: {ctx.obj['paths'].models / 'cv.json'}")
+    click.echo(estimate_line(summary))
+
+
+@cli.command(short_help="Cross-validate every combination of a grid, ranked.")
+@click.option("--grid", required=True,
+              help='The combinations: space-separated name=v1,v2 terms over the training '
+                   'parameters, e.g. "lr=1e-3,3e-3 epochs=15,20" (layer sizes as '
+                   'hidden=512x256,256). [make: GRID]')
+@param_options("split", "train", "model")
+@parallel_options
+@click.pass_context
+@locked_ctx
+def sweep(ctx, grid, **kw):
+    """Cross-validate every combination of --grid (all their members in parallel), print them
+    ranked by out-of-fold accuracy, write data/models/sweep.json and add each to
+    data/runs.jsonl."""
+    from . import stages
+    from .cv import parse_grid, sweep_table
+    par = parallel_config(kw)
+    split_cfg, train_cfg, _ = settle(ctx, kw, ctx.obj["paths"])
+    try:
+        points = parse_grid(grid, train_cfg)
+    except ValueError as e:
+        raise click.BadParameter(str(e), param_hint="'--grid'") from None
+    cv_cfg = cv_config(split_cfg, train_cfg, 5)
+    results = stages.sweep(ctx.obj["paths"], train_cfg, cv_cfg, par, points)
+    click.echo(sweep_table(results))
+    click.echo(f"sweep: {ctx.obj['paths'].models / 'sweep.json'} ({len(points)} points, "
+               f"{cv_cfg.folds} folds each)")
 
 
 @cli.command(short_help="Show, or set, the parameters kept in params.toml.")
@@ -339,11 +456,22 @@ def show(obj, n, from_train):
 @click.argument("image", type=click.Path(dir_okay=False, path_type=Path))
 @click.pass_obj
 def predict_image(obj, image):
-    """Classify your own handwritten digit: an image of any size in any format Pillow reads
-    (PNG, JPEG, ...), dark-on-light or light-on-dark, prepared the way MNIST digits were
-    (grayscale, cropped, scaled into 20x20, centered by mass in 28x28)."""
+    """Classify your own handwritten digit: an image in any format Pillow reads (PNG, JPEG, BMP,
+    GIF, TIFF, WebP, ...), of any size, dark-on-light or light-on-dark, a photo of paper too
+    (its lighting and shadows are removed), prepared the way MNIST digits were (cropped to the
+    ink, scaled into 20x20, centered by mass in 28x28)."""
     from . import glance
-    click.echo(glance.describe(glance.predict_image(obj["paths"], image), top=10))
+    result = glance.predict_image(obj["paths"], image)
+    click.echo(glance.describe(result, top=10))
+    top = float(result["proba"].max())
+    if top < UNSURE:
+        click.echo(f"digits: warning: the model is unsure (top probability {100 * top:.0f}%, "
+                   f"under {100 * UNSURE:.0f}%). Check the text art above: a digit cut off, "
+                   f"touching the edge, or several digits in one image read badly; crop it to "
+                   f"one digit with some margin.", err=True)
+
+
+UNSURE = 0.6  # predict-image warns when the top probability is below this
 
 
 def _summary(result: dict) -> None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -33,11 +34,20 @@ class Paths:
 
     root: Path
     use_cache: bool = True  # False: every stage computes (joblib.Memory with no location)
+    output: Path | None = None  # where submission.csv goes instead (a Kaggle Notebook's output)
 
     @classmethod
-    def default(cls) -> Paths:
-        """The project root: $DIGITS_ROOT if set, else the current directory."""
-        return cls(Path(os.environ.get("DIGITS_ROOT", ".")).resolve())
+    def default(cls, root: Path | None = None) -> Paths:
+        """The project root: `root`, else $DIGITS_ROOT, else the current directory.
+
+        In a Kaggle Notebook (see `kaggle_notebook`) submission.csv goes to the notebook's
+        output folder, /kaggle/working, where Kaggle looks for it, and everything else (caches,
+        parsed arrays, models, reports: 125 MB and more) to a scratch folder that Kaggle does not
+        keep, unless `root` or $DIGITS_ROOT name one.
+        """
+        working = kaggle_notebook()
+        root = root or os.environ.get("DIGITS_ROOT") or (kaggle_scratch() if working else ".")
+        return cls(Path(root).resolve(), output=working.resolve() if working else None)
 
     @property
     def data(self) -> Path:
@@ -117,7 +127,7 @@ class Paths:
 
     @property
     def submission(self) -> Path:
-        return self.submissions / "submission.csv"
+        return (self.output or self.submissions) / "submission.csv"
 
     @property
     def submission_history(self) -> Path:
@@ -126,6 +136,36 @@ class Paths:
     @property
     def ledger(self) -> Path:
         return self.submissions / "ledger.jsonl"
+
+
+def kaggle_notebook() -> Path | None:
+    """The output folder of the Kaggle Notebook we run in, or None outside one.
+
+    A notebook is recognized by $KAGGLE_KERNEL_RUN_TYPE (which Kaggle sets) or by its output
+    folder existing: $KAGGLE_WORKING_DIR, by default /kaggle/working.
+    """
+    working = Path(os.environ.get("KAGGLE_WORKING_DIR") or "/kaggle/working")
+    if os.environ.get("KAGGLE_KERNEL_RUN_TYPE") or working.is_dir():
+        return working
+    return None
+
+
+def kaggle_scratch() -> Path:
+    """Where a notebook's caches and intermediate files go: $KAGGLE_TEMP_DIR (by default
+    /kaggle/temp, which Kaggle discards after the session)/digits, else the system's temp dir."""
+    temp = Path(os.environ.get("KAGGLE_TEMP_DIR") or "/kaggle/temp")
+    return (temp if temp.is_dir() else Path(tempfile.gettempdir())) / "digits"
+
+
+def kaggle_input() -> Path:
+    """Where a Kaggle Notebook finds the attached competition: $KAGGLE_INPUT_DIR (by default
+    /kaggle/input)/digit-recognizer, or one level further down (as in .../competitions/)."""
+    base = Path(os.environ.get("KAGGLE_INPUT_DIR") or "/kaggle/input")
+    direct = base / COMPETITION
+    if direct.is_dir() or not base.is_dir():
+        return direct
+    nested = sorted(p for p in base.glob(f"*/{COMPETITION}") if p.is_dir())
+    return nested[0] if nested else direct
 
 
 MAKE_TARGET = {"download": "data"}  # make targets named differently from their digits command
@@ -146,5 +186,5 @@ def asdict(config) -> dict:
 
 __all__ = [
     "COMPETITION", "IMAGE_SIDE", "N_CLASSES", "N_PIXELS", "N_TEST", "Paths", "UserError",
-    "ZIP_NAME", "asdict",
+    "ZIP_NAME", "asdict", "kaggle_input", "kaggle_notebook", "kaggle_scratch",
 ]

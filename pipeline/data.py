@@ -9,6 +9,7 @@ file paths are the stages module's business.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import zipfile
 import zlib
@@ -93,13 +94,41 @@ def _check_members(path: Path, infos: list[zipfile.ZipInfo]) -> None:
                             f"possible zip bomb. {FIX_HINT}")
 
 
+def check_folder(path: Path) -> None:
+    """Raise DataError unless the folder `path` holds the three competition CSVs as plain files.
+
+    Other files beside them are ignored (a mirror may hold a README); a folder holding the zip
+    instead is pointed at it. The CSVs' contents are checked as they are parsed, as in a zip.
+    """
+    path = Path(path)
+    if not path.is_dir():
+        raise DataError(f"{path} does not exist or is not a folder.")
+    missing = [m for m in MEMBERS if not (path / m).is_file()]
+    if missing:
+        hint = (f" It holds {ZIP_NAME}: use that instead." if (path / ZIP_NAME).is_file()
+                else f" A source folder holds {', '.join(MEMBERS)} as downloaded from Kaggle.")
+        raise DataError(f"{path}: missing {', '.join(missing)}.{hint}")
+    for m in MEMBERS:
+        size = (path / m).stat().st_size
+        if size > MAX_MEMBER_BYTES:
+            raise DataError(f"{path / m} is {size} bytes, an absurd size for the competition's "
+                            f"CSV (train.csv is 77 MB); refusing it.")
+
+
 def read_competition(path: Path, *, progress: bool = False) -> Digits:
-    """Check the zip and parse its three CSVs into a Digits."""
-    check_zip(path)
-    with zipfile.ZipFile(path) as z:
-        train = read_csv(z, "train.csv", TRAIN_COLUMNS, progress=progress)
-        test = read_csv(z, "test.csv", TEST_COLUMNS, progress=progress)
-        sample = read_csv(z, "sample_submission.csv", SAMPLE_COLUMNS, max_value=None)
+    """Check the zip (or a folder of the three CSVs, such as a Kaggle Notebook's input) and
+    parse its CSVs into a Digits. A folder gets the same content checks as a zip's members."""
+    path = Path(path)
+    if path.is_dir():
+        check_folder(path)
+        z, where = None, (lambda m: path / m)
+    else:
+        check_zip(path)
+        z, where = zipfile.ZipFile(path), (lambda m: m)
+    with z if z is not None else contextlib.nullcontext():
+        train = read_csv(z, where("train.csv"), TRAIN_COLUMNS, progress=progress)
+        test = read_csv(z, where("test.csv"), TEST_COLUMNS, progress=progress)
+        sample = read_csv(z, where("sample_submission.csv"), SAMPLE_COLUMNS, max_value=None)
     labels = train[:, 0]
     if labels.max(initial=0) >= N_CLASSES:
         row = int(np.argmax(labels >= N_CLASSES))

@@ -14,10 +14,11 @@ import numpy as np
 from .config import IMAGE_SIDE, N_CLASSES
 
 DPI = 100
+CAPTION_SIZE = 13  # points: the captions of digit grids, readable at the PNG's own size
 FIGSIZE = {  # inches; at DPI these are the PNGs' pixel sizes (width x height / 100)
     "learning_curves": (11, 4),
     "confusion": (15, 5),
-    "mistakes": (10, 7),
+    "mistakes": (12, 7.2),
     "weights": (8, 8),
     "filters": (8, 4),
     "feature_maps": (8, 4),
@@ -43,10 +44,11 @@ def _figure(name: str, *args, **kwargs):
 
 
 def learning_curves(members: list[dict], path: Path) -> Path:
-    """Train/dev loss and accuracy per epoch, the learning rate on a second axis.
+    """Train/dev loss and accuracy (%) per epoch, the learning rate on a second axis from 0.
 
     members: one {"seed", "best_epoch", "epochs": [{"epoch", "train_loss", "dev_loss",
-    "train_acc", "dev_acc", "lr"}, ...]} per ensemble member (history.json).
+    "train_acc", "dev_acc", "lr"}, ...]} per ensemble member (history.json). Epochs are whole
+    numbers on the x axis however few there are (one epoch is one point, not a zoomed axis).
     """
     fig, (ax_loss, ax_acc) = _figure("learning_curves", 1, 2, layout="constrained")
     for i, m in enumerate(members):
@@ -54,25 +56,29 @@ def learning_curves(members: list[dict], path: Path) -> Path:
         ep = [r["epoch"] for r in rows]
         tag = f" (seed {m['seed']})" if len(members) > 1 else ""
         alpha = 1.0 if i == 0 else 0.4
-        for ax, key in ((ax_loss, "loss"), (ax_acc, "acc")):
-            ax.plot(ep, [r[f"train_{key}"] for r in rows], "o-", color="C0", alpha=alpha,
-                    label=f"train{tag}", markersize=3)
-            dev = [np.nan if r.get(f"dev_{key}") is None else r[f"dev_{key}"] for r in rows]
+        for ax, key, scale in ((ax_loss, "loss", 1), (ax_acc, "acc", 100)):
+            ax.plot(ep, [scale * r[f"train_{key}"] for r in rows], "o-", color="C0",
+                    alpha=alpha, label=f"train{tag}", markersize=4)
+            dev = [np.nan if r.get(f"dev_{key}") is None else scale * r[f"dev_{key}"]
+                   for r in rows]
             if not np.all(np.isnan(dev)):
-                ax.plot(ep, dev, "s-", color="C1", alpha=alpha, label=f"dev{tag}", markersize=3)
+                ax.plot(ep, dev, "s-", color="C1", alpha=alpha, label=f"dev{tag}", markersize=4)
         if i == 0 and m.get("best_epoch"):
             for ax in (ax_loss, ax_acc):
                 ax.axvline(m["best_epoch"], color="gray", linestyle=":", linewidth=1)
-    from matplotlib.ticker import MaxNLocator
-    for ax, title in ((ax_loss, "loss (cross-entropy)"), (ax_acc, "accuracy")):
+    last = max([r["epoch"] for m in members for r in m["epochs"]], default=1)
+    for ax, title in ((ax_loss, "loss (cross-entropy)"), (ax_acc, "accuracy (%)")):
         ax.set_xlabel("epoch")
         ax.set_title(title)
         ax.grid(alpha=0.3)
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        _epoch_axis(ax, last)
     rows = members[0]["epochs"]
+    lr = [r["lr"] for r in rows]
     lr_ax = ax_loss.twinx()  # the learning rate on a second axis of the loss panel
-    lr_ax.plot([r["epoch"] for r in rows], [r["lr"] for r in rows], "--", color="C2",
-               linewidth=1, label="learning rate (end of epoch)")
+    lr_ax.plot([r["epoch"] for r in rows], lr, "--", marker="^", color="C2", linewidth=1,
+               markersize=4, label="learning rate (end of epoch)")
+    top = max(lr, default=0.0)
+    lr_ax.set_ylim(0, 1.15 * top if top > 0 else 1.0)  # from 0: no zoom into a flat line
     lr_ax.set_ylabel("learning rate", color="C2")
     lr_ax.tick_params(axis="y", colors="C2")
     lr_ax.ticklabel_format(axis="y", style="sci", scilimits=(-2, 3))
@@ -81,9 +87,19 @@ def learning_curves(members: list[dict], path: Path) -> Path:
     ax_loss.legend(lines + lr_lines, labels + lr_labels, fontsize=8, loc="upper right")
     ax_acc.legend(fontsize=8, loc="lower right")
     ax_loss.set_ylabel("loss")
-    ax_acc.set_ylabel("accuracy")
+    ax_acc.set_ylabel("accuracy (%)")
     fig.suptitle("learning curves (dotted line: the epoch kept)")
     return _save(fig, path)
+
+
+def _epoch_axis(ax, last: int) -> None:
+    """Whole epochs 1..last on the x axis, half an epoch of margin either side."""
+    from matplotlib.ticker import MaxNLocator
+    ax.set_xlim(0.5, last + 0.5)
+    if last <= 15:
+        ax.set_xticks(range(1, last + 1))
+    else:
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True, min_n_ticks=2))
 
 
 def confusion(cm: np.ndarray, precision: np.ndarray, recall: np.ndarray, path: Path) -> Path:
@@ -107,18 +123,32 @@ def confusion(cm: np.ndarray, precision: np.ndarray, recall: np.ndarray, path: P
         ax.set_xlabel("predicted")
         ax.set_ylabel("true")
         ax.set_title(title)
-    k = np.arange(N_CLASSES)
-    ax_pr.bar(k - 0.2, precision, width=0.4, label="precision")
-    ax_pr.bar(k + 0.2, recall, width=0.4, label="recall")
-    low = float(min(np.min(precision), np.min(recall)))
-    ax_pr.set_ylim(max(0.0, low - 0.05), 1.0)
-    ax_pr.set_xticks(k)
-    ax_pr.set_xlabel("class")
-    ax_pr.set_title("per-class precision and recall")
-    ax_pr.legend(fontsize=8, loc="lower right")
-    ax_pr.grid(axis="y", alpha=0.3)
+    _precision_recall(ax_pr, 100 * np.asarray(precision), 100 * np.asarray(recall))
     fig.suptitle(f"dev confusion matrix ({int(cm.sum())} digits)")
     return _save(fig, path)
+
+
+def _precision_recall(ax, precision: np.ndarray, recall: np.ndarray) -> None:
+    """Per-class precision and recall (%) as bars. When all are high the axis starts near the
+    lowest (else the differences vanish), and the cut is marked on the axis and in the title."""
+    k = np.arange(N_CLASSES)
+    ax.bar(k - 0.2, precision, width=0.4, label="precision")
+    ax.bar(k + 0.2, recall, width=0.4, label="recall")
+    low = float(min(np.min(precision), np.min(recall)))
+    bottom = 0.0 if low < 50 else float(np.floor((low - 2) / 5) * 5)  # a round number below
+    ax.set_ylim(bottom, 100)
+    title = "per-class precision and recall (%)"
+    if bottom > 0:
+        title += f"\n(axis cut: starts at {bottom:.0f}%)"
+        kw = {"transform": ax.transAxes, "color": "black", "clip_on": False, "linewidth": 1}
+        for dy in (0.0, 0.025):  # a break mark on the left spine, where the axis is cut
+            ax.plot([-0.025, 0.025], [dy - 0.01, dy + 0.01], **kw)
+    ax.set_xticks(k)
+    ax.set_xlabel("class")
+    ax.set_ylabel("%")
+    ax.set_title(title)
+    ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.12), ncol=2)  # off the bars
+    ax.grid(axis="y", alpha=0.3)
 
 
 def digit_grid(images: np.ndarray, titles: list[str], path: Path, *, title: str,
@@ -131,11 +161,11 @@ def digit_grid(images: np.ndarray, titles: list[str], path: Path, *, title: str,
         ax.axis("off")
     for ax, img, t in zip(axes.flat, images, titles):
         ax.imshow(np.asarray(img).reshape(IMAGE_SIDE, IMAGE_SIDE), cmap="gray_r", vmin=0, vmax=255)
-        ax.set_title(t, fontsize=8)
+        ax.set_title(t, fontsize=CAPTION_SIZE, linespacing=1.1)
     if n == 0:
         axes.flat[0].text(0.5, 0.5, "no mistakes on dev", ha="center", va="center")
-    fig.suptitle(title)
-    fig.subplots_adjust(left=0.02, right=0.98, bottom=0.02, top=0.88, hspace=0.5)
+    fig.suptitle(title, fontsize=14)
+    fig.subplots_adjust(left=0.01, right=0.99, bottom=0.01, top=0.86, wspace=0.08, hspace=0.45)
     return _save(fig, path)
 
 

@@ -1,6 +1,8 @@
-"""Every conversation with Kaggle: download the competition zip, upload a submission and wait for
-its score, list the submissions. The real `kaggle` package makes every call; checking files is
-left to `data.check_zip` and `submission.validate_submission`, option parsing to `cli`.
+"""Every conversation with Kaggle, and the download of the competition zip: finding credentials,
+connecting, retrying, and turning Kaggle's refusals into what to do. Uploads and the submission
+list are `kaggle_submit.py`'s, on top of this. The real `kaggle` package makes every call;
+checking files is left to `data.check_zip` and `submission.validate_submission`, option parsing
+to `cli`.
 
 `kaggle` authenticates when imported (and exits the process when it finds no credentials), so it
 is imported inside functions, only after our own look for credentials has found some, with its
@@ -40,7 +42,6 @@ from urllib.parse import urlsplit
 import requests
 
 from .config import COMPETITION, UserError
-from .fileio import sha256_file
 
 log = logging.getLogger(__name__)
 Sleep = Callable[[float], None]  # time.sleep, or a recorder in tests
@@ -52,9 +53,6 @@ NO_CREDENTIALS = (
     "~/.kaggle/ (or $KAGGLE_CONFIG_DIR), or set KAGGLE_USERNAME and KAGGLE_KEY."
 )
 RETRY_STATUSES = (429, 500, 502, 503, 504)  # worth another try: rate limits, server hiccups
-# what KaggleApi.competition_submit answers when the file could not be put in storage
-UPLOAD_FAILED = "Could not submit to competition"
-FINAL_STATUSES = ("COMPLETE", "ERROR")
 
 
 class KaggleError(UserError):
@@ -68,14 +66,6 @@ class Retry:
     attempts: int = 4  # tries per call, the first included
     backoff: float = 2.0  # seconds before the first retry; doubled after each
     max_wait: float = 60.0  # longest single wait, a server's Retry-After included
-
-
-@dataclass(frozen=True)
-class Poll:
-    """How to wait for Kaggle to score an upload."""
-
-    interval: float = 5.0  # seconds between looks at the submission list
-    timeout: float = 600.0  # give up waiting (the submission stays on Kaggle) after this long
 
 
 # -- credentials ---------------------------------------------------------------------------------
@@ -315,17 +305,16 @@ def _explain(e: Exception, what: str, creds: Credentials, attempts: int, competi
             text = (f"Kaggle rejected the credentials from {creds.source} (HTTP 401) while {what}: "
                     f"the token has expired or was regenerated. Make a new one at {TOKEN_PAGE} "
                     f"and store it in the same place.")
+        elif status in (400, 403) and what.startswith("submitting"):
+            text = _refused_submission(status, detail, competition)
         elif status == 403 and "rule" in detail.lower():
             text = (f"Kaggle refused {what} (HTTP 403) because you have not accepted the "
                     f"competition's rules. Accept them at {page}/rules (the API cannot), then run "
                     f"this again.")
         elif status in (403, 404):
             text = (f"Kaggle refused {what} (HTTP {status}: {detail}). Check that the competition "
-                    f"is called '{competition}' ({page}) and that you have joined it.")
-        elif status == 400 and what.startswith("submitting"):
-            text = (f"Kaggle refused the submission (HTTP 400: {detail}). Either you have not "
-                    f"joined the competition (join and accept the rules at {page}), or today's "
-                    f"submission limit is reached (try again tomorrow).")
+                    f"is called '{competition}' ({page}) and that you have joined it and accepted "
+                    f"its rules ({page}/rules).")
         elif status == 429:
             text = (f"Kaggle kept rate-limiting {what} (HTTP 429){tries}; wait a few minutes and "
                     f"run this again.")
@@ -345,6 +334,27 @@ def _explain(e: Exception, what: str, creds: Credentials, attempts: int, competi
                            f"TLS-inspecting proxy, set REQUESTS_CA_BUNDLE to its CA certificate.")
     return KaggleError(f"Could not reach Kaggle while {what}{tries} ({reason}). Check your network "
                        f"connection{' and HTTPS_PROXY' if _proxy() else ''}.{hint}")
+
+
+def _refused_submission(status: int, detail: str, competition: str) -> str:
+    """Kaggle's 400 or 403 on a submission, with its usual causes, the likeliest first."""
+    page = f"https://www.kaggle.com/c/{competition}"
+    causes = {
+        "rules": f"you have not joined the competition and accepted its rules (do it at "
+                 f"{page}/rules; the API cannot)",
+        "limit": "today's submission limit is reached (it resets at 00:00 UTC; "
+                 "`digits submissions` lists today's)",
+        "name": f"the competition name '{competition}' is wrong (see {page})",
+    }
+    text = detail.lower()
+    hints = {"limit": ("limit", "exceed", "allowance", "quota", "maximum", "too many"),
+             "name": ("not found", "does not exist", "unknown", "no such"),
+             "rules": ("rule", "join", "accept")}  # the most specific clue first
+    likely = [k for k, words in hints.items() if any(w in text for w in words)]
+    order = likely + [k for k in causes if k not in likely]
+    listed = "; ".join(f"{i}. {causes[k]}" for i, k in enumerate(order, 1))
+    return (f"Kaggle refused the submission (HTTP {status}: {detail}). Nothing was submitted. "
+            f"The usual causes: {listed}.")
 
 
 # -- download ------------------------------------------------------------------------------------
@@ -411,159 +421,3 @@ def _discard(staging: Path, dest_dir: Path, existed: bool) -> None:
     if not existed:
         with contextlib.suppress(OSError):
             dest_dir.rmdir()  # only if empty
-
-
-# -- upload and submissions ----------------------------------------------------------------------
-
-
-def upload_submission(path: Path, message: str, *, ledger: Path, force: bool = False,
-                      image_ids=None, competition: str = COMPETITION, poll: Poll = Poll(),
-                      retry: Retry = Retry(), sleep: Sleep = time.sleep,
-                      clock: Callable[[], float] = time.monotonic, progress: bool = True) -> dict:
-    """Validate `path`, submit it, wait for its public score, record it in `ledger`; return that.
-
-    Nothing is sent for an invalid file, nor for one byte-identical to an earlier upload unless
-    `force`. Raises KaggleError when the file could not be submitted, when Kaggle scored it ERROR,
-    or when no score came within `poll.timeout` (the entry is recorded in all but the first case).
-    """
-    from .submission import append_ledger, read_ledger, validate_submission
-
-    path = Path(path)
-    if not message.strip():
-        raise KaggleError("A submission needs a message describing it (-m MESSAGE).")
-    validate_submission(path, image_ids)
-    sha = sha256_file(path)
-    if not force:
-        for old in reversed(read_ledger(ledger)):
-            if old.get("kind") == "upload" and old.get("sha256") == sha and old.get("ref"):
-                raise KaggleError(
-                    f"{path} is byte-identical to the file uploaded at {old.get('time')} as "
-                    f"submission {old['ref']} (status {old.get('status')}, public score "
-                    f"{old.get('public_score')}); pass --force to upload it again.")
-    by_hand = f"Or upload {path} by hand at https://www.kaggle.com/c/{competition}/submit."
-    creds = _credentials(by_hand)
-    api = _connect(creds, retry, sleep, by_hand)
-
-    def submit():
-        with _kaggle_prints(creds, keep=progress):
-            return api.competition_submit(str(path), message, competition, quiet=not progress)
-
-    response = _with_retry(submit, f"submitting {path.name}", creds, retry, sleep,
-                           competition=competition, resend_safe=False)
-    if response.message == UPLOAD_FAILED:
-        raise KaggleError(f"Could not submit: uploading {path} to Kaggle's storage failed (the "
-                          f"reason is printed above); nothing was submitted. Run this again.")
-    entry = {"kind": "upload", "competition": competition, "file": _display(path, ledger),
-             "sha256": sha, "message": message, "ref": response.ref or None,
-             "status": "PENDING", "public_score": None}
-    try:
-        if entry["ref"] is None:
-            entry["ref"] = _find_ref(api, creds, competition, message, retry, sleep)
-        sub = _wait_for_score(api, creds, competition, entry["ref"], poll, retry, sleep, clock,
-                              progress)
-        entry["status"] = sub.status.name
-        entry["public_score"] = sub.public_score or None
-        if entry["status"] == "ERROR":
-            entry["error"] = sub.error_description or None
-    finally:  # recorded even on a timeout or Ctrl-C: the file is on Kaggle now
-        append_ledger(ledger, entry)
-    if entry["status"] == "ERROR":
-        raise KaggleError(f"Kaggle could not score submission {entry['ref']}: "
-                          f"{entry.get('error') or 'no reason given'}. It is recorded in {ledger}.")
-    return entry
-
-
-def _display(path: Path, ledger: Path) -> str:
-    """`path` relative to the project root (the ledger's grandparent) when it lies inside it."""
-    try:
-        return str(path.resolve().relative_to(Path(ledger).resolve().parent.parent))
-    except ValueError:
-        return str(path)
-
-
-def _list(api, creds, competition, retry, sleep) -> list:
-    def call():
-        with _kaggle_prints(creds):
-            return api.competition_submissions(competition) or []
-    return _with_retry(call, "listing submissions", creds, retry, sleep, competition=competition)
-
-
-def _find_ref(api, creds, competition, message, retry, sleep) -> int:
-    """The ref of our newest submission, for a server that did not return one on creation."""
-    for sub in _list(api, creds, competition, retry, sleep):
-        if sub.description == message:
-            return sub.ref
-    raise KaggleError(f"Kaggle accepted the submission but it is not in the submission list; "
-                      f"check {_submissions_page(competition)}.")
-
-
-def _submissions_page(competition: str) -> str:
-    return f"https://www.kaggle.com/c/{competition}/submissions"
-
-
-def _wait_for_score(api, creds, competition, ref, poll, retry, sleep, clock, progress):
-    """Poll the submission list until submission `ref` is COMPLETE or ERROR, or time runs out."""
-    from tqdm import tqdm
-
-    start = clock()
-    with tqdm(desc=f"Kaggle is scoring submission {ref}", file=sys.stderr, disable=not progress,
-              bar_format="{desc} [{elapsed}]") as bar:
-        while True:
-            sub = next((s for s in _list(api, creds, competition, retry, sleep) if s.ref == ref),
-                       None)
-            status = sub.status.name if sub is not None else "PENDING"
-            bar.set_description(f"Kaggle is scoring submission {ref}: {status}")
-            if status in FINAL_STATUSES:
-                return sub
-            if clock() - start + poll.interval >= poll.timeout:
-                raise KaggleError(
-                    f"Kaggle had not scored submission {ref} after {poll.timeout:.0f} s (status "
-                    f"{status}); it is recorded in the ledger. See `digits submissions` later, or "
-                    f"{_submissions_page(competition)}.")
-            sleep(poll.interval)
-
-
-def list_submissions(ledger: Path, *, competition: str = COMPETITION, remote: bool = True,
-                     retry: Retry = Retry(), sleep: Sleep = time.sleep) -> list[dict]:
-    """The ledger's uploads joined by ref with Kaggle's submission list, newest first.
-
-    Each row: time, ref, status, public_score, message, file, sha256 (None where unknown). Status
-    is Kaggle's when `remote`, else the one recorded; an upload Kaggle no longer lists keeps its
-    recorded status with " (not on Kaggle)".
-    """
-    from .submission import read_ledger
-
-    ours = {e["ref"]: e for e in read_ledger(ledger) if e.get("kind") == "upload" and e.get("ref")}
-    rows = []
-    if remote:
-        ledger_only = "Or pass --offline to see the ledger alone."
-        creds = _credentials(ledger_only)
-        api = _connect(creds, retry, sleep, ledger_only)
-        for sub in _list(api, creds, competition, retry, sleep):
-            mine = ours.pop(sub.ref, {})
-            rows.append({"time": _iso(sub.date) or mine.get("time"), "ref": sub.ref,
-                         "status": sub.status.name, "public_score": sub.public_score or None,
-                         "message": sub.description, "file": mine.get("file"),
-                         "sha256": mine.get("sha256")})
-    for ref, mine in ours.items():
-        rows.append({"time": mine.get("time"), "ref": ref,
-                     "status": mine.get("status") + (" (not on Kaggle)" if remote else ""),
-                     "public_score": mine.get("public_score"), "message": mine.get("message"),
-                     "file": mine.get("file"), "sha256": mine.get("sha256")})
-    rows.sort(key=lambda r: (r["time"] or "", r["ref"]), reverse=True)
-    return rows
-
-
-def _iso(date) -> str | None:
-    return date.strftime("%Y-%m-%dT%H:%M:%SZ") if date is not None else None
-
-
-def submissions_table(rows: list[dict]) -> str:
-    """Rows of `list_submissions` as an aligned text table."""
-    header = ("time", "ref", "status", "score", "sha256", "message")
-    cells = [header] + [(r["time"] or "", str(r["ref"]), r["status"], r["public_score"] or "",
-                         (r["sha256"] or "")[:12], r["message"] or "") for r in rows]
-    widths = [max(len(c[i]) for c in cells) for i in range(len(header) - 1)]
-    lines = ["  ".join(c.ljust(w) for c, w in zip(row[:-1], widths, strict=True)) + "  " + row[-1]
-             for row in cells]
-    return "\n".join(lines)

@@ -97,10 +97,11 @@ PARAMS: tuple[Param, ...] = (
     Param("dev_fraction", "split", "float", "Share of train.csv held out (stratified) to "
           "measure accuracy on: a dev-split figure, not the cross-validated estimate.",
           default=0.1, lo=0, hi=1, lo_open=True, hi_open=True),
-    Param("split_seed", "split", "int", "Seed of the train/dev shuffle.", default=0,
-          field="seed"),
+    Param("split_seed", "split", "int", "Seed of the train/dev shuffle (and of the folds, with "
+          "folds).", default=0, field="seed"),
     Param("max_train", "split", "int", "Train on at most this many rows (stratified), for "
-          "quick experiments; 0 = all.", default=0, lo=0),
+          "quick experiments (with folds: cross-validate that many); 0 = all.", default=0,
+          lo=0),
     # ---- train: one value whatever the model
     Param("model", "train", "str", "Network: cnn (best), mlp, or seed (the 784-10-10 "
           "baseline).", default="cnn", choices=_registry(ARCHITECTURES)),
@@ -112,6 +113,10 @@ PARAMS: tuple[Param, ...] = (
           "(0: never stop early).", default=0, lo=0),
     Param("refit", "train", "bool", "After choosing the epoch on dev, retrain on every "
           "labelled row for that many epochs.", default=False),
+    Param("folds", "train", "int", "K-fold cross-validation: K fold models, each trained on "
+          "the other folds for the fixed epochs (last epoch kept) and scored on its own, are "
+          "the submission, with the out-of-fold estimate; 0 or 1: the single dev split.",
+          default=0, lo=0),
     # ---- train: each model has its own default (pipeline/nn/models.py DEFAULTS)
     Param("epochs", "model", "int", "Training epochs (full-batch iterations for seed).", lo=1),
     Param("batch_size", "model", "int", "Mini-batch size (seed: the whole train set).", lo=1),

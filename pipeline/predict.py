@@ -15,8 +15,9 @@ from pipeline.config import N_CLASSES
 from pipeline.nn.losses import softmax
 from pipeline.nn.threads import blas_threads
 
-# OpenBLAS threads during inference: the cores this process may use. On a quiet 2-core machine
-# two threads predict the 28000 test rows in 3.5 s against 4.9 s with one (chunks of 128 rows).
+# Threads during inference: the cores this process may use, each running whole chunks of 128 rows
+# on one-threaded BLAS (Model.forward(threads=)): batch-sized products split across BLAS threads
+# wait on each other, whole chunks on Python threads do not.
 PREDICT_THREADS = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 1
 
 # (rows, cols) shifts averaged by test-time augmentation; (0, 0) is the image itself
@@ -36,9 +37,9 @@ def shift_images(x, dr, dc, fill):
 def predict_proba(models, x, *, batch_size=1000, tta=False) -> np.ndarray:
     """models (list of Model), x (N, 28, 28, 1) -> probabilities (N, 10) float32.
 
-    Runs with PREDICT_THREADS OpenBLAS threads (the cores available). Training stays on one:
-    its batch-128 products gain nothing from a second thread (docs/bench-notes.md)."""
-    with blas_threads(PREDICT_THREADS):
+    Runs on PREDICT_THREADS threads (the cores available), each with one BLAS thread; the
+    result does not depend on the thread count."""
+    with blas_threads(1):
         return _predict_proba(models, x, batch_size, tta)
 
 
@@ -58,7 +59,7 @@ def _predict_proba(models, x, batch_size, tta):
         for dr, dc in shifts:
             xs = xb if (dr, dc) == (0, 0) else shift_images(xb, dr, dc, fill)
             for m in models:
-                proba[s : s + batch_size] += softmax(m.forward(xs))
+                proba[s : s + batch_size] += softmax(m.forward(xs, threads=PREDICT_THREADS))
     proba *= 1.0 / (len(models) * len(shifts))
     return proba
 

@@ -25,7 +25,8 @@ def normalize(x: np.ndarray, normalizer: dict[str, float]) -> np.ndarray:
     """(N, 784) uint8 -> (N, 28, 28, 1) float32 with the training mean 0 and std 1."""
     scale = np.float32(1.0 / (255.0 * normalizer["std"]))
     shift = np.float32(normalizer["mean"] / normalizer["std"])
-    out = x.reshape(len(x), IMAGE_SIDE, IMAGE_SIDE, 1).astype(np.float32)  # (N, 28, 28, 1)
+    # C order whatever the input's (pandas gives column-major arrays): every consumer reads rows
+    out = x.reshape(len(x), IMAGE_SIDE, IMAGE_SIDE, 1).astype(np.float32, order="C")
     out *= scale
     out -= shift
     return out

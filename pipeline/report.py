@@ -167,7 +167,7 @@ def _draw(folder: Path, inputs: ReportInputs, dev_proba: np.ndarray) -> dict:
     files["confusion"] = figures.confusion(cm, pc["precision"], pc["recall"],
                                            folder / "confusion.png")
     wrong = confident_mistakes(y, dev_proba)
-    titles = [f"true {y[i]} -> {pred[i]}\np={dev_proba[i, pred[i]]:.2f}" for i in wrong]
+    titles = [f"true {y[i]} -> {pred[i]}\n{100 * dev_proba[i, pred[i]]:.0f}%" for i in wrong]
     files["mistakes"] = figures.digit_grid(
         inputs.dev_pixels[wrong], titles, folder / "mistakes.png",
         title=f"the {len(wrong)} most confidently wrong dev digits (of {int((pred != y).sum())})")
@@ -246,6 +246,13 @@ def markdown(name: str, when: dt.datetime, inputs: ReportInputs, facts: dict) ->
         out += ["> This model was refit on train + dev rows, so it has seen the dev digits: the "
                 "figures below that use dev rows flatter it. The dev accuracy and loss in the "
                 "metrics table come from the first fit, before refitting.", ""]
+    if m.get("folds"):  # a fold ensemble (cvstages.train_folds): its estimate is out-of-fold
+        lo, hi = m["oof_accuracy_ci95"]
+        out += [f"> {m['folds']} fold models, each trained on all labelled rows but its own fold: "
+                "together they have seen every dev digit, so the dev figures below flatter "
+                f"them. The expected score is the out-of-fold accuracy, "
+                f"**{_pct(m['oof_accuracy'])}** (95% CI {_pct(lo)}-{_pct(hi)}, "
+                "`data/models/cv.json`).", ""]
     out += ["## Metrics", "", "| metric | value |", "| --- | --- |",
             f"| dev accuracy | {_pct(m.get('dev_accuracy'))} |",
             f"| dev loss (cross-entropy) | {_num(m.get('dev_loss', facts['dev_loss']))} |",
@@ -276,8 +283,8 @@ def markdown(name: str, when: dt.datetime, inputs: ReportInputs, facts: dict) ->
             "Rows are the true digit, columns the prediction. " + _pairs_note(facts["pairs"]), "",
             "| class | precision | recall | dev rows |", "| --- | --- | --- | --- |"]
     pc = facts["per_class"]
-    out += [f"| {k} | {pc['precision'][k]:.4f} | {pc['recall'][k]:.4f} | {pc['support'][k]} |"
-            for k in range(N_CLASSES)]
+    out += [f"| {k} | {_pct(pc['precision'][k])} | {_pct(pc['recall'][k])} | {pc['support'][k]} |"
+            for k in range(N_CLASSES)]  # in percent, as the figure and every accuracy
     out += ["", "## Most confident mistakes (dev)", "", f"![mistakes]({files['mistakes']})", "",
             "Each digit shows its true label, the prediction and the probability the network "
             "gave it. Some are mislabelled or ambiguous; the rest are what to fix next.", ""]

@@ -49,15 +49,17 @@ def read_runs(path: Path) -> list[dict]:
 
 def runs_table(runs: list[dict]) -> str:
     """Past training runs as an aligned text table, oldest first."""
-    head = ("when (UTC)", "model", "dev acc", "train time", "members", "params (changed)")
+    head = ("when (UTC)", "model", "accuracy", "train time", "members", "params (changed)")
     rows = []
     for r in runs:
         when = str(r.get("time", ""))[:16].replace("T", " ")
         acc = r.get("dev_accuracy")
         secs = r.get("train_seconds")
         params = " ".join(f"{k}={_short(v)}" for k, v in sorted((r.get("params") or {}).items()))
-        rows.append((when, str(r.get("model", "?")),
-                     "n/a" if acc is None else f"{100 * acc:.2f}%",
+        shown = "n/a" if acc is None else f"{100 * acc:.2f}% dev"
+        if r.get("oof_accuracy") is not None:  # a cross-validation (cvstages.py)
+            shown = f"{100 * r['oof_accuracy']:.2f}% OOF"
+        rows.append((when, str(r.get("model", "?")), shown,
                      "n/a" if secs is None else _duration(secs),
                      str(len(r.get("members") or [])), params or "defaults"))
     return table(list(head), [list(r) for r in rows])

@@ -46,7 +46,10 @@ def validate_submission(path: Path, image_ids: np.ndarray | None = None) -> np.n
     try:
         text = path.read_bytes().decode("utf-8")
     except UnicodeDecodeError:
-        raise SubmissionError(f"{path} is not UTF-8 text. {fix}") from None
+        from .filekind import describe
+        raise SubmissionError(f"{path} is {describe(path)}, not a submission: Kaggle expects a "
+                              f"UTF-8 CSV file with the header ImageId,Label and one row per "
+                              f"test image ({len(expected)} rows). {fix}") from None
     if text.startswith("\ufeff"):
         raise SubmissionError(f"{path} starts with a byte-order mark; Kaggle expects plain "
                               f"UTF-8 with the header ImageId,Label. {fix}")

@@ -28,7 +28,8 @@ import numpy as np
 from pipeline import checkpoint as ckpt
 from pipeline.checkpoint import FitState
 from pipeline.config import IMAGE_SIDE, N_CLASSES, UserError, asdict
-from pipeline.nn.augment import augment_batch, parse_augment
+from pipeline.nn.augment import parse_augment
+from pipeline.nn.batches import Batches, epoch_aug_rng
 from pipeline.nn.losses import (
     softmax,
     softmax_cross_entropy_backward,
@@ -44,6 +45,8 @@ from pipeline.progress import EpochProgress
 
 EVAL_BATCH = 1000
 TRAIN_THREADS = 1  # OpenBLAS threads during training; see train()
+STEP_THREADS = 2  # Python threads of a step's conv+pool layers (the same result for any count)
+PREFETCH = True  # prepare the next batch on a thread (the same result either way)
 
 
 class TrainingDiverged(UserError):
@@ -114,17 +117,14 @@ def run_epoch(state: FitState, recipe: Recipe, rng, x, y, on_step=None) -> dict:
     """One pass over (x, y) in shuffled mini-batches -> the epoch's row of history."""
     n, b = x.shape[0], recipe.batch
     perm = rng.permutation(n) if b < n else None
-    xbuf = np.empty((b, *x.shape[1:]), dtype=x.dtype)  # the batch, gathered in place each step
     fill = float(x.min())
     loss_sum, correct, lr = 0.0, 0, recipe.lr
-    for i in range(recipe.steps):
-        if perm is None:
-            xb, yb = x, y
-        else:
-            idx = perm[i * b : (i + 1) * b]
-            xb = np.take(x, idx, axis=0, out=xbuf[: len(idx)])  # (B, 28, 28, 1)
-            yb = y[idx]  # (B,)
-        xb = augment_batch(xb, recipe.augment, rng, fill)
+    state.model.threads = STEP_THREADS  # conv+pool steps on threads: the same result
+    # batch i+1 is gathered and augmented on a second thread during step i, from its own
+    # generator (drawn from rng once per epoch, only with augmentation): the same batches
+    aug_rng = epoch_aug_rng(rng, recipe.augment)
+    batches = Batches(x, y, perm, b, recipe.augment, aug_rng, fill, PREFETCH)
+    for i, (xb, yb) in enumerate(batches):
         lr = recipe.lr_at(state.epoch * recipe.steps + i)
         loss, right = train_step(state.model, state.opt, xb, yb, lr, rng, recipe.smoothing)
         if not math.isfinite(loss):

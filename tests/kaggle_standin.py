@@ -4,9 +4,11 @@ It is one threaded HTTP server on 127.0.0.1 that plays two parts. As a proxy it 
 `CONNECT host:443` and terminates TLS itself with a certificate for that host signed by a test
 certificate authority (trustme); the client trusts that authority through REQUESTS_CA_BUNDLE. As
 Kaggle it then answers, inside the tunnel, the calls of the installed kagglesdk
-(`POST /v1/<service>/<method>` with a JSON body, see kagglesdk/kaggle_http_client.py) and the
-storage URLs it hands out (a zip download with Range support, a PUT upload). Errors come back in
-the JSON form kagglesdk raises from: `{"code": 403, "message": "..."}` with that HTTP status.
+(`POST /v1/<service>/<method>` with a JSON body, see kagglesdk/kaggle_http_client.py; among
+them GetSubmissionLimits with a daily limit, which `daily_limit=None` makes an unknown method, as
+on a server that predates it) and the storage URLs it hands out (a zip download with Range
+support, a PUT upload). Errors come back in the JSON form kagglesdk raises from:
+`{"code": 403, "message": "..."}` with that HTTP status.
 
 Faults are scripted per call (`fail`, `drop_zip_once_after`), and every request is logged
 (`requests`) so tests can assert what did, or did not, go over the wire. Nothing here is
@@ -106,6 +108,9 @@ class StandIn:
     final_status: str = "COMPLETE"  # or "ERROR"
     score: str = "0.98765"
     error_description: str = "Submission file has the wrong number of rows"
+    daily_limit: int | None = 5  # submissions a day; None: GetSubmissionLimits is unknown here
+    joined: bool = True  # False: GetSubmissionLimits answers all zeros, as before joining
+    earlier: int = 0  # submissions made on earlier days (they count in numTotal only)
     requests: list[Logged] = field(default_factory=list)
     submissions: list[Submission] = field(default_factory=list)
     uploads: dict[str, bytes] = field(default_factory=dict)
@@ -274,7 +279,18 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             state.uploads[token] = b""
             return self._json({"token": token,
                                "createUrl": f"https://{STORAGE_HOST}/upload/{token}?upload_id=u"})
+        if method == "GetSubmissionLimits" and state.daily_limit is not None:
+            if not state.joined:
+                return self._json({})  # every field at its default, zero
+            today = len(state.submissions)
+            return self._json({"numToday": today, "numTotal": state.earlier + today,
+                               "numAllowedNow": max(0, state.daily_limit - today),
+                               "limitedByTotal": False})
         if method == "CreateSubmission":
+            if state.daily_limit is not None and len(state.submissions) >= state.daily_limit:
+                return self._error(400, f"Your team has used its daily Submission allowance "
+                                        f"({state.daily_limit}) today, please try again "
+                                        f"tomorrow UTC.")
             token = request.get("blobFileTokens", "")
             if token not in state.uploads or not state.uploads[token]:
                 return self._error(400, "Submission file was not uploaded")

@@ -17,8 +17,8 @@ REPO = Path(__file__).resolve().parent.parent
 SCRIPT = REPO / "scripts" / "bench.py"
 REQUIRED = ("mlp_samples_per_s", "torch_mlp_samples_per_s", "mlp_speedup_vs_torch",
             "mlp_fraction_of_sgemm_peak", "cnn_epoch_s", "torch_cnn_epoch_s",
-            "cnn_time_ratio_vs_torch", "predict_28000_s", "load_csv_s", "noop_submit_s",
-            "peak_rss_mb")
+            "cnn_time_ratio_vs_torch", "cnn_wall_ratio_vs_torch_best", "predict_28000_s",
+            "load_csv_s", "noop_submit_s", "peak_rss_mb")
 TINY = ["--skip-torch", "--threads", "1", "--epochs", "1", "--rows", "256", "--cnn-rows", "64",
         "--sgemm-n", "128"]
 
@@ -45,10 +45,11 @@ def test_json_line_has_every_figure_without_torch(tiny_zip):
     assert set(REQUIRED) <= set(result)
     assert result["torch"] is None
     for key in ("torch_mlp_samples_per_s", "mlp_speedup_vs_torch", "torch_cnn_epoch_s",
-                "cnn_time_ratio_vs_torch", "noop_submit_s", "peak_rss_mb"):
+                "cnn_time_ratio_vs_torch", "cnn_wall_ratio_vs_torch_best", "noop_submit_s",
+                "peak_rss_mb"):
         assert result[key] is None, key
     for key in ("mlp_samples_per_s", "mlp_fraction_of_sgemm_peak", "cnn_epoch_s",
-                "predict_28000_s", "load_csv_s", "sgemm_gflops"):
+                "cnn_wall_best_s", "predict_28000_s", "load_csv_s", "sgemm_gflops"):
         assert result[key] > 0, key
     assert result["threads"] == 1 and result["mlp_rows"] == 256 and result["cnn_rows"] == 64
     assert result["targets_met"]["mlp_speedup_vs_torch"] is None
@@ -113,6 +114,15 @@ def test_profile_mode_prints_layer_table_and_cprofile(tiny_zip):
                       "--rows", "256"], timeout=120)
     assert "fc1" in proc.stdout and "optimizer step (adam" in proc.stdout
     assert "ncalls" in proc.stdout and "dense_backward" in proc.stdout
+
+
+def test_profile_follows_the_default_cnn_step_by_step(tiny_zip):
+    # --profile cnn times the default cnn's plan steps, fused pairs by their joined names
+    from pipeline.nn.models import DEFAULTS
+    proc = run_bench(["--zip", str(tiny_zip), "--profile", "cnn", "--threads", "1",
+                      "--rows", "256"], timeout=120)
+    assert DEFAULTS["cnn"]["plan"] in proc.stdout
+    assert "c1+p2" in proc.stdout and "conv_pool_backward_part" in proc.stdout
 
 
 def test_package_never_imports_torch():

@@ -1,4 +1,5 @@
-"""kaggle_io end to end: the real `kaggle` package against a local stand-in of Kaggle.
+"""kaggle_io and kaggle_submit end to end: the real `kaggle` package against a local stand-in of
+Kaggle.
 
 Every test runs with HOME, XDG_CONFIG_HOME and every KAGGLE_* / proxy variable pointed at its own
 tmp dir or removed, so the real ~/.kaggle is never read or written and no request leaves the
@@ -18,9 +19,10 @@ import pytest
 from click.testing import CliRunner
 from kaggle_standin import Running, StandIn, Submission, tiny_competition_zip
 
-from pipeline import kaggle_io
+from pipeline import kaggle_io, kaggle_submit
 from pipeline.cli import cli
-from pipeline.kaggle_io import KaggleError, Poll, Retry
+from pipeline.kaggle_io import KaggleError, Retry
+from pipeline.kaggle_submit import Poll
 from pipeline.submission import SubmissionError, read_ledger
 
 TOKEN = "KGAT_" + secrets.token_hex(16)  # a fresh secret per run: any trace of it is a leak
@@ -92,7 +94,7 @@ def valid_submission(path: Path, shift: int = 0) -> Path:
 def upload(tmp_path, state, fast, message="first try", **kw):
     path = kw.pop("path", None) or valid_submission(tmp_path / "submissions" / "submission.csv")
     ledger = tmp_path / "submissions" / "ledger.jsonl"
-    return kaggle_io.upload_submission(path, message, ledger=ledger, progress=False,
+    return kaggle_submit.upload_submission(path, message, ledger=ledger, progress=False,
                                        poll=Poll(interval=1.0, timeout=60.0), **fast, **kw)
 
 
@@ -326,12 +328,135 @@ def test_error_status_is_a_failure_and_is_recorded(kaggle, token, tmp_path, fast
 
 
 def test_400_on_submit_explains_joining_and_the_daily_limit(kaggle, token, tmp_path, fast):
-    # Kaggle's 400 on CreateSubmission is a failure naming both causes, and is not retried.
+    # Kaggle's 400 on CreateSubmission is a failure naming the usual causes, and is not retried.
     kaggle.fail("CreateSubmission", 400, "Submission limit reached")
-    with pytest.raises(KaggleError, match="HTTP 400.*not joined.*submission limit"):
+    with pytest.raises(KaggleError, match="HTTP 400.*submission limit.*not joined.*name"):
         upload(tmp_path, kaggle, fast)
     assert len(kaggle.calls("CreateSubmission")) == 1
     assert read_ledger(tmp_path / "submissions" / "ledger.jsonl") == []
+
+
+@pytest.mark.parametrize("status, detail, first", [
+    (403, "You must accept this competition's rules before submitting", "accepted its rules"),
+    (400, "Your team has used its daily Submission allowance (5) today", "submission limit"),
+    (403, "Competition does not exist", "name 'digit-recognizer' is wrong"),
+    (403, "Permission denied", "accepted its rules"),  # no clue: the commonest cause first
+])
+def test_400_or_403_on_submit_names_the_usual_causes_likeliest_first(kaggle, token, tmp_path,
+                                                                     fast, status, detail, first):
+    # A refused submission lists rules, daily limit and competition name, ordered by what
+    # Kaggle's own message hints at, with the page to fix each and Kaggle's words kept.
+    kaggle.fail("CreateSubmission", status, detail)
+    with pytest.raises(KaggleError) as err:
+        upload(tmp_path, kaggle, fast)
+    message = str(err.value)
+    assert f"HTTP {status}: {detail}" in message and "Nothing was submitted" in message
+    causes = message.split("The usual causes: ")[1]
+    assert causes.startswith("1. ") and first in causes.split("; 2.")[0], causes
+    for words in ("accepted its rules", "submission limit", "name 'digit-recognizer'",
+                  "kaggle.com/c/digit-recognizer/rules", "00:00 UTC"):
+        assert words in causes
+
+
+def test_upload_says_how_many_submissions_are_left_and_records_ref_and_date(
+        kaggle, token, tmp_path, fast, caplog):
+    # Before sending, Kaggle's count of today's submissions is asked for and said; the ledger
+    # keeps the ref, Kaggle's date of the submission and what is left after it.
+    kaggle.submissions.append(Submission(99, "2030-01-01T00:00:00.000Z", "earlier", "a.csv", "",
+                                         0, "COMPLETE", "0.5", "", "COMPLETE"))
+    with caplog.at_level("INFO"):
+        entry = upload(tmp_path, kaggle, fast)
+    assert any("4 submissions left today (1 made today)" in r.getMessage()
+               for r in caplog.records), [r.getMessage() for r in caplog.records]
+    asked = kaggle.calls("GetSubmissionLimits")
+    assert len(asked) == 1
+    assert json.loads(asked[0].body) == {"competitionName": "digit-recognizer"}
+    created = kaggle.calls("CreateSubmission")[0]
+    assert kaggle.requests.index(asked[0]) < kaggle.requests.index(created)
+    [recorded] = read_ledger(tmp_path / "submissions" / "ledger.jsonl")
+    kaggle_date = kaggle.submissions[1].date  # e.g. 2026-12-01T20:30:00.123456Z
+    assert recorded["ref"] == entry["ref"] == 101 and recorded["left_today"] == 3
+    assert recorded["date"] == kaggle_date[:19] + "Z"
+
+
+def test_upload_at_the_daily_limit_is_refused_before_anything_is_sent(kaggle, token, tmp_path,
+                                                                      fast):
+    # With today's submissions used up, nothing is uploaded and the message says when to retry.
+    kaggle.daily_limit = 2
+    for ref in (98, 99):
+        kaggle.submissions.append(Submission(ref, "2030-01-01T00:00:00.000Z", "x", "a.csv", "", 0,
+                                             "COMPLETE", "0.5", "", "COMPLETE"))
+    with pytest.raises(KaggleError, match="no more submissions to digit-recognizer today: 2 made "
+                                          "today.*00:00 UTC.*Nothing was sent"):
+        upload(tmp_path, kaggle, fast)
+    assert kaggle.calls("StartSubmissionUpload") == [] and kaggle.calls("CreateSubmission") == []
+    assert kaggle.uploads == {}
+    assert read_ledger(tmp_path / "submissions" / "ledger.jsonl") == []
+
+
+def test_a_server_without_the_limits_call_does_not_block_the_upload(kaggle, token, tmp_path, fast,
+                                                                    caplog):
+    # A server that does not know GetSubmissionLimits (HTTP 404) costs a warning, not the upload.
+    kaggle.daily_limit = None
+    entry = upload(tmp_path, kaggle, fast)
+    assert entry["status"] == "COMPLETE" and entry["left_today"] is None
+    assert any("could not learn how many submissions are left today" in r.getMessage()
+               and "HTTP 404" in r.getMessage() for r in caplog.records)
+
+
+def test_a_kaggle_package_without_the_limits_call_still_uploads(kaggle, token, tmp_path, fast,
+                                                                monkeypatch, caplog):
+    # An older kaggle package (no competition_get_submission_limits) uploads as before, says so.
+    from kaggle.api.kaggle_api_extended import KaggleApi
+    monkeypatch.delattr(KaggleApi, "competition_get_submission_limits")
+    with caplog.at_level("INFO"):
+        entry = upload(tmp_path, kaggle, fast)
+    assert entry["status"] == "COMPLETE" and kaggle.calls("GetSubmissionLimits") == []
+    assert any("cannot tell how many submissions are left" in r.getMessage()
+               for r in caplog.records)
+
+
+def test_before_joining_the_limits_warn_and_the_refusal_names_the_rules(kaggle, token, tmp_path,
+                                                                       fast, caplog):
+    # All-zero limits (what Kaggle says before you join) warn; Kaggle's 403 then names the rules.
+    kaggle.joined = False
+    kaggle.fail("CreateSubmission", 403, "You must accept this competition's rules first.")
+    with pytest.raises(KaggleError, match=r"HTTP 403.*1\. you have not joined the competition"):
+        upload(tmp_path, kaggle, fast)
+    assert any("before you join" in r.getMessage() for r in caplog.records)
+
+
+@pytest.mark.parametrize("kind, content", [
+    ("a PNG image", b"\x89PNG\r\n\x1a\n" + bytes(range(256)) * 4),
+    ("a zip archive", "zip"),
+    ("a gzip-compressed file", "gzip"),
+    ("UTF-16 text", "ImageId,Label\n1,0\n".encode("utf-16")),
+    ("binary data", bytes(range(256)) * 8),
+])
+def test_upload_of_a_file_that_is_not_a_csv_says_what_it_is(kaggle, token, tmp_path, kind,
+                                                            content):
+    # `digits upload` on an image, an archive or binary data names what the file is and what
+    # Kaggle expects, in one line with exit code 1, and sends nothing.
+    import gzip
+    import io
+    import zipfile
+    path = valid_submission(tmp_path / "submissions" / "submission.csv")
+    if content == "zip":
+        buf = io.BytesIO()
+        with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as z:
+            z.write(path, "submission.csv")
+        content = buf.getvalue()
+    elif content == "gzip":
+        content = gzip.compress(path.read_bytes())
+    odd = tmp_path / "odd.csv"
+    odd.write_bytes(content)
+    result = CliRunner().invoke(cli, ["--root", str(tmp_path), "-q", "upload", "-m", "x",
+                                      str(odd)])
+    assert result.exit_code == 1 and "Traceback" not in result.output
+    assert f"{odd} is {kind}" in result.output
+    assert "UTF-8 CSV file with the header ImageId,Label" in result.output
+    assert "28000 rows" in result.output and len(result.output.strip().splitlines()) == 1
+    assert kaggle.requests == []
 
 
 def test_a_failed_upload_to_storage_is_could_not_submit(kaggle, token, tmp_path, fast):
@@ -348,8 +473,10 @@ def test_waiting_times_out_but_the_submission_is_recorded(kaggle, token, tmp_pat
     kaggle.polls_to_score = 1000
     path = valid_submission(tmp_path / "submissions" / "submission.csv")
     with pytest.raises(KaggleError, match="had not scored submission 100.*digits submissions"):
-        kaggle_io.upload_submission(path, "slow", ledger=tmp_path / "submissions" / "ledger.jsonl",
-                                    poll=Poll(interval=1.0, timeout=0.5), progress=False, **fast)
+        kaggle_submit.upload_submission(path, "slow",
+                                        ledger=tmp_path / "submissions" / "ledger.jsonl",
+                                        poll=Poll(interval=1.0, timeout=0.5), progress=False,
+                                        **fast)
     [recorded] = read_ledger(tmp_path / "submissions" / "ledger.jsonl")
     assert recorded["status"] == "PENDING" and recorded["ref"] == 100
 
@@ -387,13 +514,13 @@ def test_submissions_join_the_ledger_with_kaggle_newest_first(kaggle, token, tmp
     with ledger.open("a") as f:
         f.write(json.dumps({"kind": "upload", "time": "2000-01-01T00:00:00Z", "ref": 7,
                             "status": "COMPLETE", "sha256": "ab" * 32, "message": "gone"}) + "\n")
-    rows = kaggle_io.list_submissions(ledger, **fast)
+    rows = kaggle_submit.list_submissions(ledger, **fast)
     assert [r["ref"] for r in rows] == [102, 101, 100, 7]
     assert rows[1]["message"] == "two" and rows[1]["sha256"] and rows[1]["file"]
     assert rows[0]["sha256"] is None and rows[3]["status"] == "COMPLETE (not on Kaggle)"
-    table = kaggle_io.submissions_table(rows)
+    table = kaggle_submit.submissions_table(rows)
     assert table.splitlines()[0].split() == ["time", "ref", "status", "score", "sha256", "message"]
-    offline = kaggle_io.list_submissions(ledger, remote=False)
+    offline = kaggle_submit.list_submissions(ledger, remote=False)
     assert [r["ref"] for r in offline] == [101, 100, 7]
     shown = CliRunner().invoke(cli, ["--root", str(tmp_path), "submissions"],
                                catch_exceptions=False).output.splitlines()
@@ -410,10 +537,10 @@ def test_the_secret_never_appears_in_output_files_or_errors(kaggle, tmp_path, fa
     token_file.write_text(TOKEN)
     kaggle_io.download_competition(tmp_path / "data" / "raw", progress=True, **fast)
     entry = upload(tmp_path, kaggle, fast)
-    rows = kaggle_io.list_submissions(tmp_path / "submissions" / "ledger.jsonl", **fast)
+    rows = kaggle_submit.list_submissions(tmp_path / "submissions" / "ledger.jsonl", **fast)
     kaggle.fail("ListSubmissions", 500, f"token {TOKEN} is over quota", times=3)
     with pytest.raises(KaggleError) as err:
-        kaggle_io.list_submissions(tmp_path / "submissions" / "ledger.jsonl", **fast)
+        kaggle_submit.list_submissions(tmp_path / "submissions" / "ledger.jsonl", **fast)
     creds = kaggle_io.find_credentials()
     out, errors = capfd.readouterr()
     texts = [out, errors, str(err.value), json.dumps(entry), json.dumps(rows), repr(creds)]

@@ -52,7 +52,7 @@ def test_model_gradient_matches_finite_differences():
     spec = build_spec("cnn", hp("cnn", dropout=0.0, plan="2c3s-p-3c3-p-fc4"))
     m = Model(spec, rng=np.random.default_rng(1))
     params = {k: v.astype(np.float64) for k, v in m.params.items()}
-    from pipeline.nn.model import LAYER_KINDS
+    from pipeline.nn.plan import LAYER_KINDS, layer_backward, layer_forward
 
     def loss_and_grads():
         P = [
@@ -62,13 +62,13 @@ def test_model_gradient_matches_finite_differences():
         G = [{p: np.zeros_like(v) for p, v in Pi.items()} for Pi in P]
         h, caches = x.astype(np.float64), []
         for ly, Pi in zip(spec["layers"], P):
-            h, c = LAYER_KINDS[ly["type"]][1](ly, Pi, h, True, None)
+            h, c = layer_forward(ly, Pi, h, True, None)
             caches.append(c)
         loss, lc = softmax_cross_entropy_forward(h, y)
         d = softmax_cross_entropy_backward(lc)
         for i in range(len(spec["layers"]) - 1, -1, -1):
             ly = spec["layers"][i]
-            d = LAYER_KINDS[ly["type"]][2](ly, P[i], G[i], d, caches[i], i > 0)
+            d = layer_backward(ly, P[i], G[i], d, caches[i], i > 0)
         return loss, {
             f"{ly['name']}.{p}": g for ly, Gi in zip(spec["layers"], G) for p, g in Gi.items()
         }
@@ -119,7 +119,8 @@ def test_model_pickles_for_joblib():
 
 @pytest.mark.parametrize("content", [b"", b"not a zip at all", None])
 def test_load_bad_file_raises_user_error(tmp_path, content):
-    # missing, empty, garbage and foreign .npz files give a ModelFileError (a UserError)
+    # missing, empty, garbage and foreign .npz files give a ModelFileError, which the CLI shows
+    # as one line like a UserError
     path = tmp_path / "m.npz"
     if content is None:
         np.savez(path, w=np.zeros(3))
@@ -129,7 +130,10 @@ def test_load_bad_file_raises_user_error(tmp_path, content):
         path = tmp_path / "missing.npz"
     with pytest.raises(ModelFileError) as e:
         load_models(path)
-    assert isinstance(e.value, UserError) and str(path) in str(e.value)
+    assert str(path) in str(e.value)
+    from pipeline.cli import nn_user_errors
+
+    assert isinstance(e.value, nn_user_errors()) and not isinstance(e.value, UserError)
 
 
 def test_load_incompatible_shapes(tmp_path):
@@ -155,7 +159,7 @@ def test_bad_spec_names_the_value():
 
 def test_eval_folds_batchnorm_exactly():
     # inference with BatchNorm folded into the conv/dense weights equals the layer-by-layer pass
-    from pipeline.nn.model import LAYER_KINDS
+    from pipeline.nn.plan import layer_forward
 
     m = Model(build_spec("cnn", hp("cnn", plan="4c5-p-4c5-p-fc8")), rng=np.random.default_rng(0))
     rng = np.random.default_rng(1)
@@ -167,27 +171,49 @@ def test_eval_folds_batchnorm_exactly():
     x, _ = batch(300)
     h = x
     for ly, P in zip(m.spec["layers"], m._P):
-        h, _ = LAYER_KINDS[ly["type"]][1](ly, P, h, False, None)
+        h, _ = layer_forward(ly, P, h, False, None)
     np.testing.assert_allclose(m.forward(x), h, rtol=1e-4, atol=1e-4)
 
 
 @pytest.mark.parametrize("name", ["mlp", "cnn", "seed"])
 def test_float32_end_to_end(name):
     # no silent float64: every activation and input gradient of a training step stays float32
-    from pipeline.nn.model import LAYER_KINDS
+    from pipeline.nn.plan import layer_backward, layer_forward
 
     rng = np.random.default_rng(0)
     m = Model(build_spec(name, hp(name, plan="4c5-p-4c5-p-fc8")), rng=rng)
     x, y = batch(8)
     h, caches = x, []
     for ly, P in zip(m.spec["layers"], m._P):
-        h, c = LAYER_KINDS[ly["type"]][1](ly, P, h, True, rng)
+        h, c = layer_forward(ly, P, h, True, rng)
         caches.append(c)
         assert h.dtype == np.float32, ly
     _, lc = softmax_cross_entropy_forward(h, y, 0.1)
     d = softmax_cross_entropy_backward(lc)
     for i in range(len(m.spec["layers"]) - 1, 0, -1):
         ly = m.spec["layers"][i]
-        d = LAYER_KINDS[ly["type"]][2](ly, m._P[i], m._G[i], d, caches[i], True)
+        d = layer_backward(ly, m._P[i], m._G[i], d, caches[i], True)
         assert d.dtype == np.float32, ly
     assert m.grad.dtype == np.float32 and np.isfinite(m.grad).all()
+
+
+def test_nn_imports_nothing_from_the_rest_of_the_package():
+    # pipeline.nn stands alone: importing all of it loads no other pipeline module, and its
+    # input constants agree with pipeline.config's
+    import subprocess
+    import sys
+
+    code = ("import pkgutil, importlib, sys, pipeline.nn as nn\n"
+            "for m in pkgutil.walk_packages(nn.__path__, 'pipeline.nn.'):\n"
+            "    importlib.import_module(m.name)\n"
+            "other = sorted(k for k in sys.modules if k.startswith('pipeline.')\n"
+            "               and not k.startswith('pipeline.nn'))\n"
+            "assert not other, other\n")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    from pipeline import config
+    from pipeline.nn import models
+
+    assert (models.IMAGE_SIDE, models.N_PIXELS, models.N_CLASSES) == (
+        config.IMAGE_SIDE, config.N_PIXELS, config.N_CLASSES)

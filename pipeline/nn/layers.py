@@ -1,10 +1,16 @@
 """Layers as forward/backward function pairs: Dense, Conv2D, MaxPool, BatchNorm, Dropout, Flatten
 and the activations, each vectorized over the batch in float32.
 
-`*_forward(x, ...) -> (out, cache)` and `*_backward(dout, cache) -> dx` (plus parameter gradients,
-written into caller-owned buffers when `dw=`/`db=` are given so the training loop allocates
-nothing per step). Images are NHWC. Wiring layers into a network lives in `model.py`; nothing here
-keeps state between calls except what the caller passes in (BatchNorm running stats).
+One shape for every layer, so `model.py` calls them all the same way:
+- `*_forward(x, <parameters>, train=True, rng=None, <settings>) -> (out, cache)`: the parameters
+  by their names in the model ("w", "b", "gamma", ...), the settings by their names in the spec
+  ("pad", "p", "momentum", "fn");
+- `*_backward(dout, cache, grads=None, need_dx=True) -> dx`: parameter gradients go into the
+  dict `grads` by the same names, into the caller's arrays when it holds them (so the training
+  loop allocates nothing for them per step), as new arrays when not; dx is None when not needed.
+Images are NHWC. Wiring layers into a network lives in `model.py`, faster fused pairs in
+`fused.py`; nothing here keeps state between calls except what the caller passes in (BatchNorm
+running stats).
 """
 
 from __future__ import annotations
@@ -12,32 +18,37 @@ from __future__ import annotations
 import numpy as np
 
 
-def _into(out, value):
-    """Copy `value` into the caller's buffer `out` if there is one; return the result."""
-    if out is None:
-        return value
-    out[...] = value
-    return out
+def put(grads, name, value):
+    """grads[name] = value, copied into the caller's array when grads already holds one."""
+    if grads is None:
+        return
+    if grads.get(name) is None:
+        grads[name] = value
+    else:
+        grads[name][...] = value
+
+
+def _buffer(grads, name):
+    return None if grads is None else grads.get(name)
 
 
 # ----------------------------------------------------------------------------------------------
 # Dense: z = x @ w + b
 
 
-def dense_forward(x, w, b):
+def dense_forward(x, w, b, train=True, rng=None):
     """x (N, D_in), w (D_in, D_out), b (D_out,) -> z (N, D_out)."""
     z = x @ w  # (N, D_out)
     z += b
     return z, (x, w)
 
 
-def dense_backward(dz, cache, dw=None, db=None, need_dx=True):
-    """dz (N, D_out) -> dx (N, D_in) or None; dw, db filled in place when given."""
+def dense_backward(dz, cache, grads=None, need_dx=True):
+    """dz (N, D_out) -> dx (N, D_in) or None; grads "w" (D_in, D_out), "b" (D_out,)."""
     x, w = cache
-    dw = np.matmul(x.T, dz, out=dw)  # (D_in, D_out)
-    db = _into(db, colsum(dz))  # (D_out,)
-    dx = dz @ w.T if need_dx else None  # (N, D_in)
-    return dx, dw, db
+    put(grads, "w", np.matmul(x.T, dz, out=_buffer(grads, "w")))  # (D_in, D_out)
+    put(grads, "b", colsum(dz))  # (D_out,)
+    return dz @ w.T if need_dx else None  # (N, D_in)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -63,18 +74,22 @@ def colsum(x2):
     return np.ones(x2.shape[0], dtype=x2.dtype) @ x2
 
 
-def col2im(dblocks, Hp, Wp):
-    """dblocks (kh, kw, N, Ho, Wo, C), the input gradient per kernel offset -> dxp (N, Hp, Wp, C):
-    one slice-add per offset, each reading a contiguous block."""
+def col2im(dblocks, Hp, Wp, out=None):
+    """dblocks (kh, kw, N, Ho, Wo, C), the input gradient per kernel offset -> dxp (N, Hp, Wp, C)
+    (into `out` when given): one slice-add per offset, each reading a contiguous block."""
     kh, kw, N, Ho, Wo, C = dblocks.shape
-    dxp = np.zeros((N, Hp, Wp, C), dtype=dblocks.dtype)  # (N, Hp, Wp, C)
+    if out is None:
+        dxp = np.zeros((N, Hp, Wp, C), dtype=dblocks.dtype)  # (N, Hp, Wp, C)
+    else:
+        dxp = out
+        dxp[...] = 0
     for i in range(kh):
         for j in range(kw):
             dxp[:, i : i + Ho, j : j + Wo, :] += dblocks[i, j]
     return dxp
 
 
-def conv2d_forward(x, w, b, pad=0):
+def conv2d_forward(x, w, b=None, pad=0, train=True, rng=None):
     """x (N, H, W, C), w (kh, kw, C, F), b (F,) or None -> z (N, Ho, Wo, F), stride 1."""
     N, H, W, C = x.shape
     kh, kw, _, F = w.shape
@@ -88,32 +103,46 @@ def conv2d_forward(x, w, b, pad=0):
     return z.reshape(N, Ho, Wo, F), (cols2, w, x.shape, pad, b is not None)
 
 
-def conv2d_backward(dz, cache, dw=None, db=None, need_dx=True):
-    """dz (N, Ho, Wo, F) -> dx (N, H, W, C) or None; dw (kh, kw, C, F), db (F,) or None."""
+def conv2d_backward(dz, cache, grads=None, need_dx=True):
+    """dz (N, Ho, Wo, F) -> dx (N, H, W, C) or None; grads "w" (kh, kw, C, F), "b" (F,)."""
     cols2, w, x_shape, pad, has_bias = cache
+    kh, kw, C, F = w.shape
+    dz2 = dz.reshape(-1, F)  # (N*Ho*Wo, F)
+    dw = _buffer(grads, "w")
+    dw2 = None if dw is None else dw.reshape(kh * kw * C, F)
+    put(grads, "w", np.matmul(cols2.T, dz2, out=dw2).reshape(kh, kw, C, F))  # (kh, kw, C, F)
+    if has_bias:
+        put(grads, "b", colsum(dz2))  # (F,)
+    return conv_input_grad(dz, w, x_shape, pad) if need_dx else None
+
+
+def conv_input_grad(dz, w, x_shape, pad, out=None):
+    """dz (N, Ho, Wo, F), w (kh, kw, C, F) -> dx (N, H, W, C) of a stride-1 convolution (into
+    `out` when given).
+
+    The gradient of each kernel offset's input window comes out as its own contiguous block:
+    (N*Ho*Wo, F) @ (kh*kw, F, C) -> (kh*kw, N*Ho*Wo, C), one batched matrix product; col2im then
+    adds each block at its offset."""
     N, H, W, C = x_shape
     kh, kw, _, F = w.shape
-    dz2 = dz.reshape(-1, F)  # (N*Ho*Wo, F)
-    dw2 = None if dw is None else dw.reshape(kh * kw * C, F)
-    dw = np.matmul(cols2.T, dz2, out=dw2).reshape(kh, kw, C, F)  # (kh, kw, C, F)
-    db = _into(db, colsum(dz2)) if has_bias else None  # (F,)
-    if not need_dx:
-        return None, dw, db
-    # the gradient of each kernel offset's input window as its own contiguous block:
-    # (N*Ho*Wo, F) @ (kh*kw, F, C) -> (kh*kw, N*Ho*Wo, C), one batched matrix product
-    wT = np.ascontiguousarray(w.reshape(kh * kw, C, F).transpose(0, 2, 1))  # (kh*kw, F, C)
-    dblocks = np.matmul(dz2, wT)  # (kh*kw, N*Ho*Wo, C)
     Ho, Wo = dz.shape[1], dz.shape[2]
-    dxp = col2im(dblocks.reshape(kh, kw, N, Ho, Wo, C), H + 2 * pad, W + 2 * pad)
-    dx = dxp[:, pad : pad + H, pad : pad + W, :] if pad else dxp  # (N, H, W, C)
-    return dx, dw, db
+    wT = np.ascontiguousarray(w.reshape(kh * kw, C, F).transpose(0, 2, 1))  # (kh*kw, F, C)
+    dblocks = np.matmul(dz.reshape(-1, F), wT)  # (kh*kw, N*Ho*Wo, C)
+    dblocks = dblocks.reshape(kh, kw, N, Ho, Wo, C)
+    if not pad:
+        return col2im(dblocks, H, W, out)
+    dx = col2im(dblocks, H + 2 * pad, W + 2 * pad)[:, pad : pad + H, pad : pad + W, :]
+    if out is None:
+        return dx  # (N, H, W, C)
+    out[...] = dx
+    return out
 
 
 # ----------------------------------------------------------------------------------------------
 # MaxPool 2x2, stride 2 (H and W must be even)
 
 
-def maxpool_forward(x, train=True):
+def maxpool_forward(x, train=True, rng=None):
     """x (N, H, W, C) -> out (N, H/2, W/2, C): elementwise max of the four strided sub-grids.
     In train mode the cache keeps which of the four won (the first on ties) as uint8 0..3."""
     N, H, W, C = x.shape
@@ -133,7 +162,7 @@ def maxpool_forward(x, train=True):
     return out, (arg, x.shape)
 
 
-def maxpool_backward(dout, cache):
+def maxpool_backward(dout, cache, grads=None, need_dx=True):
     """dout (N, Ho, Wo, C) -> dx (N, H, W, C): each window's gradient goes to its max."""
     arg, shape = cache
     dx = np.empty(shape, dtype=dout.dtype)  # (N, H, W, C)
@@ -149,10 +178,11 @@ def maxpool_backward(dout, cache):
 BN_EPS = 1e-5
 
 
-def batchnorm_forward(x, gamma, beta, running_mean, running_var, train, momentum=0.1, eps=BN_EPS):
+def batchnorm_forward(x, gamma, beta, mean, var, train=True, rng=None, momentum=0.1, eps=BN_EPS):
     """x (..., C) -> y (..., C). In train mode uses batch stats and updates the running stats
-    in place (running = (1-momentum)*running + momentum*batch); in eval mode uses running stats.
-    Column sums are matrix-vector products (see colsum)."""
+    `mean`, `var` in place (running = (1-momentum)*running + momentum*batch); in eval mode uses
+    them. Column sums are matrix-vector products (see colsum)."""
+    running_mean, running_var = mean, var
     C = x.shape[-1]
     x2 = x.reshape(-1, C)  # (M, C)
     if not train:
@@ -175,26 +205,28 @@ def batchnorm_forward(x, gamma, beta, running_mean, running_var, train, momentum
     return y.reshape(x.shape), (xhat, gamma, rstd, x.shape)
 
 
-def batchnorm_backward(dy, cache, dgamma=None, dbeta=None):
-    """dy (..., C) -> dx (..., C); dgamma, dbeta (C,)."""
+def batchnorm_backward(dy, cache, grads=None, need_dx=True):
+    """dy (..., C) -> dx (..., C); grads "gamma", "beta" (C,)."""
     xhat, gamma, rstd, shape = cache
     M, C = xhat.shape
     dy2 = dy.reshape(M, C)  # (M, C)
-    dbeta = _into(dbeta, colsum(dy2))  # (C,)
-    dgamma = np.einsum("mc,mc->c", dy2, xhat, out=dgamma)  # (C,)
+    dbeta = colsum(dy2)  # (C,)
+    dgamma = np.einsum("mc,mc->c", dy2, xhat)  # (C,)
+    put(grads, "beta", dbeta)
+    put(grads, "gamma", dgamma)
     # dx = gamma*rstd * (dy - mean(dy) - xhat*mean(dy*xhat))
     dx = xhat * (-dgamma / M)  # (M, C)
     dx += dy2
     dx -= dbeta / M
     dx *= gamma * rstd
-    return dx.reshape(shape), dgamma, dbeta
+    return dx.reshape(shape)
 
 
 # ----------------------------------------------------------------------------------------------
 # Dropout (inverted: kept units are scaled by 1/(1-p) in training, identity in eval)
 
 
-def dropout_forward(x, p, train, rng=None, mask=None):
+def dropout_forward(x, p, train=True, rng=None, mask=None):
     """x (...) -> out (...). `mask` (already scaled by 1/(1-p)) may be given to fix the draw."""
     if not train or p == 0.0:
         return x, None
@@ -205,7 +237,7 @@ def dropout_forward(x, p, train, rng=None, mask=None):
     return x * mask, mask
 
 
-def dropout_backward(dout, mask):
+def dropout_backward(dout, mask, grads=None, need_dx=True):
     return dout if mask is None else dout * mask
 
 
@@ -213,12 +245,12 @@ def dropout_backward(dout, mask):
 # Flatten
 
 
-def flatten_forward(x):
+def flatten_forward(x, train=True, rng=None):
     """x (N, ...) -> (N, D)."""
-    return x.reshape(x.shape[0], -1), x.shape
+    return x.reshape(x.shape[0], int(np.prod(x.shape[1:]))), x.shape
 
 
-def flatten_backward(dout, shape):
+def flatten_backward(dout, shape, grads=None, need_dx=True):
     return dout.reshape(shape)
 
 
@@ -273,3 +305,14 @@ ACTIVATIONS = {
     "tanh": (tanh_forward, tanh_backward),
     "sigmoid": (sigmoid_forward, sigmoid_backward),
 }
+
+
+def activation_forward(x, fn="relu", train=True, rng=None):
+    """x (...) -> ACTIVATIONS[fn](x) (...), the layer shape of the four activations."""
+    a, cache = ACTIVATIONS[fn][0](x)
+    return a, (fn, cache)
+
+
+def activation_backward(da, cache, grads=None, need_dx=True):
+    fn, c = cache
+    return ACTIVATIONS[fn][1](da, c)

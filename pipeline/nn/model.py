@@ -11,114 +11,31 @@ in `params` too but not in `theta`. `save_models`/`load_models` store any number
 from __future__ import annotations
 
 import json
+import os
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
-from pipeline.config import UserError
-from pipeline.fileio import atomic_path
 from pipeline.nn import layers as L
 from pipeline.nn.init import INITS
+from pipeline.nn.plan import (  # layer_forward, layer_backward: re-exported for callers
+    LAYER_KINDS,
+    layer_backward,  # noqa: F401
+    layer_forward,  # noqa: F401
+    make_plan,
+    run_forward,
+)
 
 FORMAT = "digits-nn-v1"
 EVAL_CHUNK = 128  # rows per inference pass: measured faster than 256 or 1000 (cache-sized)
 
 
-class ModelFileError(UserError):
-    """A model file that cannot be read: missing, corrupt, or written by an incompatible version."""
+class ModelFileError(Exception):
+    """A model file that cannot be read: missing, corrupt, or written by an incompatible version.
+    Its message says what to do; the CLI shows it as one line (pipeline.nn imports nothing from
+    the rest of the package, so this is not a pipeline.config.UserError)."""
 
 
-# ----------------------------------------------------------------------------------------------
-# Layer kinds: name -> (parameter shapes, forward, backward). Parameters are named "<layer>.<p>".
-# forward(layer, P, x, train, rng) -> (out, cache)
-# backward(layer, P, G, dout, cache, need_dx) -> dx
-
-
-def _dense_shapes(ly):
-    return {"w": (ly["in"], ly["out"]), "b": (ly["out"],)}
-
-
-def _dense_fwd(ly, P, x, train, rng):
-    return L.dense_forward(x, P["w"], P["b"])
-
-
-def _dense_bwd(ly, P, G, dout, cache, need_dx):
-    return L.dense_backward(dout, cache, dw=G["w"], db=G["b"], need_dx=need_dx)[0]
-
-
-def _conv_shapes(ly):
-    k = ly["k"]
-    bias = {"b": (ly["cout"],)} if ly.get("bias", True) else {}  # no bias when BatchNorm follows
-    return {"w": (k, k, ly["cin"], ly["cout"]), **bias}
-
-
-def _conv_fwd(ly, P, x, train, rng):
-    return L.conv2d_forward(x, P["w"], P.get("b"), pad=ly.get("pad", 0))
-
-
-def _conv_bwd(ly, P, G, dout, cache, need_dx):
-    return L.conv2d_backward(dout, cache, dw=G["w"], db=G.get("b"), need_dx=need_dx)[0]
-
-
-def _bn_shapes(ly):
-    c = (ly["c"],)
-    return {"gamma": c, "beta": c, "mean": c, "var": c}
-
-
-def _bn_fwd(ly, P, x, train, rng):
-    return L.batchnorm_forward(
-        x, P["gamma"], P["beta"], P["mean"], P["var"], train, momentum=ly.get("momentum", 0.1)
-    )
-
-
-def _bn_bwd(ly, P, G, dout, cache, need_dx):
-    return L.batchnorm_backward(dout, cache, dgamma=G["gamma"], dbeta=G["beta"])[0]
-
-
-def _act_fwd(ly, P, x, train, rng):
-    return L.ACTIVATIONS[ly["fn"]][0](x)
-
-
-def _act_bwd(ly, P, G, dout, cache, need_dx):
-    return L.ACTIVATIONS[ly["fn"]][1](dout, cache)
-
-
-def _pool_fwd(ly, P, x, train, rng):
-    return L.maxpool_forward(x, train)
-
-
-def _pool_bwd(ly, P, G, dout, cache, need_dx):
-    return L.maxpool_backward(dout, cache)
-
-
-def _drop_fwd(ly, P, x, train, rng):
-    return L.dropout_forward(x, ly["p"], train, rng)
-
-
-def _drop_bwd(ly, P, G, dout, cache, need_dx):
-    return L.dropout_backward(dout, cache)
-
-
-def _flat_fwd(ly, P, x, train, rng):
-    return L.flatten_forward(x)
-
-
-def _flat_bwd(ly, P, G, dout, cache, need_dx):
-    return L.flatten_backward(dout, cache)
-
-
-def _none(ly):
-    return {}
-
-
-LAYER_KINDS = {
-    "dense": (_dense_shapes, _dense_fwd, _dense_bwd),
-    "conv": (_conv_shapes, _conv_fwd, _conv_bwd),
-    "bn": (_bn_shapes, _bn_fwd, _bn_bwd),
-    "act": (_none, _act_fwd, _act_bwd),
-    "pool": (_none, _pool_fwd, _pool_bwd),
-    "dropout": (_none, _drop_fwd, _drop_bwd),
-    "flatten": (_none, _flat_fwd, _flat_bwd),
-}
 BUFFERS = ("mean", "var")  # parameters that are state, not trained
 DECAYED = ("w",)  # parameters weight decay applies to
 
@@ -169,10 +86,34 @@ class Model:
                 self.grads[name] = self._G[i][p] = self.grad[offset : offset + size].reshape(shape)
                 offset += size
             self.params[name] = self._P[i][p] = arr
+        self.threads = 1
+        self._first_trained = next(
+            (i for i, ly in enumerate(self.spec["layers"]) if self._G[i]), len(self._G)
+        )
         if params is not None:
             self.load_params(params)
         else:
             self._init(rng if rng is not None else np.random.default_rng(0))
+
+    @property
+    def plan(self):
+        """The training steps ([Step], fused pairs as one) that forward_train/backward run."""
+        return self._train_plan
+
+    @property
+    def first_trained(self):
+        """Index of the first layer with parameters: the backward pass stops there."""
+        return self._first_trained
+
+    @property
+    def threads(self):
+        """Threads a training step may use (its conv+pool steps); the result is the same."""
+        return self._threads
+
+    @threads.setter
+    def threads(self, n):
+        self._threads = max(1, int(n))
+        self._train_plan = make_plan(self.spec["layers"], self._P, self._G, threads=self._threads)
 
     def _init(self, rng):
         for ly, P in zip(self.spec["layers"], self._P):
@@ -200,63 +141,63 @@ class Model:
             v[...] = params[k]
 
     # forward/backward -------------------------------------------------------------------------
-    def forward(self, x, train=False, rng=None):
+    def forward(self, x, train=False, rng=None, threads=1):
         """x (N, 28, 28, 1) -> logits (N, 10). train=True uses batch statistics and dropout
         (and updates BatchNorm running stats); it needs `rng` for dropout. Eval mode folds each
-        BatchNorm into the conv/dense layer before it (exact) and runs large inputs in chunks of
-        EVAL_CHUNK rows, whose activations stay in cache."""
+        BatchNorm into the conv/dense layer before it (exact), fuses pairs (fused.py) and runs
+        large inputs in chunks of EVAL_CHUNK rows, whose activations stay in cache; with
+        threads > 1 the chunks are shared out to that many threads (numpy releases the GIL in
+        its matrix products and ufuncs; keep BLAS itself on one thread then)."""
         if train:
-            for ly, P in zip(self.spec["layers"], self._P):
-                x, _ = LAYER_KINDS[ly["type"]][1](ly, P, x, True, rng)
-            return x
+            return run_forward(self._train_plan, x, True, rng)[0]
         plan = self._eval_plan()
-        out = None  # (N, 10) for a whole model; any shape for a truncated one (reports)
-        for s in range(0, x.shape[0], EVAL_CHUNK):
-            h = x[s : s + EVAL_CHUNK]
-            for ly, P in plan:
-                h, _ = LAYER_KINDS[ly["type"]][1](ly, P, h, False, None)
-            if out is None:
-                out = np.empty((x.shape[0], *h.shape[1:]), dtype=np.float32)
-            out[s : s + EVAL_CHUNK] = h
-        return out
+        starts = range(0, x.shape[0], EVAL_CHUNK)
+
+        def chunk(s):
+            return run_forward(plan, x[s : s + EVAL_CHUNK], False)[0]
+
+        if threads > 1 and len(starts) > 1:
+            with ThreadPoolExecutor(threads) as pool:
+                parts = list(pool.map(chunk, starts))
+        else:
+            parts = [chunk(s) for s in starts]
+        if not parts:  # no rows
+            return run_forward(plan, x, False)[0]
+        # (N, 10) for a whole model; any shape for a truncated one (reports)
+        return np.concatenate(parts) if len(parts) > 1 else parts[0]
 
     def _eval_plan(self):
-        """-> [(layer, params)] for inference, with conv/dense -> BatchNorm pairs merged:
-        w' = w * gamma/sqrt(var+eps), b' = (b - mean) * gamma/sqrt(var+eps) + beta."""
-        layers, plan, i = self.spec["layers"], [], 0
+        """-> [Step] for inference: conv/dense -> BatchNorm pairs merged into the conv/dense,
+        w' = w * gamma/sqrt(var+eps), b' = (b - mean) * gamma/sqrt(var+eps) + beta, then fused."""
+        layers, P = self.spec["layers"], self._P
+        kept, params, i = [], [], 0
         while i < len(layers):
-            ly, P = layers[i], self._P[i]
-            if (
-                ly["type"] in ("conv", "dense")
-                and i + 1 < len(layers)
-                and layers[i + 1]["type"] == "bn"
+            ly = layers[i]
+            if ly["type"] in ("conv", "dense") and i + 1 < len(layers) and (
+                layers[i + 1]["type"] == "bn"
             ):
-                bn = self._P[i + 1]
+                bn = P[i + 1]
                 scale = bn["gamma"] / np.sqrt(bn["var"] + L.BN_EPS)  # (C,)
-                b = P["b"] if "b" in P else np.zeros_like(scale)
-                plan.append((ly, {"w": P["w"] * scale, "b": (b - bn["mean"]) * scale + bn["beta"]}))
+                b = P[i]["b"] if "b" in P[i] else np.zeros_like(scale)
+                params.append({"w": P[i]["w"] * scale, "b": (b - bn["mean"]) * scale + bn["beta"]})
                 i += 2
             else:
-                plan.append((ly, P))
+                params.append(P[i])
                 i += 1
-        return plan
+            kept.append(ly)
+        return make_plan(kept, params, [{}] * len(kept))
 
     def forward_train(self, x, rng):
         """x (N, 28, 28, 1) -> (logits (N, 10), caches) in training mode."""
-        caches = []
-        for ly, P in zip(self.spec["layers"], self._P):
-            x, cache = LAYER_KINDS[ly["type"]][1](ly, P, x, True, rng)
-            caches.append(cache)
-        return x, caches
+        return run_forward(self._train_plan, x, True, rng)
 
     def backward(self, dlogits, caches):
         """dlogits (N, 10) -> fills `self.grad` (and so `self.grads`). No dx for the input."""
         dx = dlogits
-        layers = self.spec["layers"]
-        first = next(i for i, ly in enumerate(layers) if LAYER_KINDS[ly["type"]][0](ly))
-        for i in range(len(layers) - 1, first - 1, -1):
-            ly = layers[i]
-            dx = LAYER_KINDS[ly["type"]][2](ly, self._P[i], self._G[i], dx, caches[i], i > first)
+        for st, cache in zip(reversed(self._train_plan), reversed(caches)):
+            if st.first < self._first_trained:
+                break
+            dx = st.backward(dx, cache, st.G, st.first > self._first_trained)
 
     # pickling (joblib caches models): rebuild the flat buffers on load -------------------------
     def __getstate__(self):
@@ -273,8 +214,10 @@ class Model:
 # Files: one .npz for any number of models, no pickle
 
 
-def save_models(path, models, extra=None):
-    """Write `models` (and a JSON-able `extra` dict) to one .npz, atomically."""
+def save_models(file, models, extra=None):
+    """Write `models` (and a JSON-able `extra` dict) to one .npz: `file` is a path or a binary
+    file object. Not atomic by itself: the pipeline writes to a temporary file it renames
+    (pipeline.fileio.atomic_path)."""
     arrays = {
         "format": np.array(FORMAT),
         "n_models": np.array(len(models), dtype=np.int64),
@@ -284,9 +227,11 @@ def save_models(path, models, extra=None):
         arrays[f"m{i}/spec"] = np.array(json.dumps(m.spec))
         for k, v in m.params.items():
             arrays[f"m{i}/{k}"] = np.asarray(v, dtype=np.float32)
-    with atomic_path(path) as tmp:
-        with open(tmp, "wb") as f:
+    if isinstance(file, (str, os.PathLike)):
+        with open(file, "wb") as f:  # by a path, np.savez would add ".npz" to the name
             np.savez(f, **arrays)
+    else:
+        np.savez(file, **arrays)
 
 
 def _read(path):

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import re
 
-from pipeline.config import IMAGE_SIDE, N_CLASSES, N_PIXELS
+IMAGE_SIDE = 28  # the images these architectures take: 28x28, one channel (as pipeline.config)
+N_PIXELS = IMAGE_SIDE * IMAGE_SIDE
+N_CLASSES = 10
 
 
 def mlp_spec(hp):

@@ -1,60 +1,27 @@
-"""How many threads OpenBLAS (numpy's BLAS here) uses, set at run time without threadpoolctl.
+"""How many threads BLAS (numpy's OpenBLAS here) uses, set at run time with threadpoolctl.
 
-numpy exposes no such switch, so `blas_threads(n)` finds the loaded OpenBLAS library in this
-process's memory map and calls its `*openblas_set_num_threads*` through ctypes. If no OpenBLAS is
-found (another BLAS, another OS) it does nothing. Why it matters: on a small machine shared with
-other processes, OpenBLAS worker threads that spin-wait between matrix products can make a
-training step several times slower than one thread.
+numpy has no such switch of its own; threadpoolctl finds the BLAS libraries loaded in this process
+and calls their own setter. Why it matters: on a small machine shared with other processes, BLAS
+worker threads that spin-wait between matrix products can make a batch-sized training step
+several times slower than one thread (docs/bench-notes.md). Where a second core helps, the model
+uses it with Python threads instead (`Model.forward(threads=)`, `batches.Batches`), each calling
+one-threaded BLAS.
 """
 
 from __future__ import annotations
 
 import contextlib
-import ctypes
-import re
 
-_SUFFIXES = (
-    "scipy_openblas_{}_num_threads64_",
-    "openblas_{}_num_threads64_",
-    "openblas_{}_num_threads",
-)
-
-
-def _openblas():
-    """-> (get, set) ctypes functions of the loaded OpenBLAS, or None."""
-    try:
-        with open("/proc/self/maps") as f:
-            paths = sorted(
-                {line.split()[-1] for line in f if re.search(r"openblas[^/]*\.so", line)}
-            )
-    except OSError:
-        return None
-    for path in paths:
-        try:
-            lib = ctypes.CDLL(path)
-        except OSError:
-            continue
-        for pattern in _SUFFIXES:
-            try:
-                return getattr(lib, pattern.format("get")), getattr(lib, pattern.format("set"))
-            except AttributeError:
-                continue
-    return None
+from threadpoolctl import threadpool_limits
 
 
 @contextlib.contextmanager
 def blas_threads(n: int | None):
-    """Run the block with OpenBLAS using `n` threads (None or 0: leave it as it is)."""
-    fns = _openblas() if n else None
-    if fns is None:
+    """Run the block with BLAS using `n` threads (None or 0: leave it as it is)."""
+    if n is not None and n < 0:
+        raise ValueError(f"threads must be >= 0, got {n}")
+    if not n:
         yield
         return
-    if n < 0:
-        raise ValueError(f"threads must be >= 0, got {n}")
-    get, set_ = fns
-    before = int(get())
-    set_(int(n))
-    try:
+    with threadpool_limits(limits=int(n), user_api="blas"):
         yield
-    finally:
-        set_(before)

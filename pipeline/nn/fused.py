@@ -1,0 +1,182 @@
+"""Fused kernels: the same mathematics as a sequence of `layers.py` layers, in fewer passes over
+memory. `Model` runs them where its spec has the pair (see `plan.make_plan`); each is checked
+against the unfused pair in tests/test_nn_fused.py, and the unfused layers stay the readable
+reference.
+
+- conv -> 2x2 max pool (`conv_pool_*`): the im2col rows are ordered by the pool window offset
+  (q = 0..3 for (0,0), (0,1), (1,0), (1,1)), so the convolution's output for each offset is one
+  contiguous block and the pool is three elementwise maxima of whole blocks. Images go through
+  in chunks small enough that each chunk's columns and output stay in the core's cache between
+  the copy, the matrix product and the max. The full conv output is never written.
+- BatchNorm -> ReLU (`bn_relu_*`): the activation is applied in place on BatchNorm's output and
+  its mask folded into BatchNorm's backward.
+
+Same results as the unfused layers up to float32 rounding: the matrix products see the rows in
+another order and in other blocks, so sums round differently (last-bit changes); the max-pool's
+tie rule (the first offset wins) is the same.
+"""
+
+from __future__ import annotations
+
+import os
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+
+from pipeline.nn.layers import BN_EPS, colsum, conv_input_grad, put
+
+OFFSETS = ((0, 0), (0, 1), (1, 0), (1, 1))  # pool window offsets (row, col), in tie order
+CHUNK_BYTES = 1 << 20  # columns per chunk: of 256K, 1M, 4M and all, 1M was fastest for c3
+
+
+def _chunk(per_image_bytes):
+    return max(1, CHUNK_BYTES // per_image_bytes)
+
+
+def conv_pool_forward(x, w, b=None, pad=0, train=True, rng=None, threads=1):
+    """x (N, H, W, C), w (kh, kw, C, F), b (F,) or None -> out (N, Ho/2, Wo/2, F): a stride-1
+    convolution followed by a 2x2 max pool (Ho, Wo must be even). The images are split into
+    PARTS fixed halves, run on `threads` threads at once (same result for any thread count)."""
+    N, H, W, C = x.shape
+    kh, kw, _, F = w.shape
+    xp = np.pad(x, ((0, 0), (pad, pad), (pad, pad), (0, 0))) if pad else x  # (N, Hp, Wp, C)
+    Ho, Wo = xp.shape[1] - kh + 1, xp.shape[2] - kw + 1
+    assert Ho % 2 == 0 and Wo % 2 == 0, f"max pool needs an even conv output, got {Ho}x{Wo}"
+    A, B, K = Ho // 2, Wo // 2, kh * kw * C
+    win = np.lib.stride_tricks.sliding_window_view(xp, (kh, kw), axis=(1, 2))
+    win = win.transpose(0, 1, 2, 4, 5, 3)  # (N, Ho, Wo, kh, kw, C), a view
+    w2 = w.reshape(K, F)
+    nb = _chunk(4 * A * B * K * 4)
+    cols = np.empty((N, 4, A, B, kh, kw, C), dtype=x.dtype) if train else None  # for backward
+    out = np.empty((N, A * B, F), dtype=x.dtype)  # (N, A*B, F)
+    arg = np.empty((N, A * B, F), dtype=np.uint8) if train else None
+
+    def conv_pool_forward_part(s0, e0):
+        z = np.empty((min(nb, e0 - s0), 4, A * B, F), dtype=x.dtype)  # one chunk's conv output
+        own = None if train else np.empty((min(nb, e0 - s0), 4, A, B, kh, kw, C), dtype=x.dtype)
+        for s in range(s0, e0, nb):
+            e = min(s + nb, e0)
+            c = cols[s:e] if train else own[: e - s]
+            for q, (i, j) in enumerate(OFFSETS):
+                np.copyto(c[:, q], win[s:e, i::2, j::2])
+            zc = z[: e - s]
+            np.matmul(c.reshape(-1, K), w2, out=zc.reshape(-1, F))  # ((e-s)*4*A*B, F)
+            o = out[s:e]
+            np.maximum(zc[:, 0], zc[:, 1], out=o)
+            np.maximum(o, zc[:, 2], out=o)
+            np.maximum(o, zc[:, 3], out=o)
+            if train:  # the winning offset, ties to the first (as layers.maxpool_forward)
+                a = arg[s:e]
+                np.not_equal(zc[:, 2], o, out=a.view(bool))
+                a += 1
+                a *= np.not_equal(zc[:, 1], o)
+                a += 1
+                a *= np.not_equal(zc[:, 0], o)
+
+    in_parts(conv_pool_forward_part, N, threads)
+    if b is not None:
+        out += b  # max(z + b) = max(z) + b: the bias after the pool is the same, 4x cheaper
+    out = out.reshape(N, A, B, F)
+    if not train:
+        return out, None
+    return out, (cols, arg, w, x.shape, pad, b is not None, threads)
+
+
+def conv_pool_backward(dout, cache, grads=None, need_dx=True):
+    """dout (N, Ho/2, Wo/2, F) -> dx (N, H, W, C) or None; fills grads["w"] (and ["b"])."""
+    cols, arg, w, x_shape, pad, has_bias, threads = cache
+    N, A, B, F = dout.shape
+    kh, kw, C, _ = w.shape
+    K = kh * kw * C
+    d2 = dout.reshape(N, A * B, F)
+    dx = np.empty(x_shape, dtype=dout.dtype) if need_dx else None
+
+    def conv_pool_backward_part(s, e):
+        dz = np.empty((e - s, 4, A * B, F), dtype=dout.dtype)  # conv output gradient, by offset
+        for q in range(4):
+            np.multiply(d2[s:e], arg[s:e] == q, out=dz[:, q])
+        dw = cols[s:e].reshape(-1, K).T @ dz.reshape(-1, F)  # (K, F), this part's share
+        if need_dx:
+            dzn = np.empty((e - s, 2 * A, 2 * B, F), dtype=dout.dtype)  # the conv's own layout
+            for q, (i, j) in enumerate(OFFSETS):
+                dzn[:, i::2, j::2] = dz[:, q].reshape(e - s, A, B, F)
+            conv_input_grad(dzn, w, (e - s, *x_shape[1:]), pad, out=dx[s:e])
+        return dw
+
+    dws = in_parts(conv_pool_backward_part, N, threads)
+    dw = dws[0]
+    for more in dws[1:]:  # in part order: the same sum for any thread count
+        dw += more
+    put(grads, "w", dw.reshape(kh, kw, C, F))
+    if has_bias:
+        put(grads, "b", colsum(d2.reshape(-1, F)))  # (F,)
+    return dx
+
+
+# ----------------------------------------------------------------------------------------------
+# Threads: the images of a batch in PARTS fixed parts, the parts on a small thread pool
+
+
+PARTS = 2  # fixed, so that the sums (and so the results) do not depend on the thread count
+_POOLS = {}
+
+
+def in_parts(fn, n, threads=1):
+    """[fn(s, e) for each of PARTS contiguous parts of range(n)], the parts on up to `threads`
+    threads at once (numpy releases the GIL in matrix products and most ufuncs)."""
+    k = max(1, min(PARTS, n))
+    bounds = [n * i // k for i in range(k + 1)]
+    parts = list(zip(bounds[:-1], bounds[1:]))
+    if threads <= 1 or k == 1:
+        return [fn(s, e) for s, e in parts]
+    key = (os.getpid(), threads - 1)  # a forked child gets pools of its own: its parent's
+    pool = _POOLS.get(key)  # worker threads do not exist in it
+    if pool is None:
+        pool = _POOLS[key] = ThreadPoolExecutor(threads - 1, thread_name_prefix="nn")
+    later = [pool.submit(fn, s, e) for s, e in parts[1:]]
+    first = fn(*parts[0])  # the calling thread takes the first part
+    return [first, *(f.result() for f in later)]
+
+
+def bn_relu_forward(x, gamma, beta, mean, var, train=True, rng=None, momentum=0.1, eps=BN_EPS):
+    """x (..., C) -> relu(batchnorm(x)) (..., C); the running stats update as in
+    layers.batchnorm_forward."""
+    C = x.shape[-1]
+    x2 = x.reshape(-1, C)  # (M, C)
+    if not train:
+        scale = gamma / np.sqrt(var + eps)  # (C,)
+        y = x2 * scale
+        y += beta - mean * scale
+        np.maximum(y, 0.0, out=y)
+        return y.reshape(x.shape), None
+    M = x2.shape[0]
+    mu = colsum(x2) * (1.0 / M)  # (C,)
+    xhat = x2 - mu  # (M, C), centred; scaled to xhat below
+    var_b = np.einsum("mc,mc->c", xhat, xhat) * (1.0 / M)  # (C,) biased variance
+    rstd = 1.0 / np.sqrt(var_b + eps)  # (C,)
+    xhat *= rstd
+    y = xhat * gamma  # (M, C)
+    y += beta
+    np.maximum(y, 0.0, out=y)
+    mean *= 1.0 - momentum
+    mean += momentum * mu
+    var *= 1.0 - momentum
+    var += (momentum * M / max(M - 1, 1)) * var_b
+    return y.reshape(x.shape), (xhat, y, gamma, rstd, x.shape)
+
+
+def bn_relu_backward(da, cache, grads=None, need_dx=True):
+    """da (..., C) -> dx (..., C); fills grads["gamma"], grads["beta"]."""
+    xhat, y, gamma, rstd, shape = cache
+    M, C = xhat.shape
+    dy = da.reshape(M, C) * (y > 0)  # (M, C) through the ReLU
+    dbeta = colsum(dy)  # (C,)
+    dgamma = np.einsum("mc,mc->c", dy, xhat)  # (C,)
+    put(grads, "gamma", dgamma)
+    put(grads, "beta", dbeta)
+    # dx = gamma*rstd * (dy - mean(dy) - xhat*mean(dy*xhat))
+    dx = xhat * (-dgamma / M)  # (M, C)
+    dx += dy
+    dx -= dbeta / M
+    dx *= gamma * rstd
+    return dx.reshape(shape)

@@ -1,0 +1,121 @@
+"""How a spec's layers run: the layer kinds (parameter shapes, forward, backward) and the plans,
+lists of steps with fused pairs (fused.py) as one step. `Model` (model.py) builds and runs them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import NamedTuple
+
+from pipeline.nn import fused as Fu
+from pipeline.nn import layers as L
+
+# ----------------------------------------------------------------------------------------------
+# Layer kinds: name -> Kind(parameter shapes, forward, backward, settings). Every layer of
+# `layers.py` has the same two signatures, so one call serves them all (`layer_forward`,
+# `layer_backward`); `settings` are the spec keys the forward takes by name. Parameters are
+# named "<layer>.<p>".
+
+
+class Kind(NamedTuple):
+    shapes: Callable  # layer spec -> {parameter: shape}
+    forward: Callable  # (x, **params, train=, rng=, **settings) -> (out, cache)
+    backward: Callable  # (dout, cache, grads, need_dx) -> dx
+    settings: tuple = ()
+
+
+def _dense_shapes(ly):
+    return {"w": (ly["in"], ly["out"]), "b": (ly["out"],)}
+
+
+def _conv_shapes(ly):
+    k = ly["k"]
+    bias = {"b": (ly["cout"],)} if ly.get("bias", True) else {}  # no bias when BatchNorm follows
+    return {"w": (k, k, ly["cin"], ly["cout"]), **bias}
+
+
+def _bn_shapes(ly):
+    c = (ly["c"],)
+    return {"gamma": c, "beta": c, "mean": c, "var": c}
+
+
+def _none(ly):
+    return {}
+
+
+LAYER_KINDS = {
+    "dense": Kind(_dense_shapes, L.dense_forward, L.dense_backward),
+    "conv": Kind(_conv_shapes, L.conv2d_forward, L.conv2d_backward, ("pad",)),
+    "bn": Kind(_bn_shapes, L.batchnorm_forward, L.batchnorm_backward, ("momentum",)),
+    "act": Kind(_none, L.activation_forward, L.activation_backward, ("fn",)),
+    "pool": Kind(_none, L.maxpool_forward, L.maxpool_backward),
+    "dropout": Kind(_none, L.dropout_forward, L.dropout_backward, ("p",)),
+    "flatten": Kind(_none, L.flatten_forward, L.flatten_backward),
+}
+
+
+def layer_forward(ly, P, x, train, rng):
+    """One layer of a spec on x -> (out, cache); P holds its parameters by short name."""
+    kind = LAYER_KINDS[ly["type"]]
+    return kind.forward(x, **P, train=train, rng=rng, **_settings(kind, ly))
+
+
+def layer_backward(ly, P, G, dout, cache, need_dx):
+    """The backward of `layer_forward`: fills G (its gradient buffers) -> dx or None."""
+    return LAYER_KINDS[ly["type"]].backward(dout, cache, G, need_dx)
+
+
+def _settings(kind, ly):
+    return {k: ly[k] for k in kind.settings if k in ly}
+
+
+# ----------------------------------------------------------------------------------------------
+# Plans: the layers as the model runs them, with fused pairs (fused.py) as one step each
+
+
+class Step(NamedTuple):
+    name: str
+    forward: Callable
+    backward: Callable
+    P: dict  # parameters, by short name
+    G: dict  # gradient buffers, by short name
+    settings: dict
+    first: int  # index of the step's first layer in the spec
+
+
+FUSED = {  # (kind, kind) -> the fused kernel pair; "act" only for ReLU
+    ("conv", "pool"): (Fu.conv_pool_forward, Fu.conv_pool_backward),
+    ("bn", "act"): (Fu.bn_relu_forward, Fu.bn_relu_backward),
+}
+
+
+def make_plan(layers, P, G, fuse=True, threads=1):
+    """-> [Step] running `layers` (with parameters P[i], gradient buffers G[i]); fuse=True
+    merges each pair of FUSED into one step (a ReLU for ("bn", "act")); conv+pool steps split
+    their images over `threads` threads (the same result for any count)."""
+    plan, i = [], 0
+    while i < len(layers):
+        ly = layers[i]
+        kind = LAYER_KINDS[ly["type"]]
+        nxt = layers[i + 1] if i + 1 < len(layers) else None
+        pair = (ly["type"], nxt["type"]) if nxt else None
+        if fuse and pair in FUSED and (pair[1] != "act" or nxt["fn"] == "relu"):
+            fwd, bwd = FUSED[pair]
+            name, n = f"{ly['name']}+{nxt['name']}", 2
+        else:
+            fwd, bwd, name, n = kind.forward, kind.backward, ly["name"], 1
+        settings = _settings(kind, ly)
+        if fwd is Fu.conv_pool_forward:
+            settings["threads"] = threads
+        plan.append(Step(name, fwd, bwd, P[i], G[i], settings, i))
+        i += n
+    return plan
+
+
+def run_forward(plan, x, train, rng=None):
+    """x through every step -> (out, caches)."""
+    caches = []
+    for st in plan:
+        x, cache = st.forward(x, **st.P, train=train, rng=rng, **st.settings)
+        caches.append(cache)
+    return x, caches
