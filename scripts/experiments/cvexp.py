@@ -205,6 +205,7 @@ def main(argv=None):
     p.add_argument("--no-curve", action="store_true",
                    help="do not evaluate the held-out fold after every epoch")
     a = p.parse_args(argv)
+    T.STEP_THREADS = 1  # one core per experiment process (the results do not depend on it)
     overrides = parse_set(a.set)
     M.DEFAULTS[a.model] = {**M.DEFAULTS[a.model], **overrides}
     x8, y = load()
