@@ -61,9 +61,19 @@ install: $(INSTALLED) ## create .venv and install the package (make submit does 
 # given), rewritten by `digits params --stamps` only when they change, so make reruns exactly the
 # stages whose parameters changed. `predict` alone never retrains: its stamp holds predict's
 # parameters only, and the model's stamp changes only when a train parameter does.
+# The sync itself runs only when params.toml, the variables given or the package changed: make
+# writes the variables given to $(STAMPS)/given itself ($(file), no shell), only when they change.
+GIVEN := $(foreach v,$(DIGITS_MAKE_VARS),$(v)=$($(v)))
+ifneq ($(GIVEN),$(file < $(STAMPS)/given))
+  $(shell mkdir -p $(STAMPS))
+  $(file > $(STAMPS)/given,$(GIVEN))
+endif
+$(STAMPS)/given:
+	@mkdir -p $(@D) && touch $@
 $(STAMPS)/%.params: $(STAMPS)/sync ; @:
-$(STAMPS)/sync: $(INSTALLED) FORCE
+$(STAMPS)/sync: $(INSTALLED) $(STAMPS)/given $(wildcard params.toml) $(SRC)
 	@$(DIGITS) params --stamps $(STAMPS)
+	@touch $@
 
 data download: $(PARSED) ## fetch and check the competition data (MIRROR=dir), parse the CSVs
 $(PARSED): $(INSTALLED) $(SRC) $(STAMPS)/download.params

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,6 +19,12 @@ IMAGE_SIDE = 28
 N_PIXELS = IMAGE_SIDE * IMAGE_SIDE
 N_CLASSES = 10
 N_TEST = 28000
+
+
+def expected_test_rows() -> int | None:
+    """The competition's N_TEST test rows; None (any count) with DIGITS_ANY_TEST_ROWS=1, which
+    only the test suite sets, for its small synthetic zips."""
+    return None if os.environ.get("DIGITS_ANY_TEST_ROWS") == "1" else N_TEST
 
 
 class UserError(Exception):
@@ -178,6 +185,16 @@ def command_hint(target: str) -> str:
     return f"digits {target}"
 
 
+def for_user(message: str) -> str:
+    """A message's `make <target>` hints as the command this user types: unchanged under make,
+    `digits <command>` otherwise (messages are written once, with make's names)."""
+    if os.environ.get("MAKELEVEL"):
+        return message
+    commands = {v: k for k, v in MAKE_TARGET.items()} | {"submit": "run"}
+    return re.sub(r"`make (\w[\w-]*)`", lambda m: f"`digits {commands.get(m[1], m[1])}`",
+                  message)
+
+
 def asdict(config) -> dict:
     """A dataclass as a plain JSON-able dict (tuples become lists)."""
     return {k: list(v) if isinstance(v, tuple) else v
@@ -186,5 +203,6 @@ def asdict(config) -> dict:
 
 __all__ = [
     "COMPETITION", "IMAGE_SIDE", "N_CLASSES", "N_PIXELS", "N_TEST", "Paths", "UserError",
-    "ZIP_NAME", "asdict", "kaggle_input", "kaggle_notebook", "kaggle_scratch",
+    "ZIP_NAME", "asdict", "expected_test_rows", "kaggle_input", "kaggle_notebook",
+    "kaggle_scratch",
 ]

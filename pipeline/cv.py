@@ -11,6 +11,7 @@ Pure numpy; files, caching and workers are other modules' business.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 from dataclasses import dataclass
@@ -130,21 +131,56 @@ def fit_member(data: dict, task: dict) -> dict:
 
     `data` holds "pixels" (N, 784) uint8, "labels" (N,) and "normalizer"; it is the same object
     for every member, so it reaches each worker once. Returns the model, the eval rows'
-    probabilities and the history: a worker writes nothing, the driver stores the result.
+    probabilities, plain and with test-time augmentation (as predict --tta would give them),
+    and the history: a worker writes nothing, the driver stores the result.
     """
+    from .params import TrainConfig
     from .preprocess import normalize
     from .train import evaluate, train
     t0 = time.perf_counter()
-    from .params import TrainConfig
     cfg = TrainConfig(**task["cfg"])  # the resolved parameters, as the train stage passes them
     pixels, labels = data["pixels"], np.asarray(data["labels"], np.int64)
     tr, ev = task["train_rows"], task["eval_rows"]
-    result = train(cfg, normalize(pixels[tr], data["normalizer"]), labels[tr], progress=None)
-    _, acc, proba = evaluate(result.model, normalize(pixels[ev], data["normalizer"]), labels[ev])
+    with step_threads(task.get("cores", 1)):
+        result = train(cfg, normalize(pixels[tr], data["normalizer"]), labels[tr],
+                       progress=None)
+    x_eval = normalize(pixels[ev], data["normalizer"])  # (n_eval, 28, 28, 1)
+    _, acc, proba = evaluate(result.model, x_eval, labels[ev])
     return {"model": result.model, "eval_proba": proba, "eval_accuracy": acc,
+            "eval_proba_tta": tta_proba(result.model, x_eval),
             "history": result.history, "epochs": result.best_epoch,
             "hyperparameters": result.hyperparameters,
             "seconds": time.perf_counter() - t0}
+
+
+@contextlib.contextmanager
+def step_threads(n: int):
+    """Train with n Python threads in the conv+pool steps (train.STEP_THREADS) and the batch
+    prefetch only when n > 1: two members on two cores each keep to one. The result is the same
+    for any count (pipeline/nn/fused.py, batches.py), so it is no part of a member's key."""
+    from . import train as train_mod
+    before = train_mod.STEP_THREADS, train_mod.PREFETCH
+    train_mod.STEP_THREADS, train_mod.PREFETCH = max(1, min(n, before[0])), n > 1 and before[1]
+    try:
+        yield
+    finally:
+        train_mod.STEP_THREADS, train_mod.PREFETCH = before
+
+
+def tta_proba(model, x: np.ndarray, batch_size: int = 1000) -> np.ndarray:
+    """(N, 10) float32: the mean of softmax over predict's TTA shifts, on the BLAS threads the
+    caller set (predict_proba would switch to all cores, which a worker must not)."""
+    from .nn.losses import softmax
+    from .predict import TTA_SHIFTS, shift_images
+    fill = float(x.min()) if x.size else 0.0
+    out = np.zeros((x.shape[0], N_CLASSES), np.float32)  # (N, 10)
+    for s in range(0, x.shape[0], batch_size):
+        xb = x[s : s + batch_size]  # (B, 28, 28, 1)
+        for dr, dc in TTA_SHIFTS:
+            xs = xb if (dr, dc) == (0, 0) else shift_images(xb, dr, dc, fill)
+            out[s : s + batch_size] += softmax(model.forward(xs))
+    out *= 1.0 / len(TTA_SHIFTS)
+    return out
 
 
 # ------------------------------------------------------------------------------ sweep grids

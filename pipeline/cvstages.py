@@ -23,7 +23,7 @@ from . import parallel, stages
 from .cache import _combined, _load_checked, _seal_path, code_digests
 from .config import Paths, UserError, asdict
 from .cv import CVConfig, fit_member, oof_summary, stratified_folds, stratified_rows
-from .fileio import read_json, read_npz, write_json, write_npz, write_text
+from .fileio import read_json, write_json, write_npz, write_text
 from .params import TrainConfig, changed_from_default, resolve
 
 log = logging.getLogger("pipeline")
@@ -135,12 +135,13 @@ def fit_plans(paths: Paths, plans: list[Plan], par: parallel.ParallelConfig,
     log.info("%s: training %d of %d member(s) on %s", STAGE, len(todo), len(work), where)
     union = np.unique(np.concatenate([plans[i].rows for i, *_ in todo]))  # only rows used
     data = {"pixels": pixels[union], "labels": labels[union], "normalizer": normalizer}
-    tasks = []
+    tasks, cores = [], parallel.cores_per_task(par, len(todo))
     for i, m, *_ in todo:
         p, (f, _) = plans[i], plans[i].members[m]
         at = np.searchsorted(union, p.rows)  # plan rows -> positions in data
         tasks.append({"cfg": p.member_hp(p.members[m][1]),
-                      "train_rows": at[p.fold != f], "eval_rows": at[p.fold == f]})
+                      "train_rows": at[p.fold != f], "eval_rows": at[p.fold == f],
+                      "cores": cores})
     for t, r in parallel.run(fit_member, data, tasks, par):
         i, m, key, name = todo[t]
         _store(paths, key, r)
@@ -160,12 +161,16 @@ def _label(p: Plan, f: int, seed: int) -> str:
 
 
 def summarize(p: Plan, results: list[dict], labels: np.ndarray) -> tuple[dict, np.ndarray]:
-    """(the cv.json dict, the (n, 10) out-of-fold probabilities) of one plan's members."""
+    """(the cv.json dict, the (n, 10) out-of-fold probabilities, plain and with TTA) of one
+    plan's members. cv.json's "tta" holds the estimate of a `--tta` submission."""
     y = labels[p.rows].astype(np.int64)
-    oof = np.zeros((len(y), 10), np.float32)  # (n, 10), averaged over seeds
+    oof, oof_tta = (np.zeros((len(y), 10), np.float32) for _ in range(2))  # over seeds
     for (f, _), r in zip(p.members, results):
         oof[p.fold == f] += r["eval_proba"]
+        oof_tta[p.fold == f] += r["eval_proba_tta"]
     oof /= np.float32(p.hp["ensemble"])
+    oof_tta /= np.float32(p.hp["ensemble"])
+    tta = oof_summary(y, oof_tta, p.fold)
     members = [{"fold": f, "seed": s, "accuracy": r["eval_accuracy"], "epochs": r["epochs"],
                 "seconds": round(r["seconds"], 2)} for (f, s), r in zip(p.members, results)]
     return {"folds": p.cv.folds, "fold_seed": p.cv.seed, "max_rows": p.cv.max_rows,
@@ -173,13 +178,16 @@ def summarize(p: Plan, results: list[dict], labels: np.ndarray) -> tuple[dict, n
             "params_changed": json.loads(json.dumps(changed_from_default(p.hp), default=list)),
             "hyperparameters": results[0]["hyperparameters"], "members": members,
             "train_seconds": round(sum(r["seconds"] for r in results), 2),
-            **oof_summary(y, oof, p.fold)}, oof
+            "tta": {k: tta[k] for k in ("oof_accuracy", "oof_accuracy_ci95", "oof_loss",
+                                        "fold_accuracy")},
+            **oof_summary(y, oof, p.fold)}, (oof, oof_tta)
 
 
 def _data(paths: Paths):
     inputs, files = stages._inputs(paths, parsed=paths.parsed, normalizer=paths.normalizer)
-    parsed = read_npz(Path(files["parsed"]))
-    return inputs, parsed["train_x"], parsed["train_y"], read_json(Path(files["normalizer"]))
+    from .readers import read_digits, read_normalizer
+    parsed = read_digits(Path(files["parsed"]))
+    return inputs, parsed["train_x"], parsed["train_y"], read_normalizer(Path(files["normalizer"]))
 
 
 def _record(paths: Paths, summary: dict, trained: bool) -> None:
@@ -216,8 +224,9 @@ def cv(paths: Paths, cfg: TrainConfig, cv_cfg: CVConfig, par: parallel.ParallelC
     return summary
 
 
-def _write_cv(paths: Paths, p: Plan, summary: dict, oof: np.ndarray) -> None:
-    write_npz(paths.models / "oof.npz", proba=oof, rows=p.rows, fold=p.fold)
+def _write_cv(paths: Paths, p: Plan, summary: dict, oof: tuple) -> None:
+    write_npz(paths.models / "oof.npz", proba=oof[0], proba_tta=oof[1], rows=p.rows,
+              fold=p.fold)
     write_json(paths.models / "cv.json", summary)
 
 
@@ -225,22 +234,20 @@ def train_folds(paths: Paths, cfg: TrainConfig, cv_cfg: CVConfig,
                 par: parallel.ParallelConfig) -> dict:
     """The fold models as the submission's model: cv.json, then model.npz (every fold model,
     averaged by predict), history.json and metrics.json carrying the OOF estimate."""
-    from .nn import save_models
     [(p, rs, summary, oof, trained)] = _run(paths, [cfg], cv_cfg, par)
     _write_cv(paths, p, summary, oof)
     metrics = {k: summary[k] for k in ("model", "params", "params_changed", "params_digest",
                                        "hyperparameters",
                                        "folds", "rows", "oof_accuracy", "oof_accuracy_ci95",
-                                       "oof_loss", "train_seconds")}
+                                       "oof_loss", "train_seconds", "tta")}
     metrics.update(dev_accuracy=None, estimate=f"{p.cv.folds}-fold out-of-fold", cv=asdict(cv_cfg),
                    members=[{"seed": s, "fold": f, "fold_accuracy": r["eval_accuracy"],
                              "dev_accuracy": None, "best_epoch": r["epochs"],
                              "train_seconds": round(r["seconds"], 2)}
                             for (f, s), r in zip(p.members, rs)])
-    save_models(paths.model, [r["model"] for r in rs], extra={"metrics": metrics})
-    write_json(paths.history, [{"seed": s, "fold": f, "best_epoch": r["epochs"],
-                                "epochs": r["history"]} for (f, s), r in zip(p.members, rs)])
-    write_json(paths.metrics, metrics)
+    stages.write_models(paths, [r["model"] for r in rs], metrics,
+                        [{"seed": s, "fold": f, "best_epoch": r["epochs"], "epochs": r["history"]}
+                         for (f, s), r in zip(p.members, rs)])
     _record(paths, summary, trained)
     return metrics
 
@@ -263,12 +270,18 @@ def sweep(paths: Paths, cfg: TrainConfig, cv_cfg: CVConfig, par: parallel.Parall
     return out
 
 
-def estimate_line(summary: dict) -> str:
+def estimate(metrics: dict, tta: bool) -> dict:
+    """The OOF figures of a submission predicted with or without TTA (cv.json or metrics)."""
+    return {**metrics, **metrics["tta"]} if tta and metrics.get("tta") else metrics
+
+
+def estimate_line(summary: dict, tta: bool = False) -> str:
     """One line: the OOF accuracy with its interval, what it is, and where it comes from."""
-    lo, hi = summary["oof_accuracy_ci95"]
-    return (f"expected score (out-of-fold, {summary['folds']} folds, {summary.get('rows', '?')} "
-            f"rows): {100 * summary['oof_accuracy']:.2f}% (95% CI {100 * lo:.2f}-{100 * hi:.2f}%)"
-            f", log loss {summary['oof_loss']:.4f}")
+    e = estimate(summary, tta)
+    lo, hi = e["oof_accuracy_ci95"]
+    return (f"expected score (out-of-fold, {e['folds']} folds, {e.get('rows', '?')} rows"
+            f"{', with TTA' if tta else ''}): {100 * e['oof_accuracy']:.2f}% (95% CI "
+            f"{100 * lo:.2f}-{100 * hi:.2f}%), log loss {e['oof_loss']:.4f}")
 
 
 def read_cv(path: Path) -> dict | None:

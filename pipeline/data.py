@@ -19,7 +19,8 @@ from pathlib import Path, PurePosixPath
 import numpy as np
 import pandas as pd
 
-from .config import N_CLASSES, N_PIXELS, ZIP_NAME, UserError
+from .config import N_CLASSES, N_PIXELS, ZIP_NAME, UserError, expected_test_rows
+from .readers import display
 
 MEMBERS = ("train.csv", "test.csv", "sample_submission.csv")
 PIXEL_COLUMNS = tuple(f"pixel{i}" for i in range(N_PIXELS))
@@ -53,7 +54,7 @@ class Digits:
 
 def check_zip(path: Path) -> None:
     """Raise DataError unless `path` is an intact competition zip; extract nothing."""
-    path = Path(path)
+    path = Path(display(path))  # the same file, named relative to the current directory
     if not path.is_file():
         raise DataError(f"{path} does not exist.")
     try:
@@ -87,6 +88,9 @@ def _check_members(path: Path, infos: list[zipfile.ZipInfo]) -> None:
     if len(names) != len(set(names)):
         raise DataError(f"{path}: duplicated members. {FIX_HINT}")
     for i in infos:
+        if i.flag_bits & 0x1:
+            raise DataError(f"{path}: member {i.filename} is password-protected (encrypted); "
+                            f"the competition zip is not. {FIX_HINT}")
         ratio = i.file_size / max(i.compress_size, 1)
         if i.file_size > MAX_MEMBER_BYTES or ratio > MAX_RATIO:
             raise DataError(f"{path}: member {i.filename} declares {i.file_size} bytes "
@@ -134,12 +138,28 @@ def read_competition(path: Path, *, progress: bool = False) -> Digits:
         row = int(np.argmax(labels >= N_CLASSES))
         raise DataError(f"train.csv row {row + 1}: label {labels[row]} is outside 0-9.")
     ids = sample[:, 0]
-    if len(ids) != len(test):
-        raise DataError(f"sample_submission.csv has {len(ids)} rows but test.csv has {len(test)}.")
+    check_test_rows(len(test), ids)
     return Digits(train_x=np.ascontiguousarray(train[:, 1:], dtype=np.uint8),
                   train_y=labels.astype(np.uint8),
                   test_x=test.astype(np.uint8, copy=False),
                   test_ids=ids.astype(np.int32))
+
+
+def check_test_rows(n_test: int, ids: np.ndarray) -> None:
+    """test.csv and sample_submission.csv agree with each other and with the competition's
+    28000 rows, and the ImageIds run 1..n in order: else no submission could be right."""
+    expected = expected_test_rows()
+    if len(ids) != n_test:
+        raise DataError(f"sample_submission.csv has {len(ids)} rows but test.csv has {n_test}; "
+                        f"they must match row for row. {FIX_HINT}")
+    if expected is not None and n_test != expected:
+        raise DataError(f"test.csv and sample_submission.csv have {n_test} rows, but the "
+                        f"competition has {expected}; the data is incomplete. {FIX_HINT}")
+    wrong = np.flatnonzero(ids != np.arange(1, len(ids) + 1))
+    if len(wrong):
+        raise DataError(f"sample_submission.csv row {wrong[0] + 1}: ImageId {ids[wrong[0]]}, "
+                        f"expected {wrong[0] + 1} (ImageIds run 1..{len(ids)} in order). "
+                        f"{FIX_HINT}")
 
 
 def read_csv(z: zipfile.ZipFile | None, member: str | Path, columns: tuple[str, ...], *,
@@ -261,6 +281,12 @@ def stratified_split(y: np.ndarray, dev_fraction: float, seed: int,
     """
     if not 0.0 < dev_fraction < 1.0:
         raise ValueError(f"dev_fraction must be in (0, 1), got {dev_fraction}")
+    n_dev = sum(int(round(dev_fraction * np.sum(y == k))) for k in np.unique(y))
+    if n_dev == 0 or n_dev == len(y):
+        side = "no dev rows" if n_dev == 0 else "no train rows"
+        raise DataError(f"--dev-fraction {dev_fraction:g} of the {len(y)} rows of train.csv "
+                        f"(split per digit) leaves {side}; choose a fraction that keeps at least "
+                        f"one row of some digit on each side (the default is 0.1).")
     if max_train < 0:
         raise ValueError(f"max_train must be >= 0, got {max_train}")
     rng = np.random.default_rng(seed)

@@ -17,7 +17,6 @@ from pathlib import Path
 from . import parallel, stages
 from .cache import _combined, code_digests
 from .cvstages import _lookup, _store
-from .fileio import read_json, read_npz, write_json
 
 log = logging.getLogger("pipeline")
 
@@ -26,14 +25,16 @@ def fit_split_member(data: dict, task: dict):
     """Train one member on the split's train rows, choosing on its dev rows -> TrainResult."""
     import numpy as np
 
+    from .cv import step_threads
     from .params import TrainConfig
     from .preprocess import normalize
     from .train import train
     pixels, y = data["pixels"], np.asarray(data["labels"], np.int64)
     t, d = data["train_idx"], data["dev_idx"]
     norm = data["normalizer"]
-    return train(TrainConfig(**task["cfg"]), normalize(pixels[t], norm), y[t],
-                 normalize(pixels[d], norm), y[d], progress=None)
+    with step_threads(task.get("cores", 1)):
+        return train(TrainConfig(**task["cfg"]), normalize(pixels[t], norm), y[t],
+                     normalize(pixels[d], norm), y[d], progress=None)
 
 
 def _code() -> str:
@@ -44,7 +45,6 @@ def _code() -> str:
 
 def train_ensemble(paths, hp: dict, par: parallel.ParallelConfig) -> dict:
     """hp["ensemble"] members (seeds seed, seed+1, ...) saved together; returns metrics."""
-    from .nn import save_models
     inputs, files = stages._inputs(paths, parsed=paths.parsed, split=paths.split,
                                    normalizer=paths.normalizer)
     n, code = hp["ensemble"], _code()
@@ -62,11 +62,14 @@ def train_ensemble(paths, hp: dict, par: parallel.ParallelConfig) -> dict:
         where = (f"dask scheduler {par.scheduler}" if par.backend == "dask"
                  else f"{min(parallel.workers(par), len(todo))} local worker(s)")
         log.info("train: training %d of %d member(s) on %s", len(todo), n, where)
-        parsed, split = read_npz(Path(files["parsed"])), read_npz(Path(files["split"]))
+        from .readers import read_digits, read_normalizer, read_split
+        parsed = read_digits(Path(files["parsed"]))
+        split = read_split(Path(files["split"]), len(parsed["train_y"]))
         data = {"pixels": parsed["train_x"], "labels": parsed["train_y"],
-                "normalizer": read_json(Path(files["normalizer"])),
+                "normalizer": read_normalizer(Path(files["normalizer"])),
                 "train_idx": split["train_idx"], "dev_idx": split["dev_idx"]}
-        tasks = [{"cfg": members[k]} for k in todo]
+        cores = parallel.cores_per_task(par, len(todo))
+        tasks = [{"cfg": members[k], "cores": cores} for k in todo]
         for t, r in parallel.run(fit_split_member, data, tasks, par):
             k = todo[t]
             _store(paths, keys[k], r)
@@ -75,10 +78,9 @@ def train_ensemble(paths, hp: dict, par: parallel.ParallelConfig) -> dict:
                      100 * (r.dev_accuracy or 0), r.seconds, len(results), n)
     ordered = [(members[k], results[k], results[k].seconds) for k in range(n)]
     metrics = stages._train_metrics(hp, ordered, paths)
-    save_models(paths.model, [r.model for _, r, _ in ordered], extra={"metrics": metrics})
-    write_json(paths.history, [{"seed": m["seed"], "best_epoch": r.best_epoch,
-                                "epochs": r.history} for m, r, _ in ordered])
-    write_json(paths.metrics, metrics)
+    stages.write_models(paths, [r.model for _, r, _ in ordered], metrics,
+                        [{"seed": m["seed"], "best_epoch": r.best_epoch, "epochs": r.history}
+                         for m, r, _ in ordered])
     if todo:  # one line of run history per training done, none for a cache reuse
         from .fileio import append_line
         from .runs import run_record, utc_now

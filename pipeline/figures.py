@@ -23,6 +23,7 @@ FIGSIZE = {  # inches; at DPI these are the PNGs' pixel sizes (width x height / 
     "filters": (8, 4),
     "feature_maps": (8, 4),
     "class_distribution": (8, 4),
+    "activations": (10, 8),  # rows share it: the digit, one per hidden layer, the weights
 }
 
 
@@ -43,7 +44,7 @@ def _figure(name: str, *args, **kwargs):
     return _pyplot().subplots(*args, figsize=FIGSIZE[name], dpi=DPI, **kwargs)
 
 
-def learning_curves(members: list[dict], path: Path) -> Path:
+def learning_curves(members: list[dict], path: Path, *, xlabel: str = "epoch") -> Path:
     """Train/dev loss and accuracy (%) per epoch, the learning rate on a second axis from 0.
 
     members: one {"seed", "best_epoch", "epochs": [{"epoch", "train_loss", "dev_loss",
@@ -56,19 +57,21 @@ def learning_curves(members: list[dict], path: Path) -> Path:
         ep = [r["epoch"] for r in rows]
         tag = f" (seed {m['seed']})" if len(members) > 1 else ""
         alpha = 1.0 if i == 0 else 0.4
+        dots = 4 if len(rows) <= 60 else 0  # hundreds of full-batch iterations: lines only
         for ax, key, scale in ((ax_loss, "loss", 1), (ax_acc, "acc", 100)):
             ax.plot(ep, [scale * r[f"train_{key}"] for r in rows], "o-", color="C0",
-                    alpha=alpha, label=f"train{tag}", markersize=4)
+                    alpha=alpha, label=f"train{tag}", markersize=dots)
             dev = [np.nan if r.get(f"dev_{key}") is None else scale * r[f"dev_{key}"]
                    for r in rows]
             if not np.all(np.isnan(dev)):
-                ax.plot(ep, dev, "s-", color="C1", alpha=alpha, label=f"dev{tag}", markersize=4)
+                ax.plot(ep, dev, "s-", color="C1", alpha=alpha, label=f"dev{tag}",
+                        markersize=dots)
         if i == 0 and m.get("best_epoch"):
             for ax in (ax_loss, ax_acc):
                 ax.axvline(m["best_epoch"], color="gray", linestyle=":", linewidth=1)
     last = max([r["epoch"] for m in members for r in m["epochs"]], default=1)
     for ax, title in ((ax_loss, "loss (cross-entropy)"), (ax_acc, "accuracy (%)")):
-        ax.set_xlabel("epoch")
+        ax.set_xlabel(xlabel)
         ax.set_title(title)
         ax.grid(alpha=0.3)
         _epoch_axis(ax, last)
@@ -76,7 +79,7 @@ def learning_curves(members: list[dict], path: Path) -> Path:
     lr = [r["lr"] for r in rows]
     lr_ax = ax_loss.twinx()  # the learning rate on a second axis of the loss panel
     lr_ax.plot([r["epoch"] for r in rows], lr, "--", marker="^", color="C2", linewidth=1,
-               markersize=4, label="learning rate (end of epoch)")
+               markersize=4 if len(rows) <= 60 else 0, label="learning rate (end of epoch)")
     top = max(lr, default=0.0)
     lr_ax.set_ylim(0, 1.15 * top if top > 0 else 1.0)  # from 0: no zoom into a flat line
     lr_ax.set_ylabel("learning rate", color="C2")
@@ -208,5 +211,63 @@ def class_distribution(train_share: np.ndarray, test_share: np.ndarray, path: Pa
     return _save(fig, path)
 
 
-__all__ = ["DPI", "FIGSIZE", "class_distribution", "confusion", "digit_grid", "learning_curves",
-           "tiles"]
+def activations(pixels: np.ndarray, layers: list[dict], first_weights: np.ndarray | None,
+                path: Path, *, title: str, maps: int = 8) -> Path:
+    """What a network makes of one digit, layer by layer (glance.hidden_layers): the digit and
+    the output probabilities; then per hidden layer its units' responses as bars (dense) or its
+    `maps` strongest feature maps (conv); for a dense first layer, the weights of the units that
+    respond most, as 28x28 images titled with their response."""
+    plt = _pyplot()
+    hidden = layers[:-1]
+    first = hidden[0]["values"] if hidden else None
+    show_w = first_weights is not None and first is not None and first.ndim == 1
+    rows = 1 + len(hidden) + int(show_w)
+    fig = plt.figure(figsize=FIGSIZE["activations"], dpi=DPI, layout="constrained")
+    grid = fig.add_gridspec(rows, maps)
+    ax = fig.add_subplot(grid[0, :2])
+    ax.imshow(np.asarray(pixels).reshape(IMAGE_SIDE, IMAGE_SIDE), cmap="gray_r", vmin=0, vmax=255)
+    ax.axis("off")
+    ax.set_title("input", fontsize=8)
+    ax = fig.add_subplot(grid[0, 2:])
+    proba = layers[-1]["values"]
+    ax.bar(np.arange(N_CLASSES), proba, color=["C3" if k == proba.argmax() else "C0"
+                                               for k in range(N_CLASSES)])
+    ax.set_xticks(range(N_CLASSES))
+    ax.set_ylim(0, 1)
+    ax.set_title("output: softmax probabilities", fontsize=8)
+    for r, layer in enumerate(hidden, start=1):
+        v = layer["values"]
+        label = f"{layer['name']} ({layer['fn']})"
+        if v.ndim == 1:
+            ax = fig.add_subplot(grid[r, :])
+            ax.bar(np.arange(v.size), v, width=1.0 if v.size > 40 else 0.8, color="C0")
+            ax.axhline(0, color="gray", linewidth=0.5)
+            ax.set_xlim(-0.5, v.size - 0.5)
+            if v.size <= 20:
+                ax.set_xticks(range(v.size))
+            ax.set_title(f"{label}: the {v.size} hidden units' responses "
+                         f"({int((v > 0).sum())} above 0)", fontsize=8)
+            continue
+        mean = v.reshape(-1, v.shape[-1]).mean(axis=0)  # (C,)
+        for c, j in enumerate(np.argsort(-mean, kind="stable")[:maps]):
+            ax = fig.add_subplot(grid[r, c])
+            ax.imshow(v[..., j], cmap="gray", vmin=0, vmax=float(v[..., j].max()) or 1.0,
+                      interpolation="nearest")
+            ax.axis("off")
+            ax.set_title(f"{label} #{j}" if c == 0 else f"#{j}", fontsize=7)
+    if show_w:
+        for c, j in enumerate(np.argsort(-first, kind="stable")[:maps]):
+            ax = fig.add_subplot(grid[rows - 1, c])
+            m = first_weights[:, j].reshape(IMAGE_SIDE, IMAGE_SIDE)
+            vmax = float(np.abs(m).max()) or 1.0
+            ax.imshow(m, cmap="RdBu_r", vmin=-vmax, vmax=vmax, interpolation="nearest")
+            ax.axis("off")
+            ax.set_title(f"unit {j}: {first[j]:.2f}", fontsize=7)
+        fig.text(0.01, 0.5 / rows, "weights of the most\nresponsive first-layer\nunits "
+                 "(red +, blue -)", fontsize=7, va="center", rotation=90)
+    fig.suptitle(title)
+    return _save(fig, path)
+
+
+__all__ = ["DPI", "FIGSIZE", "activations", "class_distribution", "confusion", "digit_grid",
+           "learning_curves", "tiles"]

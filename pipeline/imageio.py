@@ -23,9 +23,42 @@ class ImageError(UserError):
     """An image file that cannot be read or holds no digit."""
 
 
+MAX_IMAGE_BYTES = 50 << 20  # a 12-megapixel phone photo as PNG is ~20 MB
+MAX_IMAGE_PIXELS = 40_000_000  # decoded as float32 RGBA that is 640 MB; more is refused
+
+
+def check_image(path: Path) -> tuple[int, int]:
+    """Bounds checked before decoding: a regular file under MAX_IMAGE_BYTES whose header
+    declares at most MAX_IMAGE_PIXELS (read by Pillow without decoding); -> (width, height)."""
+    from PIL import Image
+
+    from .readers import require_file
+    fix = "Save the digit as a PNG of a few hundred pixels a side."
+    try:
+        require_file(path, fix, max_bytes=MAX_IMAGE_BYTES, missing=f"{path} does not exist.")
+    except UserError as e:
+        raise ImageError(str(e)) from None
+    limit, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, None  # the check is ours, below
+    try:
+        with Image.open(path) as im:  # lazy: only the header is read
+            width, height = im.size
+    except Exception as e:  # UnidentifiedImageError, a truncated header, ...
+        raise ImageError(f"{path} is not an image file Pillow can read ({type(e).__name__}). "
+                         f"{fix}") from None
+    finally:
+        Image.MAX_IMAGE_PIXELS = limit
+    if width * height > MAX_IMAGE_PIXELS or min(width, height) < 1:
+        raise ImageError(f"{path} declares {width}x{height} pixels, outside 1 to "
+                         f"{MAX_IMAGE_PIXELS:,} pixels; it is not decoded. {fix}")
+    return width, height
+
+
 def read_image(path: Path) -> np.ndarray:
-    """Read an image file as grayscale (H, W) float32 in [0, 1]; transparency shows white."""
+    """Read an image file as grayscale (H, W) float32 in [0, 1]; transparency shows white.
+
+    Its size and declared dimensions are checked first (check_image)."""
     path = Path(path)
+    check_image(path)
     import matplotlib.image as mpimg
     try:
         img = mpimg.imread(path)

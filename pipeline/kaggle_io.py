@@ -129,17 +129,21 @@ def find_credentials() -> Credentials | None:
 
 
 def _read_kaggle_json(path: Path) -> tuple[dict, tuple[str, ...]]:
-    if not path.is_file():
+    """Its fields, and warnings: a damaged kaggle.json (checked by schemas.KAGGLE_JSON) is
+    ignored with a warning naming the problem, never its content."""
+    from .readers import read_json
+    from .schemas import KAGGLE_JSON
+    if not path.exists() and not path.is_symlink():
         return {}, ()
     warnings = ()
-    if os.name != "nt" and path.stat().st_mode & 0o044:
-        warnings = (f"{path} is readable by other users of this machine; "
-                    f"run `chmod 600 {path}` to keep your Kaggle key private.",)
     try:
-        values = json.loads(path.read_text(encoding="utf-8") or "{}")
-    except (OSError, ValueError):
-        return {}, warnings
-    return (values if isinstance(values, dict) else {}), warnings
+        if os.name != "nt" and path.stat().st_mode & 0o044:
+            warnings = (f"{path} is readable by other users of this machine; "
+                        f"run `chmod 600 {path}` to keep your Kaggle key private.",)
+        values = read_json(path, KAGGLE_JSON) if path.stat().st_size else {}
+    except (OSError, UserError) as e:
+        return {}, (*warnings, f"ignoring {str(e).split('. ')[0]}; {KAGGLE_JSON.fix}")
+    return values, warnings
 
 
 def _read_oauth_tokens() -> tuple[str, ...]:
@@ -219,7 +223,9 @@ def _connect(creds: Credentials, retry: Retry, sleep: Sleep,
 def _credentials(offline_hint: str) -> Credentials:
     creds = find_credentials()
     if creds is None:
-        raise KaggleError(f"{NO_CREDENTIALS} {offline_hint}")
+        _, warnings = _read_kaggle_json(config_dir() / "kaggle.json")
+        damaged = "".join(f"{w} " for w in warnings if w.startswith("ignoring"))
+        raise KaggleError(f"{damaged}{NO_CREDENTIALS} {offline_hint}".strip())
     return creds
 
 

@@ -45,21 +45,25 @@ class Poll:
 
 
 def upload_submission(path: Path, message: str, *, ledger: Path, force: bool = False,
-                      image_ids=None, competition: str = COMPETITION, poll: Poll = Poll(),
+                      image_ids=None, train_labels=None, competition: str = COMPETITION,
+                      poll: Poll = Poll(),
                       retry: Retry = RETRY, sleep: Sleep = time.sleep,
                       clock: Callable[[], float] = time.monotonic, progress: bool = True) -> dict:
     """Validate `path`, submit it, wait for its public score, record it in `ledger`; return that.
 
-    Nothing is sent for an invalid file, nor for one byte-identical to an earlier upload unless
-    `force`. Raises KaggleError when the file could not be submitted, when Kaggle scored it ERROR,
+    Nothing is sent for an invalid file (the rule of `digits validate`), nor, unless `force`,
+    for a degenerate one or one byte-identical to an earlier upload. Raises KaggleError when the
+    file could not be submitted, when Kaggle scored it ERROR,
     or when no score came within `poll.timeout` (the entry is recorded in all but the first case).
     """
-    from .submission import append_ledger, read_ledger, validate_submission
+    from .readers import check_appendable
+    from .submission import append_ledger, check_submission, read_ledger
 
     path = Path(path)
     if not message.strip():
         raise KaggleError("A submission needs a message describing it (-m MESSAGE).")
-    validate_submission(path, image_ids)
+    check_submission(path, image_ids, train_labels, allow_degenerate=force)
+    check_appendable(ledger, "the record of this upload")
     sha = sha256_file(path)
     if not force:
         for old in reversed(read_ledger(ledger)):

@@ -40,6 +40,14 @@ def workers(cfg: ParallelConfig) -> int:
     return cfg.jobs if cfg.jobs > 0 else available_cores()
 
 
+def cores_per_task(cfg: ParallelConfig, n_tasks: int) -> int:
+    """The cores each of n_tasks members may keep busy: all of this machine's cores shared among
+    the workers running at once (1 on a dask cluster, whose workers run --nthreads 1)."""
+    if cfg.backend == "dask":
+        return 1
+    return max(1, available_cores() // max(1, min(workers(cfg), n_tasks)))
+
+
 def run(fn: Callable, shared, tasks: list, cfg: ParallelConfig) -> Iterator[tuple[int, object]]:
     """Yield (index, fn(shared, tasks[index])) for every task, as each finishes.
 
@@ -157,4 +165,5 @@ def _first_line(e: Exception) -> str:
     return text.splitlines()[0][:200] if text else type(e).__name__
 
 
-__all__ = ["BACKENDS", "ClusterError", "ParallelConfig", "available_cores", "run", "workers"]
+__all__ = ["BACKENDS", "ClusterError", "ParallelConfig", "available_cores", "cores_per_task",
+           "run", "workers"]

@@ -53,8 +53,10 @@ def load(path: Path) -> dict[str, dict]:
     """{"split": {...}, "train": {...}, "predict": {...}, "cnn": {...}, ...}: the values set in
     the file, each checked; {} tables when the file does not exist."""
     values = empty()
-    if not path.exists():
+    if not path.exists() and not path.is_symlink():
         return values
+    from .readers import require_file  # a regular file of sane size, not a folder or a device
+    require_file(path, "Fix it, or delete it to start from the defaults.", max_bytes=1 << 20)
     try:
         raw = tomllib.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as e:

@@ -11,7 +11,7 @@ import os
 
 import numpy as np
 
-from pipeline.config import N_CLASSES
+from pipeline.config import N_CLASSES, UserError
 from pipeline.nn.losses import softmax
 from pipeline.nn.threads import blas_threads
 
@@ -19,6 +19,12 @@ from pipeline.nn.threads import blas_threads
 # on one-threaded BLAS (Model.forward(threads=)): batch-sized products split across BLAS threads
 # wait on each other, whole chunks on Python threads do not.
 PREDICT_THREADS = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 1
+
+
+
+class NonFiniteError(UserError):
+    """The model gave NaN or infinite probabilities: its output must not become a submission."""
+
 
 # (rows, cols) shifts averaged by test-time augmentation; (0, 0) is the image itself
 TTA_SHIFTS = ((0, 0), (1, 0), (-1, 0), (0, 1), (0, -1))
@@ -40,7 +46,14 @@ def predict_proba(models, x, *, batch_size=1000, tta=False) -> np.ndarray:
     Runs on PREDICT_THREADS threads (the cores available), each with one BLAS thread; the
     result does not depend on the thread count."""
     with blas_threads(1):
-        return _predict_proba(models, x, batch_size, tta)
+        proba = _predict_proba(models, x, batch_size, tta)
+    bad = ~np.isfinite(proba).all(axis=1)  # (N,)
+    if bad.any():  # argmax of NaN is 0: a "valid" submission of zeros, the worst outcome
+        raise NonFiniteError(
+            f"the model gives NaN or infinite probabilities for {int(bad.sum())} of "
+            f"{len(proba)} images (first: row {int(np.argmax(bad)) + 1}); nothing was written. "
+            f"Its weights or the normalizer are broken: retrain with `make train`.")
+    return proba
 
 
 def _predict_proba(models, x, batch_size, tta):

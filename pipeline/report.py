@@ -162,8 +162,10 @@ def _draw(folder: Path, inputs: ReportInputs, dev_proba: np.ndarray) -> dict:
     pc = per_class(cm)
     files = {}
 
-    files["learning_curves"] = figures.learning_curves(inputs.history,
-                                                       folder / "learning_curves.png")
+    full_batch = (inputs.metrics.get("hyperparameters") or {}).get("batch_size", 0) is None
+    files["learning_curves"] = figures.learning_curves(
+        inputs.history, folder / "learning_curves.png",
+        xlabel="iteration (one full-batch gradient step)" if full_batch else "epoch")
     files["confusion"] = figures.confusion(cm, pc["precision"], pc["recall"],
                                            folder / "confusion.png")
     wrong = confident_mistakes(y, dev_proba)
@@ -172,6 +174,11 @@ def _draw(folder: Path, inputs: ReportInputs, dev_proba: np.ndarray) -> dict:
         inputs.dev_pixels[wrong], titles, folder / "mistakes.png",
         title=f"the {len(wrong)} most confidently wrong dev digits (of {int((pred != y).sum())})")
     files.update(_draw_learned(folder, inputs))
+    from .glance import first_dense_weights, hidden_layers  # what each layer makes of one digit
+    files["activations"] = figures.activations(
+        inputs.dev_pixels[0], hidden_layers(inputs.models[0], inputs.dev_x[0]),
+        first_dense_weights(inputs.models[0]), folder / "activations.png",
+        title=f"inside the network: dev digit 0 (a {int(inputs.dev_y[0])})")
 
     train_share = np.bincount(inputs.train_y, minlength=N_CLASSES) / len(inputs.train_y)
     test_pred = inputs.test_proba.argmax(axis=1)
@@ -278,7 +285,10 @@ def markdown(name: str, when: dt.datetime, inputs: ReportInputs, facts: dict) ->
                 by = "set" if p.name in changed else "default"
                 out.append(f"| {p.name} | `{_short(value)}` | {by} |")
     out += ["", "## Learning curves", "", f"![learning curves]({files['learning_curves']})", "",
-            _curve_note(inputs.history), "",
+            _curve_note(inputs.history)
+            + (" This model is trained full-batch: each epoch is one gradient step over all "
+               "train rows, so the curves are its cost and accuracy per iteration."
+               if hp.get("batch_size", 0) is None else ""), "",
             "## Confusion matrix (dev)", "", f"![confusion matrix]({files['confusion']})", "",
             "Rows are the true digit, columns the prediction. " + _pairs_note(facts["pairs"]), "",
             "| class | precision | recall | dev rows |", "| --- | --- | --- | --- |"]
@@ -302,6 +312,13 @@ def markdown(name: str, when: dt.datetime, inputs: ReportInputs, facts: dict) ->
                 "they produce for one dev digit: edges and strokes in different directions.", ""]
     else:
         out += ["(This model's first layer has no image-shaped weights to show.)", ""]
+    if "activations" in files:
+        out += [f"![activations]({files['activations']})", "",
+                "One dev digit through the network: the output probabilities, each hidden "
+                "layer's responses (the strongest feature maps of a conv layer) and, for a dense "
+                "first layer, the weights of its most responsive units. `digits show N "
+                "--activations` draws the same for any digit; docs/how-it-works.md explains "
+                "each layer.", ""]
     test = facts["test_share"]
     gap = int(np.argmax(np.abs(test - facts["train_share"])))
     out += ["## Predictions on test.csv", "",

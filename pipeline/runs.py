@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import datetime as dt
-import json
 from pathlib import Path
 
 from .text import table
@@ -31,20 +30,10 @@ def run_record(metrics: dict, when: dt.datetime) -> dict:
 
 
 def read_runs(path: Path) -> list[dict]:
-    """The records of data/runs.jsonl, oldest first; unreadable lines are skipped."""
-    runs = []
-    try:
-        lines = Path(path).read_text(encoding="utf-8").splitlines()
-    except FileNotFoundError:
-        return []
-    for line in lines:
-        try:
-            rec = json.loads(line)
-        except ValueError:
-            continue
-        if isinstance(rec, dict):
-            runs.append(rec)
-    return runs
+    """The records of data/runs.jsonl, oldest first; damaged lines are skipped with one warning."""
+    from .readers import read_jsonl
+    from .schemas import RUNS
+    return read_jsonl(path, RUNS)
 
 
 def runs_table(runs: list[dict]) -> str:

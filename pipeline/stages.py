@@ -8,43 +8,25 @@ compute functions are module-level and pure; file paths are passed for reading o
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import hashlib
 import json
 import logging
-import shutil
 import time
 import zipfile
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from . import data as data_mod
 from .cache import Cache
-from .config import ZIP_NAME, Paths, UserError, asdict, command_hint
-from .fileio import (
-    atomic_path,
-    read_json,
-    read_json_dict,
-    read_npz,
-    sha256_file,
-    write_json,
-    write_npz,
-)
+from .config import ZIP_NAME, Paths, asdict, command_hint
+from .fileio import atomic_path, sha256_file, write_json, write_npz
+from .lock import project_lock  # noqa: F401 (the commands take it through stages)
 from .params import PredictConfig, SplitConfig, TrainConfig, resolve
+from .readers import read_digits, read_model, read_normalizer, read_split
+from .sources import Sources, locate_source, source_digest
 
 log = logging.getLogger("pipeline")
-
-
-@dataclass(frozen=True)
-class Sources:
-    """Where the competition data may come from, in the order they are tried after data/raw."""
-
-    kaggle_input: Path = Path("/kaggle/input/digit-recognizer")  # a Kaggle Notebook's input
-    mirror: Path | None = None  # a local directory holding digit-recognizer.zip (or the CSVs)
-    use_api: bool = True  # finally, download through the Kaggle API
 
 
 # ----------------------------------------------------------------------------- compute
@@ -55,7 +37,7 @@ def _parse(files, inputs, params, code) -> dict[str, np.ndarray]:
 
 
 def _split(files, inputs, params, code) -> dict[str, np.ndarray]:
-    y = read_npz(files["parsed"])["train_y"]
+    y = read_digits(files["parsed"])["train_y"]
     train_idx, dev_idx = data_mod.stratified_split(y, params["dev_fraction"], params["seed"],
                                                    params["max_train"])
     return {"train_idx": train_idx, "dev_idx": dev_idx}
@@ -63,15 +45,16 @@ def _split(files, inputs, params, code) -> dict[str, np.ndarray]:
 
 def _normalize(files, inputs, params, code) -> dict[str, float]:
     from .preprocess import fit_normalizer
-    x = read_npz(files["parsed"])["train_x"]
-    return fit_normalizer(x[read_npz(files["split"])["train_idx"]])
+    x = read_digits(files["parsed"])["train_x"]
+    return fit_normalizer(x[read_split(files["split"], len(x))["train_idx"]])
 
 
 def _train(files, inputs, params, code):
     from .preprocess import normalize
     from .train import train
-    parsed, split = read_npz(files["parsed"]), read_npz(files["split"])
-    x = normalize(parsed["train_x"], read_json(files["normalizer"]))  # (42000, 28, 28, 1) float32
+    parsed = read_digits(files["parsed"])
+    split = read_split(files["split"], len(parsed["train_y"]))
+    x = normalize(parsed["train_x"], read_normalizer(files["normalizer"]))  # (42000, 28, 28, 1)
     y = parsed["train_y"].astype(np.int64)
     t, d = split["train_idx"], split["dev_idx"]
     return train(TrainConfig(**params), x[t], y[t], x[d], y[d], progress=files["progress"],
@@ -79,11 +62,10 @@ def _train(files, inputs, params, code):
 
 
 def _predict(files, inputs, params, code) -> np.ndarray:
-    from .nn import load_models
     from .predict import predict_proba
     from .preprocess import normalize
-    models = load_models(Path(files["model"]))
-    x = normalize(read_npz(files["parsed"])["test_x"], read_json(files["normalizer"]))
+    models = read_model(Path(files["model"]))
+    x = normalize(read_digits(files["parsed"])["test_x"], read_normalizer(files["normalizer"]))
     return predict_proba(models, x, batch_size=params["batch_size"], tta=params["tta"])
 
 
@@ -99,72 +81,24 @@ def _inputs(paths: Paths, **files: Path) -> tuple[dict[str, str], dict[str, str]
     cache = _cache(paths)
     need = {"parsed": "download", "split": "split", "normalizer": "normalize", "model": "train",
             "history": "train", "metrics": "train"}
+    from .readers import require_file  # a regular file: not a folder, a device or a FIFO
     for key, path in files.items():
-        if not path.exists():
-            raise UserError(f"{_rel(path, paths)} is missing; run `{command_hint(need[key])}` "
-                            f"first.")
+        require_file(path, f"Delete it and run `{command_hint(need[key])}` again.",
+                     missing=f"{_rel(path, paths)} is missing; run `{command_hint(need[key])}` "
+                             f"first.")
     return ({p.name: cache.file_digest(p) for p in files.values()},
             {k: str(p) for k, p in files.items()})
-
-
-def locate_source(paths: Paths, sources: Sources) -> Path:
-    """The competition data: data/raw's zip, a Kaggle Notebook input, the mirror, or the API."""
-    if paths.raw_zip.exists():
-        log.info("download: using %s (already there)", _rel(paths.raw_zip, paths))
-        return paths.raw_zip
-    if (sources.kaggle_input / "train.csv").is_file():
-        log.info("download: using the Kaggle Notebook input %s", sources.kaggle_input)
-        return sources.kaggle_input
-    if (sources.kaggle_input / ZIP_NAME).is_file():  # read in place: the input is read-only
-        log.info("download: using the Kaggle Notebook input %s", sources.kaggle_input / ZIP_NAME)
-        return sources.kaggle_input / ZIP_NAME
-    if sources.mirror is not None:
-        zip_path = sources.mirror / ZIP_NAME
-        if zip_path.is_file():
-            data_mod.check_zip(zip_path)
-            with atomic_path(paths.raw_zip) as tmp:
-                shutil.copyfile(zip_path, tmp)
-            log.info("download: copied %s from the mirror %s", ZIP_NAME, sources.mirror)
-            return paths.raw_zip
-        if (sources.mirror / "train.csv").is_file():
-            log.info("download: using the CSVs in the mirror %s", sources.mirror)
-            return sources.mirror
-        raise data_mod.DataError(f"The mirror {sources.mirror} (KAGGLE_MIRROR) holds neither "
-                                 f"{ZIP_NAME} nor train.csv/test.csv/sample_submission.csv.")
-    if not sources.use_api:
-        raise data_mod.DataError(_no_data_message(paths))
-    from . import kaggle_io
-    log.info("download: fetching %s through the Kaggle API", ZIP_NAME)
-    return kaggle_io.download_competition(paths.raw, progress=True)
-
-
-def _no_data_message(paths: Paths) -> str:
-    return (f"No competition data found. Put {ZIP_NAME} in {_rel(paths.raw, paths)}/, "
-            f"or set KAGGLE_MIRROR to a directory that holds it (or the three CSVs), "
-            f"or attach the competition to your Kaggle Notebook, "
-            f"or provide Kaggle API credentials (see README, 'Credentials').")
 
 
 def download(paths: Paths, sources: Sources, *, progress=True) -> Path:
     """Locate the competition data, check it, and write the parsed uint8 arrays."""
     source = locate_source(paths, sources)
-    digest = source_digest(source, paths)
+    digest = source_digest(source, _cache(paths))
     bar = progress in (True, "bar")  # a parsing bar in a terminal only, not in a log
     arrays, _ = _cache(paths).call("parse", _parse, inputs={ZIP_NAME: digest}, params={},
                                    files={"source": str(source), "progress": bar})
     write_npz(paths.parsed, **arrays)
     return paths.parsed
-
-
-def source_digest(source: Path, paths: Paths) -> str:
-    """Digest of the competition data: the zip's, or of the three CSVs in a directory."""
-    cache = _cache(paths)
-    if source.is_file():
-        return cache.file_digest(source)
-    h = hashlib.sha256()
-    for name in data_mod.MEMBERS:
-        h.update(cache.file_digest(source / name).encode())
-    return h.hexdigest()
 
 
 def split(paths: Paths, cfg: SplitConfig) -> Path:
@@ -191,7 +125,6 @@ def train(paths: Paths, cfg: TrainConfig, *, progress="bar", resume: bool = True
     (the same result as an uninterrupted run), unless `resume` is False. An ensemble's members
     train in parallel instead (`par`, see ensemble.py), each cached on its own.
     """
-    from .nn import save_models
     hp = resolve(cfg)  # every parameter checked, the model's defaults filled in
     if hp["ensemble"] > 1:  # members through joblib.Parallel, resumed member by member
         from .ensemble import train_ensemble
@@ -199,6 +132,8 @@ def train(paths: Paths, cfg: TrainConfig, *, progress="bar", resume: bool = True
         return train_ensemble(paths, hp, par or ParallelConfig())
     inputs, files = _inputs(paths, parsed=paths.parsed, split=paths.split,
                             normalizer=paths.normalizer)
+    from .readers import check_appendable
+    check_appendable(paths.runs, "the run history")  # refused now, not after the training
     results, computed = [], []
     for k in range(hp["ensemble"]):
         params = {**hp, "seed": hp["seed"] + k, "ensemble": 1}
@@ -216,16 +151,24 @@ def train(paths: Paths, cfg: TrainConfig, *, progress="bar", resume: bool = True
         checkpoint.unlink(missing_ok=True)
         results.append((params, result, time.perf_counter() - start))
     metrics = _train_metrics(hp, results, paths)
-    with atomic_path(paths.model) as tmp:
-        save_models(tmp, [r.model for _, r, _ in results], extra={"metrics": metrics})
-    write_json(paths.history, [{"seed": m["seed"], "best_epoch": r.best_epoch,
-                                "epochs": r.history} for m, r, _ in results])
-    write_json(paths.metrics, metrics)
+    write_models(paths, [r.model for _, r, _ in results], metrics,
+                 [{"seed": m["seed"], "best_epoch": r.best_epoch, "epochs": r.history}
+                  for m, r, _ in results])
     if any(computed):  # one line of run history per training done, none for a cache reuse
         from .fileio import append_line
         from .runs import run_record, utc_now
         append_line(paths.runs, json.dumps(run_record(metrics, utc_now()), sort_keys=True))
     return metrics
+
+
+def write_models(paths: Paths, models: list, metrics: dict, history: list[dict]) -> None:
+    """The train stage's outputs, each written atomically: model.npz, history.json, metrics.json.
+    Every path that trains (one model, an ensemble, the fold models) ends here."""
+    from .nn import save_models
+    with atomic_path(paths.model) as tmp:
+        save_models(tmp, models, extra={"metrics": metrics})
+    write_json(paths.history, history)
+    write_json(paths.metrics, metrics)
 
 
 def _check_checkpoint(path: Path, resume: bool, paths: Paths, name: str) -> None:
@@ -258,7 +201,8 @@ def _train_metrics(hp: dict, results, paths: Paths) -> dict:
     dev_accuracy, dev = None, {}
     if results[0][1].dev_proba is not None:
         from .metrics import dev_metrics
-        y_dev = read_npz(paths.parsed)["train_y"][read_npz(paths.split)["dev_idx"]]
+        y_all = read_digits(paths.parsed)["train_y"]
+        y_dev = y_all[read_split(paths.split, len(y_all))["dev_idx"]]
         proba = np.mean([r.dev_proba for _, r, _ in results], axis=0)  # (n_dev, 10)
         dev_accuracy = float(np.mean(proba.argmax(1) == y_dev))
         dev = dev_metrics(y_dev, proba)  # dev_loss, dev_size, per_class precision/recall
@@ -274,34 +218,31 @@ def _train_metrics(hp: dict, results, paths: Paths) -> dict:
 
 def predict(paths: Paths, cfg: PredictConfig) -> dict:
     """Predict the test rows, write a validated submission.csv, keep a copy and a ledger line."""
-    from .submission import append_ledger, keep_copy, read_ledger, timestamp, write_submission
+    from .readers import METRICS, read_json_or_warn
+    from .submission import publish
     inputs, files = _inputs(paths, model=paths.model, parsed=paths.parsed,
                             normalizer=paths.normalizer)
     proba, _ = _cache(paths).call("predict", _predict, inputs=inputs, params=asdict(cfg),
                                   files=files)
-    ids = read_npz(paths.parsed)["test_ids"]
-    sha = write_submission(paths.submission, proba.argmax(1), ids)
-    metrics = read_json_dict(paths.metrics)
-    written = [e for e in read_ledger(paths.ledger) if e.get("kind") == "written"]
-    if not written or written[-1].get("sha256") != sha:
-        copy = keep_copy(paths.submission, paths.submission_history, timestamp())
-        append_ledger(paths.ledger, {
-            "kind": "written", "file": _rel(copy, paths), "sha256": sha,
-            "model_sha256": inputs["model.npz"], "model": metrics.get("model"),
-            "params": {"train": metrics.get("params"), "predict": asdict(cfg)},
-            "dev_accuracy": metrics.get("dev_accuracy"),
-            "oof_accuracy": metrics.get("oof_accuracy"), "folds": metrics.get("folds"),
-            "oof_accuracy_ci95": metrics.get("oof_accuracy_ci95")})
+    ids = read_digits(paths.parsed)["test_ids"]
+    metrics = read_json_or_warn(paths.metrics, METRICS) or {}  # only for the ledger line
+    sha = publish(paths.submission, paths.submission_history, paths.ledger, proba.argmax(1), ids,
+                  {"model_sha256": inputs["model.npz"], "model": metrics.get("model"),
+                   "params": {"train": metrics.get("params"), "predict": asdict(cfg)},
+                   "dev_accuracy": metrics.get("dev_accuracy"),
+                   **_oof_entry(metrics, cfg.tta)},
+                  rel=lambda p: _rel(p, paths))
     return {"path": paths.submission, "sha256": sha, "rows": len(ids),
             "dev_accuracy": metrics.get("dev_accuracy")}
 
 
 def validate(paths: Paths, path: Path | None = None) -> dict:
-    """Validate a submission against sample_submission.csv's ImageIds; say what made it."""
-    from .submission import read_ledger, validate_submission
+    """Check a submission by the rule upload uses (submission.check_submission: the format,
+    sample_submission.csv's ImageIds, labels not degenerate); say what made it."""
+    from .readers import submission_reference
+    from .submission import check_submission, read_ledger
     path = Path(path) if path is not None else paths.submission
-    ids = read_npz(paths.parsed)["test_ids"] if paths.parsed.exists() else None
-    labels = validate_submission(path, ids)
+    labels = check_submission(path, **submission_reference(paths.parsed))
     sha = sha256_file(path)
     made = [e for e in read_ledger(paths.ledger) if e.get("kind") == "written"
             and e.get("sha256") == sha]
@@ -335,18 +276,20 @@ def report(paths: Paths, cfg: PredictConfig) -> dict:
         log.info("report: reused %s", _rel(found, paths))
         return {"path": found, "reused": True}
     log.info("report: drawing the figures")
-    from .nn import load_models
     from .preprocess import normalize as apply_normalizer
+    from .readers import HISTORY, METRICS
+    from .readers import read_json as read_checked
     test_proba, _ = _cache(paths).call(
         "predict", _predict, params=asdict(cfg),
         inputs={k: inputs[k] for k in ("model.npz", "digits.npz", "normalizer.json")},
         files={k: files[k] for k in ("model", "parsed", "normalizer")})
-    parsed, dev_idx = read_npz(paths.parsed), read_npz(paths.split)["dev_idx"]
+    parsed = read_digits(paths.parsed)
+    dev_idx = read_split(paths.split, len(parsed["train_y"]))["dev_idx"]
     dev_pixels = parsed["train_x"][dev_idx]  # (n_dev, 784) uint8
     out = report_mod.write_report(paths.reports, report_mod.ReportInputs(
-        models=load_models(paths.model), history=read_json(paths.history),
-        metrics=read_json(paths.metrics), dev_pixels=dev_pixels,
-        dev_x=apply_normalizer(dev_pixels, read_json(paths.normalizer)),
+        models=read_model(paths.model), history=read_checked(paths.history, HISTORY),
+        metrics=read_checked(paths.metrics, METRICS), dev_pixels=dev_pixels,
+        dev_x=apply_normalizer(dev_pixels, read_normalizer(paths.normalizer)),
         dev_y=parsed["train_y"][dev_idx], train_y=parsed["train_y"], test_proba=test_proba,
         key=key))
     log.info("report: wrote %s", _rel(out, paths))
@@ -355,12 +298,12 @@ def report(paths: Paths, cfg: PredictConfig) -> dict:
 
 def dev_accuracy(paths: Paths, *, tta: bool = False) -> float:
     """Accuracy of the saved model on the dev rows (e.g. with test-time augmentation)."""
-    from .nn import load_models
     from .predict import predict_proba
     from .preprocess import normalize as apply_normalizer
-    parsed, dev_idx = read_npz(paths.parsed), read_npz(paths.split)["dev_idx"]
-    x = apply_normalizer(parsed["train_x"][dev_idx], read_json(paths.normalizer))
-    proba = predict_proba(load_models(paths.model), x, tta=tta)
+    parsed = read_digits(paths.parsed)
+    dev_idx = read_split(paths.split, len(parsed["train_y"]))["dev_idx"]
+    x = apply_normalizer(parsed["train_x"][dev_idx], read_normalizer(paths.normalizer))
+    proba = predict_proba(read_model(paths.model), x, tta=tta)
     return float(np.mean(proba.argmax(1) == parsed["train_y"][dev_idx]))
 
 
@@ -379,11 +322,21 @@ def train_folds(paths: Paths, cfg: TrainConfig, cv_cfg, par) -> dict:
     return cvstages.train_folds(paths, cfg, cv_cfg, par)
 
 
+def _oof_entry(metrics: dict, tta: bool) -> dict:
+    """A fold ensemble's out-of-fold estimate for the ledger: the TTA one when predicting so."""
+    if metrics.get("oof_accuracy") is None:
+        return {}
+    from .cvstages import estimate
+    e = estimate(metrics, tta)
+    return {"oof_accuracy": e["oof_accuracy"], "oof_accuracy_ci95": e["oof_accuracy_ci95"],
+            "folds": e.get("folds"), "oof_tta": bool(tta and metrics.get("tta"))}
+
+
 def _oof_words(e: dict) -> str:
     """", out-of-fold accuracy 99.40% (95% CI 99.31-99.48%, 5 folds)" of a ledger entry."""
     lo, hi = e.get("oof_accuracy_ci95") or (float("nan"), float("nan"))
     return (f", out-of-fold accuracy {100 * e['oof_accuracy']:.2f}% (95% CI {100 * lo:.2f}-"
-            f"{100 * hi:.2f}%, {e.get('folds')} folds)")
+            f"{100 * hi:.2f}%, {e.get('folds')} folds{', TTA' if e.get('oof_tta') else ''})")
 
 
 def sweep(paths: Paths, cfg: TrainConfig, cv_cfg, par, points: list[dict]) -> list[dict]:
@@ -400,38 +353,3 @@ def _rel(path: Path, paths: Paths) -> str:
         return str(Path(path).resolve().relative_to(paths.root))
     except ValueError:
         return str(path)
-
-
-@contextlib.contextmanager
-def project_lock(paths: Paths, *, wait: bool = True):
-    """Hold an exclusive lock on the project's data so two runs never write the same outputs."""
-    paths.data.mkdir(parents=True, exist_ok=True)
-    with open(paths.data / ".lock", "a+") as f:
-        try:
-            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            if not wait:
-                raise UserError("Another digits run holds the project lock (data/.lock); "
-                                "wait for it to finish.") from None
-            log.warning("another digits run is in progress; waiting for it to finish")
-            fcntl.flock(f, fcntl.LOCK_EX)
-        try:
-            _sweep_orphans(paths)
-            yield
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
-
-
-def _sweep_orphans(paths: Paths) -> None:
-    """Delete the temporary files (`.NAME.*.tmp`, see fileio.atomic_path) a killed run left.
-
-    Called with the project lock held, so no other run is writing them.
-    """
-    orphans = [p for root in (paths.data, paths.submissions) if root.is_dir()
-               for p in root.rglob(".*.tmp") if p.is_file()]
-    if paths.output is not None and paths.output.is_dir():  # a notebook's output: ours only
-        orphans += [p for p in paths.output.glob(f".{paths.submission.name}.*.tmp")]
-    for p in orphans:
-        p.unlink(missing_ok=True)
-    if orphans:
-        log.info("removed %d temporary file(s) left by an interrupted run", len(orphans))

@@ -74,7 +74,7 @@ from benchlib.measure import (  # noqa: E402
 )
 from benchlib.profile import profile_predict, profile_training  # noqa: E402
 from benchlib.report import TARGETS, machine, met, print_table, ratio, rounded  # noqa: E402
-from benchlib.twin import import_torch, torch_predict, torch_trainer  # noqa: E402
+from benchlib.twin import import_torch, torch_predict, torch_trainer, torch_twin  # noqa: E402
 
 from pipeline.data import read_competition  # noqa: E402
 from pipeline.nn.models import build_spec  # noqa: E402
@@ -83,7 +83,7 @@ from pipeline.params import TrainConfig  # noqa: E402
 from pipeline.preprocess import fit_normalizer, normalize  # noqa: E402
 from pipeline.train import hyperparameters  # noqa: E402
 
-__all__ = ["macs_per_sample", "MLP", "CNN"]
+__all__ = ["macs_per_sample", "torch_twin", "MLP", "CNN"]  # scripts/experiments use these
 
 DEFAULT_ZIP = Path("/work/shared/data/digit-recognizer.zip")
 EPOCH_ROWS = 42000  # one epoch over train.csv: the unit of cnn_epoch_s

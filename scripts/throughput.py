@@ -27,7 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from pipeline.config import Paths  # noqa: E402
 from pipeline.cv import fit_member, stratified_folds, stratified_rows  # noqa: E402
 from pipeline.fileio import read_json, read_npz  # noqa: E402
-from pipeline.parallel import ParallelConfig, run  # noqa: E402
+from pipeline.parallel import ParallelConfig, cores_per_task, run  # noqa: E402
 from pipeline.params import TrainConfig, resolve  # noqa: E402
 
 
@@ -55,7 +55,9 @@ def main() -> None:
     for _ in range(args.rounds):
         for jobs in (1, 2):
             t0 = time.perf_counter()
-            out = dict(run(fit_member, data, tasks, ParallelConfig(jobs=jobs)))
+            par = ParallelConfig(jobs=jobs)
+            cores = cores_per_task(par, len(tasks))  # as digits cv gives them
+            out = dict(run(fit_member, data, [{**t, "cores": cores} for t in tasks], par))
             seconds[jobs].append(time.perf_counter() - t0)
             acc = np.mean([out[i]["eval_accuracy"] for i in range(len(tasks))])
             print(f"jobs={jobs}: {len(tasks)} members in {seconds[jobs][-1]:.1f} s "

@@ -97,6 +97,7 @@ def test_macs_per_sample_counts_dense_and_conv_layers():
         {"type": "dense", "in": 12 * 12 * 16, "out": 10}]}
     expected = 24 * 24 * 25 * 8 + 12 * 12 * 9 * 8 * 16 + 12 * 12 * 16 * 10
     assert bench.macs_per_sample(conv) == expected
+    assert callable(bench.torch_twin)  # scripts/experiments/cvexp.py imports it from bench
 
 
 def test_bad_sizes_are_refused():

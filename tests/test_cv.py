@@ -218,13 +218,15 @@ def test_fold_models_never_see_their_fold_and_keep_the_last_epoch(source, tmp_pa
     stages.train_folds(paths, TINY, FOLDS, ONE)
     models = load_models(paths.model)
     parsed, norm = np.load(paths.parsed), read_json(paths.normalizer)
+    from pipeline.predict import predict_proba
     with np.load(paths.models / "oof.npz") as z:
-        proba, rows, fold = z["proba"], z["rows"], z["fold"]
+        proba, tta, rows, fold = z["proba"], z["proba_tta"], z["rows"], z["fold"]
     data = {"pixels": parsed["train_x"][rows], "labels": parsed["train_y"][rows],
             "normalizer": norm}
     for f, model in enumerate(models):
         x = normalize(parsed["train_x"][rows[fold == f]], norm)
         assert np.allclose(softmax(model.forward(x)), proba[fold == f], atol=1e-6)
+        assert np.allclose(predict_proba([model], x, tta=True), tta[fold == f], atol=1e-6)
     hp = json.loads(json.dumps({**resolve(TINY), "folds": 3}, default=list))
     by_hand = fit_member(data, {"cfg": hp,
                                 "train_rows": np.flatnonzero(fold != 2),
@@ -271,6 +273,10 @@ def test_fold_submission_averages_the_fold_models(source, tmp_path):
     assert read_ledger(paths.ledger)[-1]["oof_accuracy"] == cv["oof_accuracy"]
     r = CliRunner().invoke(cli, ["--root", str(paths.root), "validate"])
     assert f"out-of-fold accuracy {100 * cv['oof_accuracy']:.2f}%" in r.output, r.output
+    paths.ledger.unlink()  # (a ledger line is written per new file; TTA may not change it)
+    stages.predict(paths, PredictConfig(tta=True))  # a TTA submission: the TTA estimate
+    entry = read_ledger(paths.ledger)[-1]
+    assert (entry["oof_accuracy"], entry["oof_tta"]) == (cv["tta"]["oof_accuracy"], True)
 
 
 def test_two_workers_give_the_bytes_of_one(source, tmp_path):

@@ -26,7 +26,7 @@ def test_cnn_plan_uses_the_chosen_init():
         m = Model(build_spec("cnn", hp), rng=np.random.default_rng(0))
         return m.params["c1.w"], m.params["out.w"]
 
-    (he_c, he_o), (t_c, t_o) = weights("he"), weights("torch")
+    (he_c, _), (t_c, t_o) = weights("he"), weights("torch")
     fan_in = 25
     assert np.abs(t_c).max() <= 1 / np.sqrt(fan_in) < np.abs(he_c).max()
     assert abs(he_c.std() / t_c.std() - np.sqrt(6)) < 0.6  # He is sqrt(6) times wider

@@ -1,31 +1,16 @@
-"""Gradient checks (float64 central differences) for every layer and the loss, plus the
-train/eval behaviour of BatchNorm and Dropout."""
+"""Gradient checks (float64 central differences, `pipeline.nn.gradcheck.numgrad`) for every
+layer and the loss, plus the train/eval behaviour of BatchNorm and Dropout."""
 
 import numpy as np
 import pytest
 
 from pipeline.nn import layers as L
+from pipeline.nn.gradcheck import TOL, numgrad, rel_error
 from pipeline.nn.losses import softmax_cross_entropy_backward, softmax_cross_entropy_forward
 
 
-def numgrad(f, x, h=1e-6):
-    """Central-difference gradient of scalar f() with respect to array x (perturbed in place)."""
-    g = np.zeros_like(x)
-    it = np.nditer(x, flags=["multi_index"])
-    for _ in it:
-        i = it.multi_index
-        old = x[i]
-        x[i] = old + h
-        fp = f()
-        x[i] = old - h
-        fm = f()
-        x[i] = old
-        g[i] = (fp - fm) / (2 * h)
-    return g
-
-
-def close(a, b, tol=1e-6):
-    err = np.max(np.abs(a - b)) / max(1e-8, np.max(np.abs(a) + np.abs(b)))
+def close(a, b, tol=TOL):
+    err = rel_error(a, b)
     assert err < tol, f"relative error {err}"
 
 
@@ -114,7 +99,7 @@ def test_batchnorm_gradients(rng, shape):
     _, cache = L.batchnorm_forward(x, gamma, beta, np.zeros(C), np.ones(C), True)
     g = {}
     dx = L.batchnorm_backward(R, cache, g)
-    close(dx, numgrad(f, x), 1e-5)
+    close(dx, numgrad(f, x))
     close(g["gamma"], numgrad(f, gamma))
     close(g["beta"], numgrad(f, beta))
 

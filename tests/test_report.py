@@ -61,7 +61,7 @@ def test_figures_are_real_images_of_the_expected_size(project):
     folder = run_folder(project)
     pngs = sorted(folder.glob("*.png"))
     assert {p.stem for p in pngs} == {"learning_curves", "confusion", "mistakes", "weights",
-                                      "class_distribution"}
+                                      "class_distribution", "activations"}
     for png in pngs:
         img = mpimg.imread(png)  # (H, W, 4) float in [0, 1]
         w, h = figures.FIGSIZE[png.stem]
@@ -177,7 +177,7 @@ def test_cnn_report_shows_filters_and_feature_maps(tmp_path):
         models=[model], history=history, metrics={"model": "cnn", "params_digest": "abc"},
         dev_pixels=pixels, dev_x=x, dev_y=np.arange(40) % 10, train_y=np.arange(100) % 10,
         test_proba=np.full((7, 10), 0.1), key={"k": 1}))
-    for name in ("filters", "feature_maps"):
+    for name in ("filters", "feature_maps", "activations"):
         img = mpimg.imread(folder / f"{name}.png")
         assert img.shape[:2] == tuple(figures.DPI * s for s in figures.FIGSIZE[name][::-1])
     assert "![feature maps](feature_maps.png)" in (folder / "report.md").read_text()
@@ -277,3 +277,68 @@ def test_predict_image_errors_are_one_line(real_project, tmp_path):
     bad.write_text("not a png")
     result = invoke(real_project, "predict-image", str(bad))
     assert result.exit_code == 1 and "not an image" in result.output
+
+
+# ---------------------------------------------------------------- inside the network
+
+
+def test_show_activations_prints_each_hidden_layer_and_draws_them(project):
+    # `show N --activations`: one line per hidden layer (the MLP's 32 units) and a real figure
+    result = invoke(project, "show", "2", "--activations")
+    assert result.exit_code == 0, result.output
+    line = next(s for s in result.output.splitlines() if s.startswith("a1 (relu, 32 units)"))
+    assert "above 0; strongest #" in line
+    png = project / "data" / "reports" / "activations-test-2.png"
+    assert f"figure: {png}" in result.output
+    img = mpimg.imread(png)
+    assert img.shape[:2] == tuple(figures.DPI * s for s in figures.FIGSIZE["activations"][::-1])
+
+
+def test_hidden_layers_are_the_forward_pass_layer_by_layer():
+    # each activation layer's output, chained through the rest, gives the model's probabilities;
+    # the strongest units are the largest values and a dense first layer's weights are found
+    from pipeline.glance import first_dense_weights, hidden_layers, strongest
+    from pipeline.nn.losses import softmax
+    for name, hp in (("mlp", {"hidden": (16, 8), "dropout": 0.2}), ("cnn", {"plan": "4c5-p-fc8"}),
+                     ("seed", {})):
+        model = Model(build_spec(name, {**DEFAULTS[name], **hp}), rng=np.random.default_rng(0))
+        x = np.random.default_rng(1).standard_normal((1, 28, 28, 1)).astype(np.float32)
+        layers = hidden_layers(model, x[0])
+        acts = [ly for ly in model.spec["layers"] if ly["type"] == "act"]
+        assert [d["name"] for d in layers] == [ly["name"] for ly in acts] + ["output"]
+        np.testing.assert_allclose(layers[-1]["values"], softmax(model.forward(x))[0], rtol=1e-5)
+        first = layers[0]["values"]
+        assert (first.ndim == 3) == (name == "cnn")
+        if first.ndim == 1:
+            assert first[strongest(first, 3)].tolist() == sorted(first, reverse=True)[:3]
+            assert first_dense_weights(model) is model.params["fc1.w"] or np.shares_memory(
+                first_dense_weights(model), model.params["fc1.w"])
+        else:
+            assert first_dense_weights(model) is None
+
+
+def test_full_batch_learning_curves_are_labelled_by_iteration(tmp_path, monkeypatch):
+    # a seed-style (full-batch) run's curves are drawn per iteration, a mini-batch run's per epoch
+    model = Model(build_spec("seed", DEFAULTS["seed"]), rng=np.random.default_rng(0))
+    history = [{"seed": 0, "best_epoch": 3, "epochs": [
+        {"epoch": e, "train_loss": 2.0 / e, "train_acc": 0.1 * e, "dev_loss": 2.1 / e,
+         "dev_acc": 0.09 * e, "lr": 0.5, "seconds": 0.1} for e in range(1, 101)]}]
+    labels, draw = [], figures.learning_curves
+
+    def spy(*args, **kwargs):
+        labels.append(kwargs.get("xlabel"))
+        return draw(*args, **kwargs)
+
+    monkeypatch.setattr(figures, "learning_curves", spy)
+    pixels = np.random.default_rng(1).integers(0, 256, (20, 784)).astype(np.uint8)
+    for k, batch in enumerate((None, 128)):
+        folder = report.write_report(tmp_path, report.ReportInputs(
+            models=[model], history=history,
+            metrics={"model": "seed", "hyperparameters": {"batch_size": batch}},
+            dev_pixels=pixels, dev_x=normalize(pixels, {"mean": 0.5, "std": 0.3}),
+            dev_y=np.arange(20) % 10, train_y=np.arange(50) % 10,
+            test_proba=np.full((5, 10), 0.1), key={"k": k}))
+        assert (folder / "activations.png").is_file() and (folder / "weights.png").is_file()
+        full = "cost and accuracy per iteration" in (folder / "report.md").read_text()
+        assert full == (batch is None)
+    assert labels == ["iteration (one full-batch gradient step)", "epoch"]

@@ -4,9 +4,9 @@ and a resumed run equals an uninterrupted one."""
 import numpy as np
 import pytest
 
+from pipeline.nn.models import DEFAULTS
 from pipeline.params import TrainConfig
 from pipeline.train import hyperparameters, train
-from pipeline.nn.models import DEFAULTS
 
 
 def toy(n, seed):

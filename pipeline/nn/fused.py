@@ -43,6 +43,8 @@ def conv_pool_forward(x, w, b=None, pad=0, train=True, rng=None, threads=1):
     Ho, Wo = xp.shape[1] - kh + 1, xp.shape[2] - kw + 1
     assert Ho % 2 == 0 and Wo % 2 == 0, f"max pool needs an even conv output, got {Ho}x{Wo}"
     A, B, K = Ho // 2, Wo // 2, kh * kw * C
+    if not train and C == 1:
+        return _conv_pool_windows(xp, w, b, A, B), None
     win = np.lib.stride_tricks.sliding_window_view(xp, (kh, kw), axis=(1, 2))
     win = win.transpose(0, 1, 2, 4, 5, 3)  # (N, Ho, Wo, kh, kw, C), a view
     w2 = w.reshape(K, F)
@@ -80,6 +82,40 @@ def conv_pool_forward(x, w, b=None, pad=0, train=True, rng=None, threads=1):
     if not train:
         return out, None
     return out, (cols, arg, w, x.shape, pad, b is not None, threads)
+
+
+def _conv_pool_windows(xp, w, b, A, B):
+    """Inference form of conv_pool_forward for one input channel, where im2col's short rows
+    dominate: each pooled pixel's whole (kh+1) x (kw+1) input window (stride 2) times a kernel
+    zero-padded once per pool offset, (N*A*B, (kh+1)(kw+1)C) @ ((kh+1)(kw+1)C, 4F). 1.44x the
+    products of im2col (36 against 4 x 25 inputs for 5x5), a third of the copying, and a squarer
+    product; measured faster forward, slower for the backward pass, so used for inference."""
+    N = xp.shape[0]
+    kh, kw, C, F = w.shape
+    K2 = (kh + 1) * (kw + 1) * C
+    wp = np.zeros((kh + 1, kw + 1, C, 4, F), dtype=w.dtype)  # the kernel at each pool offset
+    for q, (i, j) in enumerate(OFFSETS):
+        wp[i : i + kh, j : j + kw, :, q, :] = w
+    wp = wp.reshape(K2, 4 * F)
+    win = np.lib.stride_tricks.sliding_window_view(xp, (kh + 1, kw + 1), axis=(1, 2))
+    # (N, A, B, kh+1, kw+1, C): the window of pooled pixel (a, b) starts at (2a, 2b)
+    win = win[:, 0 : 2 * A : 2, 0 : 2 * B : 2].transpose(0, 1, 2, 4, 5, 3)
+    nb = _chunk(A * B * K2 * 4)
+    S = np.empty((min(nb, N), A, B, kh + 1, kw + 1, C), dtype=xp.dtype)  # one chunk's windows
+    z = np.empty((min(nb, N) * A * B, 4, F), dtype=xp.dtype)
+    out = np.empty((N * A * B, F), dtype=xp.dtype)
+    for s in range(0, N, nb):
+        e = min(s + nb, N)
+        np.copyto(S[: e - s], win[s:e])
+        zc = z[: (e - s) * A * B]
+        np.matmul(S[: e - s].reshape(-1, K2), wp, out=zc.reshape(-1, 4 * F))
+        o = out[s * A * B : e * A * B]
+        np.maximum(zc[:, 0], zc[:, 1], out=o)
+        np.maximum(o, zc[:, 2], out=o)
+        np.maximum(o, zc[:, 3], out=o)
+    if b is not None:
+        out += b
+    return out.reshape(N, A, B, F)
 
 
 def conv_pool_backward(dout, cache, grads=None, need_dx=True):

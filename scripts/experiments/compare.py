@@ -21,7 +21,7 @@ import numpy as np
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-from cvexp import RESULTS, folds, load  # noqa: E402
+from cvexp import RESULTS, load  # noqa: E402
 
 
 def proba_of(name, f):
@@ -54,7 +54,8 @@ def wilson(k, n, z=1.96):
 
 def available_folds(name):
     first = name.split("+")[0]
-    return sorted(int(p.stem.rsplit("-f", 1)[1]) for p in (RESULTS / "proba").glob(f"{first}-f*.npz"))
+    files = (RESULTS / "proba").glob(f"{first}-f*.npz")
+    return sorted(int(p.stem.rsplit("-f", 1)[1]) for p in files)
 
 
 def main(argv=None):

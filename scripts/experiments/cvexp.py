@@ -133,6 +133,7 @@ def run_torch(hp, xtr, ytr, xho, yho, seed, init_from):
 
     sys.path.insert(0, str(REPO / "scripts"))
     from bench import torch_twin
+
     from pipeline.nn.augment import augment_batch, parse_augment
     from pipeline.nn.schedules import make_schedule
 
