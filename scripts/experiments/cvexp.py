@@ -35,8 +35,8 @@ HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[1]
 sys.path.insert(0, str(REPO))
 
-from pipeline import train as T  # noqa: E402
 from pipeline import checkpoint as C  # noqa: E402
+from pipeline import train as T  # noqa: E402
 from pipeline.data import read_competition  # noqa: E402
 from pipeline.nn import models as M  # noqa: E402
 from pipeline.nn.model import Model  # noqa: E402
