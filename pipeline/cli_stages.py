@@ -46,9 +46,11 @@ def parallel_options(f):
 
 
 def parallel_config(kw):
+    """How members train (--jobs, --backend, --scheduler); they log per-epoch lines unless -q."""
     from .parallel import ParallelConfig
+    shown = click.get_current_context().obj["progress"] is not None
     return ParallelConfig(jobs=kw.pop("jobs"), backend=kw.pop("backend"),
-                          scheduler=kw.pop("scheduler") or "")
+                          scheduler=kw.pop("scheduler") or "", progress=shown)
 
 
 def cv_config(split_cfg, train_cfg, default_folds: int = 0):

@@ -134,6 +134,7 @@ def fit_member(data: dict, task: dict) -> dict:
     probabilities, plain and with test-time augmentation (as predict --tta would give them),
     and the history: a worker writes nothing, the driver stores the result.
     """
+    from .parallel import member_progress
     from .params import TrainConfig
     from .preprocess import normalize
     from .train import evaluate, train
@@ -143,7 +144,7 @@ def fit_member(data: dict, task: dict) -> dict:
     tr, ev = task["train_rows"], task["eval_rows"]
     with step_threads(task.get("cores", 1)):
         result = train(cfg, normalize(pixels[tr], data["normalizer"]), labels[tr],
-                       progress=None)
+                       progress=member_progress(task), label=task.get("label", ""))
     x_eval = normalize(pixels[ev], data["normalizer"])  # (n_eval, 28, 28, 1)
     _, acc, proba = evaluate(result.model, x_eval, labels[ev])
     return {"model": result.model, "eval_proba": proba, "eval_accuracy": acc,

@@ -136,12 +136,12 @@ def fit_plans(paths: Paths, plans: list[Plan], par: parallel.ParallelConfig,
     union = np.unique(np.concatenate([plans[i].rows for i, *_ in todo]))  # only rows used
     data = {"pixels": pixels[union], "labels": labels[union], "normalizer": normalizer}
     tasks, cores = [], parallel.cores_per_task(par, len(todo))
-    for i, m, *_ in todo:
+    for i, m, _, name in todo:
         p, (f, _) = plans[i], plans[i].members[m]
         at = np.searchsorted(union, p.rows)  # plan rows -> positions in data
         tasks.append({"cfg": p.member_hp(p.members[m][1]),
                       "train_rows": at[p.fold != f], "eval_rows": at[p.fold == f],
-                      "cores": cores})
+                      "cores": cores, "label": name, "progress": par.progress})
     for t, r in parallel.run(fit_member, data, tasks, par):
         i, m, key, name = todo[t]
         _store(paths, key, r)

@@ -34,7 +34,8 @@ def fit_split_member(data: dict, task: dict):
     norm = data["normalizer"]
     with step_threads(task.get("cores", 1)):
         return train(TrainConfig(**task["cfg"]), normalize(pixels[t], norm), y[t],
-                     normalize(pixels[d], norm), y[d], progress=None)
+                     normalize(pixels[d], norm), y[d], progress=parallel.member_progress(task),
+                     label=task.get("label", ""))
 
 
 def _code() -> str:
@@ -69,7 +70,8 @@ def train_ensemble(paths, hp: dict, par: parallel.ParallelConfig) -> dict:
                 "normalizer": read_normalizer(Path(files["normalizer"])),
                 "train_idx": split["train_idx"], "dev_idx": split["dev_idx"]}
         cores = parallel.cores_per_task(par, len(todo))
-        tasks = [{"cfg": members[k], "cores": cores} for k in todo]
+        tasks = [{"cfg": members[k], "cores": cores, "label": names[k],
+                  "progress": par.progress} for k in todo]
         for t, r in parallel.run(fit_split_member, data, tasks, par):
             k = todo[t]
             _store(paths, keys[k], r)

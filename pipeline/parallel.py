@@ -25,6 +25,19 @@ class ParallelConfig:
     jobs: int = 0  # worker processes; 0 = the cores this process may use
     backend: str = "loky"  # loky: processes on this machine; dask: a dask.distributed cluster
     scheduler: str = ""  # the dask scheduler's address, e.g. tcp://127.0.0.1:8786
+    progress: bool = False  # members log a line per epoch (on a dask worker: in its log)
+
+
+def member_progress(task: dict, label: str = "") -> str | None:
+    """Inside a member's worker: "lines" when the run shows progress (a bar per worker would
+    garble a shared terminal), with the worker's logging set up to print them on stderr."""
+    if not task.get("progress"):
+        return None
+    import logging
+    import sys
+    if not logging.getLogger().handlers:  # a fresh worker process
+        logging.basicConfig(level=logging.INFO, format="digits: %(message)s", stream=sys.stderr)
+    return "lines"
 
 
 class ClusterError(UserError):
