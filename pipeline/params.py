@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 
 from .config import UserError
 from .nn.augment import parse_augment
+from .nn.init import INITS
 from .nn.layers import ACTIVATIONS
 from .nn.models import ARCHITECTURES, DEFAULTS, parse_plan
 from .nn.optim import OPTIMIZERS
@@ -136,6 +137,9 @@ PARAMS: tuple[Param, ...] = (
           "3x3 conv, p: 2x2 max pool, fc128: a dense layer).", models=("cnn",), check=_plan),
     Param("pool_first", "model", "bool", "Pool before BatchNorm and the activation (faster, "
           "as accurate).", models=("cnn",)),
+    Param("init", "model", "str", "Weight init of the conv and dense layers: torch "
+          "(U(+-1/sqrt(fan_in)), PyTorch's default), he or xavier.", default="he",
+          models=("cnn",), choices=_registry(INITS)),
     # ---- predict
     Param("tta", "predict", "bool", "Test-time augmentation: average over shifted copies of "
           "each test image.", default=False),

@@ -35,11 +35,12 @@ HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[1]
 sys.path.insert(0, str(REPO))
 
+from pipeline import checkpoint as C  # noqa: E402
 from pipeline import train as T  # noqa: E402
-from pipeline.config import TrainConfig  # noqa: E402
 from pipeline.data import read_competition  # noqa: E402
 from pipeline.nn import models as M  # noqa: E402
 from pipeline.nn.model import Model  # noqa: E402
+from pipeline.params import TrainConfig  # noqa: E402
 from pipeline.predict import predict_proba  # noqa: E402
 from pipeline.preprocess import fit_normalizer, normalize  # noqa: E402
 
@@ -74,7 +75,7 @@ def parse_set(pairs):
     out = {}
     for p in pairs:
         k, _, v = p.partition("=")
-        if "," in v and all(t.strip().isdigit() for t in v.split(",")):
+        if k == "hidden" or "," in v and all(t.strip().isdigit() for t in v.split(",")):
             out[k] = tuple(int(t) for t in v.split(","))  # hidden=1024,512
             continue
         for conv in (int, float):
@@ -92,9 +93,9 @@ def parse_set(pairs):
 def swa_hook(every_epoch_from):
     """Patch train's checkpoint writer to sum each epoch's parameters from `every_epoch_from`."""
     acc = {"n": 0, "sum": None}
-    real = T._save_checkpoint
+    real = C.save
 
-    def hook(path, cfg_key, rng, fit, phase, first):
+    def hook(path, key, rng, fit, phase, first):
         if fit.epoch >= every_epoch_from:
             p = fit.model.params
             if acc["sum"] is None:
@@ -103,9 +104,9 @@ def swa_hook(every_epoch_from):
                 for k, v in p.items():
                     acc["sum"][k] += v
             acc["n"] += 1
-        real(path, cfg_key, rng, fit, phase, first)
+        real(path, key, rng, fit, phase, first)
 
-    T._save_checkpoint = hook
+    C.save = hook
     return acc
 
 
@@ -205,6 +206,7 @@ def main(argv=None):
     p.add_argument("--no-curve", action="store_true",
                    help="do not evaluate the held-out fold after every epoch")
     a = p.parse_args(argv)
+    T.STEP_THREADS = 1  # one core per experiment process (the results do not depend on it)
     overrides = parse_set(a.set)
     M.DEFAULTS[a.model] = {**M.DEFAULTS[a.model], **overrides}
     x8, y = load()
@@ -229,7 +231,7 @@ def main(argv=None):
                 ck = Path(tmp) / "ck.npz"
                 xdev = None if a.no_curve else xho
                 res = T.train(cfg, xtr, ytr, xdev, None if a.no_curve else yho,
-                              progress=False, checkpoint=ck)
+                              progress="lines", checkpoint=ck)
                 with np.load(ck) as z:  # the last epoch's parameters, not the best on dev
                     last = {k[6:]: z[k] for k in z.files if k.startswith("param/")}
             model = res.model
