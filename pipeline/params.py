@@ -107,8 +107,6 @@ PARAMS: tuple[Param, ...] = (
           "baseline).", default="cnn", choices=_registry(ARCHITECTURES)),
     Param("seed", "train", "int", "Seed of initialization, shuffling and augmentation.",
           default=0),
-    Param("ensemble", "train", "int", "Train this many models (seeds seed, seed+1, ...) and "
-          "average their probabilities.", default=1, lo=1),
     Param("patience", "train", "int", "Stop after this many epochs without dev improvement "
           "(0: never stop early).", default=0, lo=0),
     Param("refit", "train", "bool", "After choosing the epoch on dev, retrain on every "
@@ -118,6 +116,9 @@ PARAMS: tuple[Param, ...] = (
           "the submission, with the out-of-fold estimate; 0 or 1: the single dev split.",
           default=0, lo=0),
     # ---- train: each model has its own default (pipeline/nn/models.py DEFAULTS)
+    Param("ensemble", "model", "int", "Train this many models (seeds seed, seed+1, ...; with "
+          "folds, per fold), JOBS at a time, and average their probabilities.", default=1,
+          lo=1),
     Param("epochs", "model", "int", "Training epochs (full-batch iterations for seed).", lo=1),
     Param("batch_size", "model", "int", "Mini-batch size (seed: the whole train set).", lo=1),
     Param("lr", "model", "float", "Peak learning rate.", lo=0, lo_open=True),

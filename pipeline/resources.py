@@ -78,11 +78,11 @@ def check_train_memory(cfg, n_rows: int = 42000) -> int | None:
     except (ValueError, KeyError, TypeError):
         return None
     batch = min(int(hp["batch_size"] or n_rows), n_rows)
-    need = estimate_train_bytes(spec, batch, n_rows, cfg.ensemble)
+    need = estimate_train_bytes(spec, batch, n_rows, hp["ensemble"])
     have = available_bytes()
     if have is not None and need > SLACK * have:
         raise ResourceError(
-            f"training this {cfg.model} (batch {batch}, {cfg.ensemble} model(s)) would need "
+            f"training this {cfg.model} (batch {batch}, {hp['ensemble']} model(s)) would need "
             f"about {_gb(need)} of memory, but {_gb(have)} is available; choose a smaller "
             f"--hidden, --batch-size or --ensemble.")
     return need

@@ -165,6 +165,9 @@ DEFAULTS = {
         # smaller weights mean a larger effective Adam step; it closed the gap to the torch twin
         # (held-out fold 0: 40 errors against 49 with He init; torch 39). docs/nn-results.md
         init="torch",
+        # two members, one per core of a 2-core machine: about the wall time of one model, and
+        # an average of two (make submit ENSEMBLE=1 for one model)
+        ensemble=2,
     ),
     "seed": dict(
         epochs=500,
