@@ -63,13 +63,17 @@ def digits(root: Path, *args: str, hook: str = "", fsize: int | None = None,
     env = {**os.environ, "DIGITS_TEST_HOOK": hook, "PYTHONPATH": str(REPO)}
     env.pop("KAGGLE_MIRROR", None)
 
-    def limit_file_size():
-        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # get EFBIG instead of being killed
-        resource.setrlimit(resource.RLIMIT_FSIZE, (fsize, fsize))
+    def prepare_child():
+        # a shell's background job starts with SIGINT ignored, and Python then never raises
+        # KeyboardInterrupt: give the child the default disposition a terminal would
+        signal.signal(signal.SIGINT, signal.SIG_DFL)
+        if fsize:
+            signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # get EFBIG instead of being killed
+            resource.setrlimit(resource.RLIMIT_FSIZE, (fsize, fsize))
 
     cmd = [sys.executable, "-c", RUNNER, "--root", str(root), *args]
     kw = dict(env=env, text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-              preexec_fn=limit_file_size if fsize else None)
+              preexec_fn=prepare_child)
     if background:
         return subprocess.Popen(cmd, **kw)
     return subprocess.run(cmd, timeout=120, **kw)
