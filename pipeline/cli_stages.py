@@ -120,7 +120,8 @@ def train(ctx, resume, **kw):
     paths = ctx.obj["paths"]  # parameters that cannot fit are refused before any work
     check_train_memory(train_cfg, npz_rows(paths.split, "train_idx") or 42000)
     if (train_cfg.folds or 0) >= 2:
-        metrics = stages.train_folds(ctx.obj["paths"], train_cfg,
+        from . import cvstages
+        metrics = cvstages.train_folds(ctx.obj["paths"], train_cfg,
                                      cv_config(split_cfg, train_cfg), par)
         click.echo(f"model: {ctx.obj['paths'].model} ({metrics['model']}, "
                    f"{metrics['folds']} fold models; {_oof(metrics)})")
@@ -229,7 +230,8 @@ def run(ctx, mirror, resume, with_report, **kw):
     stages.split(paths, split_cfg)
     stages.normalize(paths)
     if (train_cfg.folds or 0) >= 2:
-        metrics = stages.train_folds(paths, train_cfg, cv_config(split_cfg, train_cfg), par)
+        from . import cvstages
+        metrics = cvstages.train_folds(paths, train_cfg, cv_config(split_cfg, train_cfg), par)
     else:
         metrics = stages.train(paths, train_cfg, progress=progress, resume=resume, par=par)
     stages.predict(paths, predict_cfg)
@@ -252,11 +254,11 @@ def cv(ctx, **kw):
     parallel, each cached), each scored on the fold it never saw. Writes data/models/cv.json
     (the out-of-fold accuracy with its 95% interval, log loss, per fold and per class) and
     oof.npz. The rows: all labelled ones, or a stratified --max-train subset."""
-    from . import stages
     from .cvstages import estimate_line
     par = parallel_config(kw)
     split_cfg, train_cfg, _ = settle(ctx, kw, ctx.obj["paths"])
-    summary = stages.cv(ctx.obj["paths"], train_cfg, cv_config(split_cfg, train_cfg, 5), par)
+    from . import cvstages
+    summary = cvstages.cv(ctx.obj["paths"], train_cfg, cv_config(split_cfg, train_cfg, 5), par)
     click.echo("folds: " + " ".join(pct(a) for a in summary["fold_accuracy"]))
     click.echo(f"cv: {ctx.obj['paths'].models / 'cv.json'}")
     click.echo(estimate_line(summary, tta=True))
@@ -276,7 +278,6 @@ def sweep(ctx, grid, **kw):
     """Cross-validate every combination of --grid (all their members in parallel), print them
     ranked by out-of-fold accuracy, write data/models/sweep.json and add each to
     data/runs.jsonl."""
-    from . import stages
     from .cv import parse_grid, sweep_table
     par = parallel_config(kw)
     split_cfg, train_cfg, _ = settle(ctx, kw, ctx.obj["paths"])
@@ -285,7 +286,8 @@ def sweep(ctx, grid, **kw):
     except ValueError as e:
         raise click.BadParameter(str(e), param_hint="'--grid'") from None
     cv_cfg = cv_config(split_cfg, train_cfg, 5)
-    results = stages.sweep(ctx.obj["paths"], train_cfg, cv_cfg, par, points)
+    from . import cvstages
+    results = cvstages.sweep(ctx.obj["paths"], train_cfg, cv_cfg, par, points)
     click.echo(sweep_table(results))
     click.echo(f"sweep: {ctx.obj['paths'].models / 'sweep.json'} ({len(points)} points, "
                f"{cv_cfg.folds} folds each)")

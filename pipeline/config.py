@@ -43,6 +43,13 @@ class Paths:
     use_cache: bool = True  # False: every stage computes (joblib.Memory with no location)
     output: Path | None = None  # where submission.csv goes instead (a Kaggle Notebook's output)
 
+    def relative(self, path: Path) -> str:
+        """`path` as shown in messages: relative to the project root when it is inside it."""
+        try:
+            return str(Path(path).resolve().relative_to(self.root))
+        except ValueError:
+            return str(path)
+
     @classmethod
     def default(cls, root: Path | None = None) -> Paths:
         """The project root: `root`, else $DIGITS_ROOT, else the current directory.

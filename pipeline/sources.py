@@ -31,7 +31,7 @@ def locate_source(paths: Paths, sources: Sources) -> Path:
         from .readers import require_file
         require_file(paths.raw_zip, f"Remove it and put the competition's {ZIP_NAME} there, "
                      f"or run `{command_hint('download')}` to fetch it.")
-        log.info("download: using %s (already there)", _rel(paths.raw_zip, paths))
+        log.info("download: using %s (already there)", paths.relative(paths.raw_zip))
         return paths.raw_zip
     if (sources.kaggle_input / "train.csv").is_file():
         log.info("download: using the Kaggle Notebook input %s", sources.kaggle_input)
@@ -60,7 +60,7 @@ def locate_source(paths: Paths, sources: Sources) -> Path:
 
 
 def _no_data_message(paths: Paths) -> str:
-    return (f"No competition data found. Put {ZIP_NAME} in {_rel(paths.raw, paths)}/, "
+    return (f"No competition data found. Put {ZIP_NAME} in {paths.relative(paths.raw)}/, "
             f"or set KAGGLE_MIRROR to a directory that holds it (or the three CSVs), "
             f"or attach the competition to your Kaggle Notebook, "
             f"or provide Kaggle API credentials (see README, 'Credentials').")
@@ -74,10 +74,3 @@ def source_digest(source: Path, cache) -> str:
     for name in data_mod.MEMBERS:
         h.update(cache.file_digest(source / name).encode())
     return h.hexdigest()
-
-
-def _rel(path: Path, paths: Paths) -> str:
-    try:
-        return str(Path(path).resolve().relative_to(paths.root))
-    except ValueError:
-        return str(path)

@@ -84,7 +84,7 @@ def _inputs(paths: Paths, **files: Path) -> tuple[dict[str, str], dict[str, str]
     from .readers import require_file  # a regular file: not a folder, a device or a FIFO
     for key, path in files.items():
         require_file(path, f"Delete it and run `{command_hint(need[key])}` again.",
-                     missing=f"{_rel(path, paths)} is missing; run `{command_hint(need[key])}` "
+                     missing=f"{paths.relative(path)} is missing; run `{command_hint(need[key])}` "
                              f"first.")
     return ({p.name: cache.file_digest(p) for p in files.values()},
             {k: str(p) for k, p in files.items()})
@@ -178,7 +178,7 @@ def _check_checkpoint(path: Path, resume: bool, paths: Paths, name: str) -> None
         return
     if not resume:
         path.unlink()
-        log.info("%s: --no-resume: discarded the checkpoint %s", name, _rel(path, paths))
+        log.info("%s: --no-resume: discarded the checkpoint %s", name, paths.relative(path))
         return
     try:
         with np.load(path, allow_pickle=False) as z:
@@ -187,7 +187,7 @@ def _check_checkpoint(path: Path, resume: bool, paths: Paths, name: str) -> None
     except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as e:
         path.unlink(missing_ok=True)
         log.warning("%s: checkpoint %s is unreadable (%s); training from the start",
-                    name, _rel(path, paths), type(e).__name__)
+                    name, paths.relative(path), type(e).__name__)
         return
     log.info("%s: resuming from the checkpoint after epoch %d%s", name, epoch,
              " of the refit" if phase else "")
@@ -218,6 +218,7 @@ def _train_metrics(hp: dict, results, paths: Paths) -> dict:
 
 def predict(paths: Paths, cfg: PredictConfig) -> dict:
     """Predict the test rows, write a validated submission.csv, keep a copy and a ledger line."""
+    from .cvstages import ledger_estimate
     from .readers import METRICS, read_json_or_warn
     from .submission import publish
     inputs, files = _inputs(paths, model=paths.model, parsed=paths.parsed,
@@ -230,8 +231,8 @@ def predict(paths: Paths, cfg: PredictConfig) -> dict:
                   {"model_sha256": inputs["model.npz"], "model": metrics.get("model"),
                    "params": {"train": metrics.get("params"), "predict": asdict(cfg)},
                    "dev_accuracy": metrics.get("dev_accuracy"),
-                   **_oof_entry(metrics, cfg.tta)},
-                  rel=lambda p: _rel(p, paths))
+                   **ledger_estimate(metrics, cfg.tta)},
+                  rel=paths.relative)
     return {"path": paths.submission, "sha256": sha, "rows": len(ids),
             "dev_accuracy": metrics.get("dev_accuracy")}
 
@@ -239,6 +240,7 @@ def predict(paths: Paths, cfg: PredictConfig) -> dict:
 def validate(paths: Paths, path: Path | None = None) -> dict:
     """Check a submission by the rule upload uses (submission.check_submission: the format,
     sample_submission.csv's ImageIds, labels not degenerate); say what made it."""
+    from .cvstages import estimate_words
     from .readers import submission_reference
     from .submission import check_submission, read_ledger
     path = Path(path) if path is not None else paths.submission
@@ -251,11 +253,11 @@ def validate(paths: Paths, path: Path | None = None) -> dict:
         e = made[-1]
         acc, oof = e.get("dev_accuracy"), e.get("oof_accuracy")
         made_by = f"made by {e.get('model') or 'a model'}" + (
-            _oof_words(e) if isinstance(oof, float) else
+            estimate_words(e) if isinstance(oof, float) else
             f", dev-split accuracy {100 * acc:.2f}%" if isinstance(acc, float) else "")
         if paths.model.exists() and e.get("model_sha256") not in (
                 None, _cache(paths).file_digest(paths.model)):
-            note = (f"the model now in {_rel(paths.model, paths)} is not the one that made this "
+            note = (f"the model now in {paths.relative(paths.model)} is not the one that made this "
                     f"file; `{command_hint('predict')}` writes its submission.")
     return {"path": path, "rows": len(labels), "sha256": sha, "made_by": made_by, "note": note}
 
@@ -273,7 +275,7 @@ def report(paths: Paths, cfg: PredictConfig) -> dict:
     found = report_mod.find_report(paths.reports, key)
     if found is not None:
         report_mod.point_latest(paths.reports, found.name)
-        log.info("report: reused %s", _rel(found, paths))
+        log.info("report: reused %s", paths.relative(found))
         return {"path": found, "reused": True}
     log.info("report: drawing the figures")
     from .preprocess import normalize as apply_normalizer
@@ -292,7 +294,7 @@ def report(paths: Paths, cfg: PredictConfig) -> dict:
         dev_x=apply_normalizer(dev_pixels, read_normalizer(paths.normalizer)),
         dev_y=parsed["train_y"][dev_idx], train_y=parsed["train_y"], test_proba=test_proba,
         key=key))
-    log.info("report: wrote %s", _rel(out, paths))
+    log.info("report: wrote %s", paths.relative(out))
     return {"path": out, "reused": False}
 
 
@@ -305,51 +307,3 @@ def dev_accuracy(paths: Paths, *, tta: bool = False) -> float:
     x = apply_normalizer(parsed["train_x"][dev_idx], read_normalizer(paths.normalizer))
     proba = predict_proba(read_model(paths.model), x, tta=tta)
     return float(np.mean(proba.argmax(1) == parsed["train_y"][dev_idx]))
-
-
-# ------------------------------------------------ cross-validation stages (see cvstages.py)
-
-
-def cv(paths: Paths, cfg: TrainConfig, cv_cfg, par) -> dict:
-    """K-fold CV of cfg over the labelled rows: data/models/cv.json with the OOF estimate."""
-    from . import cvstages
-    return cvstages.cv(paths, cfg, cv_cfg, par)
-
-
-def train_folds(paths: Paths, cfg: TrainConfig, cv_cfg, par) -> dict:
-    """The K fold models as the submission's model.npz, with the OOF estimate in metrics."""
-    from . import cvstages
-    return cvstages.train_folds(paths, cfg, cv_cfg, par)
-
-
-def _oof_entry(metrics: dict, tta: bool) -> dict:
-    """A fold ensemble's out-of-fold estimate for the ledger: the TTA one when predicting so."""
-    if metrics.get("oof_accuracy") is None:
-        return {}
-    from .cvstages import estimate
-    e = estimate(metrics, tta)
-    return {"oof_accuracy": e["oof_accuracy"], "oof_accuracy_ci95": e["oof_accuracy_ci95"],
-            "folds": e.get("folds"), "oof_tta": bool(tta and metrics.get("tta"))}
-
-
-def _oof_words(e: dict) -> str:
-    """", out-of-fold accuracy 99.40% (95% CI 99.31-99.48%, 5 folds)" of a ledger entry."""
-    lo, hi = e.get("oof_accuracy_ci95") or (float("nan"), float("nan"))
-    return (f", out-of-fold accuracy {100 * e['oof_accuracy']:.2f}% (95% CI {100 * lo:.2f}-"
-            f"{100 * hi:.2f}%, {e.get('folds')} folds{', TTA' if e.get('oof_tta') else ''})")
-
-
-def sweep(paths: Paths, cfg: TrainConfig, cv_cfg, par, points: list[dict]) -> list[dict]:
-    """CV of cfg for each grid point, ranked into data/models/sweep.json."""
-    from . import cvstages
-    return cvstages.sweep(paths, cfg, cv_cfg, par, points)
-
-
-# ----------------------------------------------------------------------------------------------
-
-
-def _rel(path: Path, paths: Paths) -> str:
-    try:
-        return str(Path(path).resolve().relative_to(paths.root))
-    except ValueError:
-        return str(path)

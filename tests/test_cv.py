@@ -17,7 +17,7 @@ from click.testing import CliRunner
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pipeline import stages
+from pipeline import cvstages, stages
 from pipeline.cli import cli
 from pipeline.config import Paths, UserError
 from pipeline.cv import (
@@ -73,7 +73,7 @@ def outputs(paths: Paths) -> dict:
 
 
 def submit(paths: Paths, par: ParallelConfig) -> dict:
-    stages.train_folds(paths, TINY, FOLDS, par)
+    cvstages.train_folds(paths, TINY, FOLDS, par)
     stages.predict(paths, PredictConfig())
     return outputs(paths)
 
@@ -184,7 +184,7 @@ def test_wilson_interval_narrows_with_n_and_refuses_nonsense():
 def test_cv_json_holds_the_estimate_and_agrees_with_oof_npz(source, tmp_path):
     # the schema, and every figure recomputable from oof.npz and the labels
     paths = prepared(tmp_path / "p", source)
-    summary = stages.cv(paths, TINY, FOLDS, ONE)
+    summary = cvstages.cv(paths, TINY, FOLDS, ONE)
     cv = read_json(paths.models / "cv.json")
     assert cv == json.loads(json.dumps(summary))
     for key, kind in (("oof_accuracy", float), ("oof_loss", float), ("folds", int),
@@ -215,7 +215,7 @@ def test_fold_models_never_see_their_fold_and_keep_the_last_epoch(source, tmp_pa
     from pipeline.nn.losses import softmax
     from pipeline.preprocess import normalize
     paths = prepared(tmp_path / "p", source)
-    stages.train_folds(paths, TINY, FOLDS, ONE)
+    cvstages.train_folds(paths, TINY, FOLDS, ONE)
     models = load_models(paths.model)
     parsed, norm = np.load(paths.parsed), read_json(paths.normalizer)
     from pipeline.predict import predict_proba
@@ -247,7 +247,7 @@ def test_dev_split_choices_are_refused_with_folds(source, tmp_path):
                                      *extra])
         assert r.exit_code == 1 and "with --folds every fold model trains the fixed" in r.output
     with pytest.raises(UserError, match="between 2 and"):
-        stages.cv(Paths(root), TINY, CVConfig(folds=200, max_rows=600), ONE)
+        cvstages.cv(Paths(root), TINY, CVConfig(folds=200, max_rows=600), ONE)
 
 
 def test_fold_submission_averages_the_fold_models(source, tmp_path):
@@ -290,9 +290,9 @@ def test_members_are_cached_one_by_one(source, tmp_path, caplog):
     # a second ensemble seed reuses the first seed's fold members and trains only its own
     import logging
     paths = prepared(tmp_path / "p", source)
-    stages.cv(paths, TINY, FOLDS, ONE)
+    cvstages.cv(paths, TINY, FOLDS, ONE)
     with caplog.at_level(logging.INFO, logger="pipeline"):
-        stages.cv(paths, TINY.replace(ensemble=2), FOLDS, ONE)
+        cvstages.cv(paths, TINY.replace(ensemble=2), FOLDS, ONE)
     logged = [r.getMessage() for r in caplog.records]
     assert "cv fold 1/3 seed 0: reused from cache" in logged
     assert "cv: training 3 of 6 member(s) on 1 local worker(s)" in logged
@@ -322,7 +322,7 @@ def test_killed_run_resumes_with_finished_members(source, tmp_path):
     assert "cv fold 1/3: reused from cache" in again.stderr
     assert "cv: training 2 of 3 member(s)" in again.stderr
     calm = prepared(tmp_path / "calm", source)
-    stages.cv(calm, TrainConfig(model="mlp", epochs=25, hidden=(256,), batch_size=16,
+    cvstages.cv(calm, TrainConfig(model="mlp", epochs=25, hidden=(256,), batch_size=16,
                                 augment="none"), FOLDS, ParallelConfig(jobs=2))
     assert (without_seconds(read_json(paths.models / "cv.json"))
             == without_seconds(read_json(calm.models / "cv.json")))

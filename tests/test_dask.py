@@ -13,7 +13,7 @@ import time
 import numpy as np
 import pytest
 
-from pipeline import stages
+from pipeline import cvstages
 from pipeline.parallel import ClusterError, ParallelConfig
 from tests.conftest import REPO, make_competition_zip
 from tests.test_cv import FOLDS, TINY, prepared, submit, without_seconds
@@ -52,7 +52,7 @@ def test_unreachable_scheduler_is_one_clear_error(source, tmp_path):
     with dask.config.set({"distributed.comm.timeouts.connect": "2s"}):
         with pytest.raises(ClusterError, match="cannot reach the dask scheduler at "
                                                "tcp://127.0.0.1:9.*dask scheduler"):
-            stages.cv(paths, TINY, FOLDS, unreachable)
+            cvstages.cv(paths, TINY, FOLDS, unreachable)
     assert not (paths.models / "cv.json").exists()
 
 
@@ -89,7 +89,7 @@ def test_killed_worker_member_is_retried(cluster, source, tmp_path):
     from pipeline.cv import CVConfig
     from pipeline.params import TrainConfig
     calm = prepared(tmp_path / "calm", source)  # the same members, two local processes
-    stages.cv(calm, TrainConfig(model="mlp", epochs=30, hidden=(256,), batch_size=16,
+    cvstages.cv(calm, TrainConfig(model="mlp", epochs=30, hidden=(256,), batch_size=16,
                                 augment="none"), CVConfig(folds=2, max_rows=700),
               ParallelConfig(jobs=2))
     hurt = prepared(tmp_path / "hurt", source)
