@@ -23,7 +23,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
-from pipeline.nn.layers import BN_EPS, colsum, conv_input_grad, put
+from pipeline.nn.layers import BN_EPS, batchnorm_dx, colsum, conv_input_grad, put
 
 OFFSETS = ((0, 0), (0, 1), (1, 0), (1, 1))  # pool window offsets (row, col), in tie order
 CHUNK_BYTES = 1 << 20  # columns per chunk: of 256K, 1M, 4M and all, 1M was fastest for c3
@@ -204,15 +204,5 @@ def bn_relu_forward(x, gamma, beta, mean, var, train=True, rng=None, momentum=0.
 def bn_relu_backward(da, cache, grads=None, need_dx=True):
     """da (..., C) -> dx (..., C); fills grads["gamma"], grads["beta"]."""
     xhat, y, gamma, rstd, shape = cache
-    M, C = xhat.shape
-    dy = da.reshape(M, C) * (y > 0)  # (M, C) through the ReLU
-    dbeta = colsum(dy)  # (C,)
-    dgamma = np.einsum("mc,mc->c", dy, xhat)  # (C,)
-    put(grads, "gamma", dgamma)
-    put(grads, "beta", dbeta)
-    # dx = gamma*rstd * (dy - mean(dy) - xhat*mean(dy*xhat))
-    dx = xhat * (-dgamma / M)  # (M, C)
-    dx += dy
-    dx -= dbeta / M
-    dx *= gamma * rstd
-    return dx.reshape(shape)
+    dy = da.reshape(xhat.shape) * (y > 0)  # (M, C) through the ReLU
+    return batchnorm_dx(dy, xhat, gamma, rstd, grads).reshape(shape)

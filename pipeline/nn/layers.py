@@ -208,18 +208,23 @@ def batchnorm_forward(x, gamma, beta, mean, var, train=True, rng=None, momentum=
 def batchnorm_backward(dy, cache, grads=None, need_dx=True):
     """dy (..., C) -> dx (..., C); grads "gamma", "beta" (C,)."""
     xhat, gamma, rstd, shape = cache
-    M, C = xhat.shape
-    dy2 = dy.reshape(M, C)  # (M, C)
-    dbeta = colsum(dy2)  # (C,)
-    dgamma = np.einsum("mc,mc->c", dy2, xhat)  # (C,)
+    return batchnorm_dx(dy.reshape(xhat.shape), xhat, gamma, rstd, grads).reshape(shape)
+
+
+def batchnorm_dx(dy, xhat, gamma, rstd, grads=None):
+    """The BatchNorm backward on rows: dy (M, C) -> dx (M, C); fills grads "gamma", "beta".
+    Shared with the fused BatchNorm + ReLU (nn/fused.py), which masks dy first."""
+    M = xhat.shape[0]
+    dbeta = colsum(dy)  # (C,)
+    dgamma = np.einsum("mc,mc->c", dy, xhat)  # (C,)
     put(grads, "beta", dbeta)
     put(grads, "gamma", dgamma)
     # dx = gamma*rstd * (dy - mean(dy) - xhat*mean(dy*xhat))
     dx = xhat * (-dgamma / M)  # (M, C)
-    dx += dy2
+    dx += dy
     dx -= dbeta / M
     dx *= gamma * rstd
-    return dx.reshape(shape)
+    return dx
 
 
 # ----------------------------------------------------------------------------------------------
