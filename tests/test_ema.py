@@ -390,3 +390,29 @@ def test_cvexp_set_ema_scores_the_average(tmp_path, monkeypatch):
     assert row["hp"]["ema"] == 0.9 and row["hp"]["epochs"] == 1
     for k in returned[0]:
         np.testing.assert_array_equal(scored[0][k], returned[0][k])
+
+
+def test_digits_run_with_ema_end_to_end(tmp_path):
+    # `digits run --ema 0.9` (a tiny cnn, what `make submit EMA=0.9` runs) trains the average,
+    # records ema in metrics.json, and the report says the model is the average
+    from pipeline.config import Paths
+    from pipeline.nn import load_models
+    from tests.conftest import make_competition_zip
+    src = make_competition_zip(tmp_path / "src" / "digit-recognizer.zip", n_train=200, n_test=40)
+    root = tmp_path / "p"
+    args = ["--model", "cnn", "--epochs", "2", "--batch-size", "32", "--plan", "8c5-p-fc16",
+            "--ensemble", "1", "--augment", "none", "--ema", "0.9"]
+    runner = CliRunner()
+    result = runner.invoke(cli, ["--root", str(root), "run", "--mirror", str(src.parent), *args],
+                           catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    paths = Paths(root)
+    metrics = json.loads(paths.metrics.read_text())
+    assert metrics["hyperparameters"]["ema"] == 0.9
+    assert paramfile.load(paths.params)["cnn"]["ema"] == 0.9  # it sticks
+    model = load_models(paths.model)[0]
+    assert any(k.endswith(".var") for k in model.params)
+    result = runner.invoke(cli, ["--root", str(root), "report"], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    text = (root / "data" / "reports" / "latest" / "report.md").read_text()
+    assert "moving average of its weights (ema 0.9)" in text
