@@ -416,3 +416,12 @@ def test_digits_run_with_ema_end_to_end(tmp_path):
     assert result.exit_code == 0, result.output
     text = (root / "data" / "reports" / "latest" / "report.md").read_text()
     assert "moving average of its weights (ema 0.9)" in text
+
+
+def test_sweep_grid_takes_ema():
+    # GRID="ema=0,0.999" sweeps it like any parameter; a bad value is named
+    from pipeline.cv import parse_grid
+    points = parse_grid("ema=0,0.999 lr=1e-3", TrainConfig(model="cnn"))
+    assert [p["ema"] for p in points] == [0.0, 0.999]
+    with pytest.raises(ValueError, match="ema=0.5,1"):
+        parse_grid("ema=0.5,1", TrainConfig(model="cnn"))
