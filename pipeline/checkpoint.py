@@ -3,8 +3,8 @@
 A checkpoint holds the phase (0: the fit on the train rows, 1: the refit on every labelled row),
 the parameters and optimizer state, the random generator's state, the history so far, the best
 epoch's parameters, the running average of the weights and its step count (with ema), and what
-the first phase found (for the refit). `load` refuses a checkpoint
-written for another configuration, so resuming gives exactly what an uninterrupted run would.
+the first phase found (for the refit). `load` refuses a checkpoint written for another
+configuration, so resuming gives exactly what an uninterrupted run would.
 """
 
 from __future__ import annotations

@@ -66,7 +66,7 @@ class TrainingDiverged(UserError):
 class TrainResult:
     model: Model
     history: list[dict]  # one dict per epoch of the (first) fit
-    best_epoch: int  # 1-based epoch whose parameters were kept (the last one without a dev set)
+    best_epoch: int  # 1-based epoch whose parameters were kept (the last without dev or with ema)
     dev_accuracy: float | None
     dev_proba: np.ndarray | None  # (N_dev, 10) float32, of the dev-selected model
     seconds: float
