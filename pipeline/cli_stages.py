@@ -9,6 +9,8 @@ import click
 
 from .cli import cli, default_mirror, locked, locked_ctx, sources
 from .cli_params import param_options, settle
+from .estimate import models_words as _models
+from .estimate import oof_words as _oof
 from .text import pct
 
 MIRROR_OPTION = click.option(
@@ -61,11 +63,11 @@ def cv_config(split_cfg, train_cfg, default_folds: int = 0):
     return CVConfig(folds=folds, seed=split_cfg.seed, max_rows=split_cfg.max_train)
 
 
-def _oof(m: dict) -> str:
-    lo, hi = m["oof_accuracy_ci95"]
-    return (f"out-of-fold accuracy {pct(m['oof_accuracy'])} (95% CI {pct(lo)}-{pct(hi)}, "
-            f"{m['folds']} folds)")
-
+def _check_pseudo(train_cfg) -> None:
+    """--pseudo needs --folds: a usage error (exit 2) before any work."""
+    if getattr(train_cfg, "pseudo", None) and (train_cfg.folds or 0) < 2:
+        raise click.UsageError("--pseudo (PSEUDO=) needs --folds K (FOLDS=5): its second round "
+                               "is scored out-of-fold; set FOLDS or PSEUDO=0.")
 
 
 @cli.command(short_help="Fetch and check the competition data; parse it into arrays.")
@@ -118,13 +120,14 @@ def train(ctx, resume, **kw):
     par = parallel_config(kw)
     split_cfg, train_cfg, _ = settle(ctx, kw, ctx.obj["paths"])
     paths = ctx.obj["paths"]  # parameters that cannot fit are refused before any work
+    _check_pseudo(train_cfg)
     check_train_memory(train_cfg, npz_rows(paths.split, "train_idx") or 42000)
     if (train_cfg.folds or 0) >= 2:
         from . import cvstages
         metrics = cvstages.train_folds(ctx.obj["paths"], train_cfg,
                                      cv_config(split_cfg, train_cfg), par)
-        click.echo(f"model: {ctx.obj['paths'].model} ({metrics['model']}, "
-                   f"{metrics['folds']} fold models; {_oof(metrics)})")
+        click.echo(f"model: {ctx.obj['paths'].model} ({metrics['model']}, {_models(metrics)}; "
+                   f"{_oof(metrics)})")
         return
     metrics = stages.train(ctx.obj["paths"], train_cfg, progress=ctx.obj["progress"],
                            resume=resume, par=par)
@@ -225,6 +228,7 @@ def run(ctx, mirror, resume, with_report, **kw):
     par = parallel_config(kw)
     split_cfg, train_cfg, predict_cfg = settle(ctx, kw, paths)  # checked before any work
     from .resources import check_train_memory
+    _check_pseudo(train_cfg)
     check_train_memory(train_cfg, split_cfg.max_train or 42000)
     stages.download(paths, sources(mirror or default_mirror(paths.root)), progress=progress)
     stages.split(paths, split_cfg)
@@ -240,7 +244,7 @@ def run(ctx, mirror, resume, with_report, **kw):
         out = stages.report(paths, predict_cfg)
         click.echo(f"report: {out['path'] / 'report.md'}")
     if metrics.get("oof_accuracy") is not None:  # the last line: the expected score
-        from .cvstages import estimate_line
+        from .estimate import estimate_line
         click.echo(estimate_line(metrics, tta=predict_cfg.tta))
 
 
@@ -254,7 +258,7 @@ def cv(ctx, **kw):
     parallel, each cached), each scored on the fold it never saw. Writes data/models/cv.json
     (the out-of-fold accuracy with its 95% interval, log loss, per fold and per class) and
     oof.npz. The rows: all labelled ones, or a stratified --max-train subset."""
-    from .cvstages import estimate_line
+    from .estimate import estimate_line
     par = parallel_config(kw)
     split_cfg, train_cfg, _ = settle(ctx, kw, ctx.obj["paths"])
     from . import cvstages

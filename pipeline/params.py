@@ -110,7 +110,9 @@ PARAMS: tuple[Param, ...] = (
     Param("patience", "train", "int", "Stop after this many epochs without dev improvement "
           "(0: never stop early).", default=0, lo=0),
     Param("refit", "train", "bool", "After choosing the epoch on dev, retrain on every "
-          "labelled row for that many epochs.", default=False),
+          "labelled row for that many epochs; with folds: after the CV, train the ensemble on "
+          "every row for the fixed epochs, and those models are the submission.",
+          default=False),
     Param("folds", "train", "int", "K-fold cross-validation: K fold models, each trained on "
           "the other folds for the fixed epochs (last epoch kept) and scored on its own, are "
           "the submission, with the out-of-fold estimate; 0 or 1: the single dev split.",
