@@ -252,20 +252,17 @@ def train_folds(paths: Paths, cfg: TrainConfig, cv_cfg: CVConfig,
                                        "folds", "rows", "oof_accuracy", "oof_accuracy_ci95",
                                        "oof_loss", "tta")}
     folds = [{"seed": s, "fold": f, "fold_accuracy": r["eval_accuracy"], "dev_accuracy": None,
-              "best_epoch": r["epochs"], "train_seconds": round(r["seconds"], 2)}
+              "best_epoch": r["epochs"], "train_seconds": round(r["seconds"], 2),
+              **({"pseudo_rows": r["pseudo_rows"]} if r.get("pseudo_rows") else {})}
              for (f, s), r in zip(p.members, rs)]
     metrics.update(dev_accuracy=None, estimate=f"{p.cv.folds}-fold out-of-fold", cv=asdict(cv_cfg),
                    submission_models="folds", members=folds, train_seconds=fit.seconds)
     models = [r["model"] for r in rs]
     history = [{"seed": s, "fold": f, "best_epoch": r["epochs"], "epochs": r["history"]}
                for (f, s), r in zip(p.members, rs)]
-    if refit:
+    if refit:  # the refit models are the submission; the fold models move to fold_members
         from .refit import refit_metrics
         metrics.update(refit_metrics(p, fit.refit), fold_members=folds)
-        metrics["members"] = [{"seed": m["seed"], "dev_accuracy": None, "best_epoch": m["epochs"],
-                               "train_rows": m["train_rows"], "train_seconds": m["train_seconds"]}
-                              for m in metrics.pop("refit_members")]
-        metrics["estimate"] += f" (of fold models on {p.cv.folds - 1}/{p.cv.folds} of the rows)"
         models = [r["model"] for r in fit.refit]
         history = [{"seed": m["seed"], "best_epoch": r["epochs"], "epochs": r["history"]}
                    for m, r in zip(metrics["members"], fit.refit)]

@@ -72,13 +72,14 @@ def estimate_words(e: dict) -> str:
 
 
 def oof_words(m: dict) -> str:
-    """"out-of-fold accuracy 99.40% (95% CI 99.31-99.48%, 5 folds)" of metrics.json."""
+    """"out-of-fold accuracy 99.40% (95% CI 99.31-99.48%, 5 folds)" of metrics.json, with
+    "; of the fold models, each on 4/5 of the rows" for refit models, "; transductive"."""
     lo, hi = m["oof_accuracy_ci95"]
     k = m["folds"]
-    refit = m.get("submission_models") == "refit"
-    of = f" of the fold models, each on {k - 1}/{k} of the rows" if refit else ""
-    return (f"out-of-fold accuracy{of} {pct(m['oof_accuracy'])} (95% CI {pct(lo)}-{pct(hi)}, "
-            f"{k} folds)" + (", transductive" if m.get("transductive") else ""))
+    of = (f"; of the fold models, each on {k - 1}/{k} of the rows"
+          if m.get("submission_models") == "refit" else "")
+    return (f"out-of-fold accuracy {pct(m['oof_accuracy'])} (95% CI {pct(lo)}-{pct(hi)}, "
+            f"{k} folds{of}{'; transductive' if m.get('transductive') else ''})")
 
 
 def models_words(m: dict) -> str:

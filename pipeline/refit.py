@@ -77,14 +77,18 @@ def refit_units(p, inputs: dict, code: str) -> list[Unit]:
 
 
 def refit_metrics(p, results: list[dict]) -> dict:
-    """metrics.json's account of the refit models that make the submission."""
+    """metrics.json's account of the refit models that make the submission: they are its
+    `members`; the estimate stays the fold models'."""
     k = p.cv.folds
     return {"submission_models": "refit",
+            "estimate": f"{k}-fold out-of-fold (of fold models on {k - 1}/{k} of the rows)",
             "refit": {"rows": int(len(p.rows)), "epochs": p.hp["epochs"],
                       "models": len(results),
                       "estimate_of": f"the recipe trained on {k - 1}/{k} of the rows "
                                      f"(each fold model); the submission's models are refit "
                                      f"on all {len(p.rows)}"},
-            "refit_members": [{"seed": r["hyperparameters"]["seed"], "train_rows": r["train_rows"],
-                               "pseudo_rows": r["pseudo_rows"], "epochs": r["epochs"],
-                               "train_seconds": round(r["seconds"], 2)} for r in results]}
+            "members": [{"seed": r["hyperparameters"]["seed"], "dev_accuracy": None,
+                         "best_epoch": r["epochs"], "train_rows": r["train_rows"],
+                         "train_seconds": round(r["seconds"], 2),
+                         **({"pseudo_rows": r["pseudo_rows"]} if r["pseudo_rows"] else {})}
+                        for r in results]}

@@ -102,6 +102,7 @@ def test_refit_members_are_cached_and_fold_members_shared(source, tmp_path, capl
     paths = prepared(tmp_path / "p", source)
     cvstages.cv(paths, REFIT, FOLDS, ONE)  # --refit does not change what cv trains
     with caplog.at_level(logging.INFO, logger="pipeline"):
+        caplog.clear()
         first = refit_submit(paths, ONE)
     logged = [r.getMessage() for r in caplog.records]
     assert "cv: training 2 of 8 member(s) on 1 local worker(s)" in logged, logged
@@ -126,17 +127,22 @@ def test_two_workers_give_the_refit_bytes_of_one(source, tmp_path):
 
 def test_cli_says_what_the_estimate_is_of(source, tmp_path):
     # `digits train --folds 3 --refit` names the refit models and the fold models' estimate;
-    # --patience is still refused with folds
+    # --patience is still refused with folds, --pseudo without folds is a usage error
     root = tmp_path / "p"
     prepared(root, source)
     base = ["--root", str(root), "train", "--model", "mlp", "--hidden", "32", "--batch-size",
             "32", "--augment", "none", "--epochs", "2"]
     r = CliRunner().invoke(cli, [*base, "--folds", "3", "--refit", "--jobs", "1"])
     assert r.exit_code == 0, r.output
-    assert "1 model(s) refit on all 700 rows; out-of-fold accuracy of the fold models, each on " \
-           "2/3 of the rows" in r.output, r.output
+    assert "(mlp, 1 model(s) refit on all 700 rows; out-of-fold accuracy " in r.output, r.output
+    assert "3 folds; of the fold models, each on 2/3 of the rows)" in r.output, r.output
     r = CliRunner().invoke(cli, [*base, "--folds", "3", "--patience", "2"])
     assert r.exit_code == 1 and "with --folds every fold model trains the fixed" in r.output
+    r = CliRunner().invoke(cli, [*base, "--folds", "0", "--pseudo", "0.99"])
+    assert r.exit_code == 2 and "--pseudo (PSEUDO=) needs --folds" in r.output, r.output
+    for bad in ("1", "-0.1", "x"):
+        r = CliRunner().invoke(cli, [*base, "--folds", "3", "--pseudo", bad])
+        assert r.exit_code == 2 and "pseudo" in r.output, r.output
 
 
 def test_make_stages_after_a_refit_submit_never_retrain(scratch):
