@@ -274,14 +274,17 @@ def cv(ctx, **kw):
               help='The combinations: space-separated name=v1,v2 terms over the training '
                    'parameters, e.g. "lr=1e-3,3e-3 epochs=15,20" (layer sizes as '
                    'hidden=512x256,256). [make: GRID]')
+@click.option("--keep-best", is_flag=True,
+              help="Write the best point's values into params.toml, so the next `make submit` "
+                   "trains with the settings CV chose. [make: KEEP_BEST=1]")
 @param_options("split", "train", "model")
 @parallel_options
 @click.pass_context
 @locked_ctx
-def sweep(ctx, grid, **kw):
+def sweep(ctx, grid, keep_best, **kw):
     """Cross-validate every combination of --grid (all their members in parallel), print them
     ranked by out-of-fold accuracy, write data/models/sweep.json and add each to
-    data/runs.jsonl."""
+    data/runs.jsonl; with --keep-best, keep the winner's values in params.toml."""
     from .cv import parse_grid, sweep_table
     par = parallel_config(kw)
     split_cfg, train_cfg, _ = settle(ctx, kw, ctx.obj["paths"])
@@ -295,6 +298,13 @@ def sweep(ctx, grid, **kw):
     click.echo(sweep_table(results))
     click.echo(f"sweep: {ctx.obj['paths'].models / 'sweep.json'} ({len(points)} points, "
                f"{cv_cfg.folds} folds each)")
+    if keep_best:  # saved with the options given, once the command succeeds (cli.py)
+        from . import paramfile
+        from .cv import ranked
+        best = ranked(results)[0]
+        values = ctx.obj.get("params_to_save") or paramfile.load(ctx.obj["paths"].params)
+        ctx.obj["params_to_save"] = paramfile.apply(values, best["point"])
+        click.echo(f"params: kept the best point, {best['label']}, in params.toml")
 
 
 def _summary(result: dict) -> None:

@@ -163,3 +163,23 @@ def test_make_stages_after_a_refit_submit_never_retrain(scratch):
             (target, out.stdout, out.stderr)
         assert "digits: refit" not in out.stderr and "cv fold" not in out.stderr, target
     assert read_json(root / "data" / "models" / "metrics.json")["submission_models"] == "refit"
+
+
+def test_sweep_keep_best_writes_the_winner_into_params_toml(source, tmp_path):
+    # --keep-best stores the top-ranked point's values (per-model ones in the model's table);
+    # without it the file keeps only the options given
+    from pipeline import paramfile
+    root = tmp_path / "p"
+    paths = prepared(root, source)
+    args = ["--root", str(root), "sweep", "--grid", "lr=0.0001,0.01 hidden=32x16", "--model",
+            "mlp", "--epochs", "2", "--batch-size", "32", "--augment", "none", "--folds", "3",
+            "--jobs", "1"]
+    r = CliRunner().invoke(cli, args)
+    assert r.exit_code == 0, r.output
+    assert "lr" not in paramfile.load(paths.params)["mlp"]
+    r = CliRunner().invoke(cli, [*args, "--keep-best"])
+    assert r.exit_code == 0, r.output
+    best = read_json(paths.models / "sweep.json")[0]
+    kept = paramfile.load(paths.params)["mlp"]
+    assert (kept["lr"], kept["hidden"], kept["epochs"]) == (best["point"]["lr"], (32, 16), 2)
+    assert f"kept the best point, {best['label']}, in params.toml" in r.output
