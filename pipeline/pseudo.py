@@ -13,11 +13,14 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 
 import numpy as np
 
 from .cache import _combined, code_digests
 from .units import Unit, lookup, store
+
+log = logging.getLogger("pipeline")
 
 
 def select(proba: np.ndarray, threshold: float) -> tuple[np.ndarray, np.ndarray]:
@@ -52,6 +55,8 @@ def _round_two(paths, teachers: list[Unit], results: list[dict], x_test, digest:
     from .refit import fit_rows
     proba = _teacher_proba(paths, teachers, results, x_test, f"pseudo-labels from {name}")
     rows, labels = select(proba, threshold)
+    log.info("pseudo-labels from %s: %d of %d test rows at p >= %s", name, len(rows),
+             len(proba), threshold)
     teacher_keys = hashlib.sha256(json.dumps([u.key[2] for u in teachers], sort_keys=True,
                                              default=list).encode()).hexdigest()[:16]
     out = []
