@@ -183,3 +183,32 @@ def test_sweep_keep_best_writes_the_winner_into_params_toml(source, tmp_path):
     kept = paramfile.load(paths.params)["mlp"]
     assert (kept["lr"], kept["hidden"], kept["epochs"]) == (best["point"]["lr"], (32, 16), 2)
     assert f"kept the best point, {best['label']}, in params.toml" in r.output
+
+
+def test_killed_refit_resumes_with_its_finished_members(source, tmp_path):
+    # SIGKILL right after the first refit model is stored: the rerun reuses every fold model
+    # and that refit model, trains only the other, and ends with the refit models saved
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    from tests.conftest import REPO
+    from tests.test_cv import SLOW
+    paths = prepared(tmp_path / "p", source)
+    env = {**os.environ, "DIGITS_ROOT": str(paths.root), "PYTHONPATH": str(REPO)}
+    cmd = [sys.executable, "-m", "pipeline", "run", "--no-report", "--mirror",
+           str(source.parent), *SLOW, "--refit", "--ensemble", "2", "--jobs", "1"]
+    proc = subprocess.Popen(cmd, env=env, stderr=subprocess.PIPE, text=True, cwd=REPO)
+    for line in proc.stderr:
+        if "refit seed 0: done" in line:
+            proc.send_signal(signal.SIGKILL)
+            break
+    proc.wait(timeout=120)
+    assert proc.returncode == -signal.SIGKILL
+    assert not paths.model.exists()
+    again = subprocess.run(cmd, env=env, capture_output=True, text=True, cwd=REPO, timeout=300)
+    assert again.returncode == 0, again.stderr
+    assert "refit seed 0: reused from cache" in again.stderr
+    assert "cv: training 1 of 8 member(s)" in again.stderr, again.stderr
+    assert read_json(paths.metrics)["submission_models"] == "refit"
