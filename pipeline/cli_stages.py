@@ -64,6 +64,11 @@ def cv_config(split_cfg, train_cfg, default_folds: int = 0):
     return CVConfig(folds=folds, seed=split_cfg.seed, max_rows=split_cfg.max_train)
 
 
+def _pseudo_rows(train_cfg) -> int:
+    """At most every test row joins a second-round model's rows (the memory check's bound)."""
+    return 28000 if getattr(train_cfg, "pseudo", None) else 0
+
+
 def _check_pseudo(train_cfg) -> None:
     """--pseudo needs --folds: a usage error (exit 2) before any work."""
     if getattr(train_cfg, "pseudo", None) and (train_cfg.folds or 0) < 2:
@@ -122,7 +127,8 @@ def train(ctx, resume, **kw):
     split_cfg, train_cfg, _ = settle(ctx, kw, ctx.obj["paths"])
     paths = ctx.obj["paths"]  # parameters that cannot fit are refused before any work
     _check_pseudo(train_cfg)
-    check_train_memory(train_cfg, npz_rows(paths.split, "train_idx") or 42000)
+    check_train_memory(train_cfg, (npz_rows(paths.split, "train_idx") or 42000) + _pseudo_rows(
+        train_cfg))
     if (train_cfg.folds or 0) >= 2:
         from . import cvstages
         metrics = cvstages.train_folds(ctx.obj["paths"], train_cfg,
@@ -230,7 +236,7 @@ def run(ctx, mirror, resume, with_report, **kw):
     split_cfg, train_cfg, predict_cfg = settle(ctx, kw, paths)  # checked before any work
     from .resources import check_train_memory
     _check_pseudo(train_cfg)
-    check_train_memory(train_cfg, split_cfg.max_train or 42000)
+    check_train_memory(train_cfg, (split_cfg.max_train or 42000) + _pseudo_rows(train_cfg))
     stages.download(paths, sources(mirror or default_mirror(paths.root)), progress=progress)
     stages.split(paths, split_cfg)
     stages.normalize(paths)
