@@ -57,6 +57,10 @@ def _round_two(paths, teachers: list[Unit], results: list[dict], x_test, digest:
     rows, labels = select(proba, threshold)
     log.info("pseudo-labels from %s: %d of %d test rows at p >= %s", name, len(rows),
              len(proba), threshold)
+    if not len(rows):  # nothing to add: the second round is the first (reused, not retrained)
+        log.warning("pseudo-labels from %s: no test row reaches p >= %s; its second round is "
+                    "its first", name, threshold)
+        return list(teachers), 0
     teacher_keys = hashlib.sha256(json.dumps([u.key[2] for u in teachers], sort_keys=True,
                                              default=list).encode()).hexdigest()[:16]
     out = []

@@ -143,6 +143,9 @@ def test_round_two_key_holds_the_threshold_and_the_test_data(source, tmp_path, c
                           np.arange(4), np.arange(2), None)
     keys = [key(0.9, "d1"), key(0.95, "d1"), key(0.9, "d2"), key(0.9, "d1", other)]
     assert len(set(keys)) == 4 and key(0.9, "d1") == keys[0]
+    monkeypatch.setattr(pseudo, "_teacher_proba", lambda *a: np.full((5, 10), 0.1, np.float32))
+    made, n = pseudo._round_two(paths, [teacher], [{}], None, "d1", 0.5, "c", "x")
+    assert (made, n) == ([teacher], 0)  # no row at the threshold: round 2 is round 1, reused
     parsed = np.load(paths.parsed)
     assert pseudo.test_digest(parsed["test_x"]) != pseudo.test_digest(parsed["test_x"][::-1])
 
