@@ -145,24 +145,29 @@ def test_cli_says_what_the_estimate_is_of(source, tmp_path):
         assert r.exit_code == 2 and "pseudo" in r.output, r.output
 
 
-def test_make_stages_after_a_refit_submit_never_retrain(scratch):
-    # `make submit FOLDS=3 REFIT=1`, then `make predict TTA=1`, validate, report, upload: no
-    # stage trains again (the model's stamp holds only train parameters)
+@pytest.mark.parametrize("extra,said", [(["REFIT=1"], "models refit on every row"),
+                                        (["REFIT=1", "PSEUDO=0.6"], "transductive")])
+def test_make_stages_after_a_refit_submit_never_retrain(scratch, extra, said):
+    # `make submit FOLDS=3 REFIT=1` (and with PSEUDO), then `make predict TTA=1`, validate,
+    # report, upload: no stage trains again (the model's stamp holds only train parameters)
     from tests.test_params import TINY as MAKE_TINY
     from tests.test_params import make
     root, mirror = scratch
-    first = make(root, "submit", *MAKE_TINY, "EPOCHS=2", "FOLDS=3", "REFIT=1", "JOBS=1",
+    first = make(root, "submit", *MAKE_TINY, "EPOCHS=2", "FOLDS=3", *extra, "JOBS=1",
                  f"MIRROR={mirror}")
     assert first.returncode == 0, first.stderr
     assert "model(s) refit on all 200 rows" in first.stdout, first.stdout
-    assert "models refit on every row" in first.stdout  # the validate line ending submit
+    assert said in first.stdout.splitlines()[-1]  # the validate line ending submit
     for target in (["predict", "TTA=1"], ["validate"], ["report"], ["upload", "OFFLINE=1"]):
         out = make(root, *target)  # (upload then fails: no Kaggle here; it must not train)
         assert out.returncode == 0 or target[0] == "upload", (target, out.stderr)
         assert "-m pipeline train" not in out.stdout and "training" not in out.stderr, \
             (target, out.stdout, out.stderr)
         assert "digits: refit" not in out.stderr and "cv fold" not in out.stderr, target
-    assert read_json(root / "data" / "models" / "metrics.json")["submission_models"] == "refit"
+        assert "digits: pseudo" not in out.stderr, target
+    metrics = read_json(root / "data" / "models" / "metrics.json")
+    assert metrics["submission_models"] == "refit"
+    assert metrics.get("transductive", False) == ("PSEUDO=0.6" in extra)
 
 
 def test_sweep_keep_best_writes_the_winner_into_params_toml(source, tmp_path):
