@@ -274,7 +274,8 @@ def train_folds(paths: Paths, cfg: TrainConfig, cv_cfg: CVConfig,
                        first_round={k: summary["first_round"][k] for k in (
                            "oof_accuracy", "oof_accuracy_ci95", "oof_loss")})
     stages.write_models(paths, models, metrics, history)
-    _record(paths, summary, fit.trained, {"submission_models": metrics["submission_models"]})
+    _record(paths, summary, fit.trained, {k: metrics[k] for k in ("submission_models",
+                                                                  "pseudo_rows") if k in metrics})
     return metrics
 
 
