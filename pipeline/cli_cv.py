@@ -21,7 +21,7 @@ def cv(ctx, **kw):
     parallel, each cached), each scored on the fold it never saw. Writes data/models/cv.json
     (the out-of-fold accuracy with its 95% interval, log loss, per fold and per class) and
     oof.npz. The rows: all labelled ones, or a stratified --max-train subset."""
-    from .estimate import estimate_line
+    from .estimate import estimate_line, first_round_line
     par = parallel_config(kw)
     split_cfg, train_cfg, _ = settle(ctx, kw, ctx.obj["paths"])
     from . import cvstages
@@ -30,6 +30,8 @@ def cv(ctx, **kw):
     click.echo(f"cv: {ctx.obj['paths'].models / 'cv.json'}")
     click.echo(estimate_line(summary, tta=True))
     click.echo(estimate_line(summary))
+    if first_round_line(summary):
+        click.echo(first_round_line(summary))
 
 
 @cli.command(short_help="Cross-validate every combination of a grid, ranked.")

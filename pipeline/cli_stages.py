@@ -251,7 +251,9 @@ def run(ctx, mirror, resume, with_report, **kw):
         out = stages.report(paths, predict_cfg)
         click.echo(f"report: {out['path'] / 'report.md'}")
     if metrics.get("oof_accuracy") is not None:  # the last line: the expected score
-        from .estimate import estimate_line
+        from .estimate import estimate_line, first_round_line
+        if first_round_line(metrics):
+            click.echo(first_round_line(metrics))
         click.echo(estimate_line(metrics, tta=predict_cfg.tta))
 
 

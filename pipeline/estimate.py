@@ -38,6 +38,16 @@ def estimate_line(summary: dict, tta: bool = False) -> str:
             f"(95% CI {100 * lo:.2f}-{100 * hi:.2f}%), log loss {e['oof_loss']:.4f}")
 
 
+def first_round_line(summary: dict) -> str | None:
+    """With pseudo-labels, the first round's estimate beside it (None without)."""
+    first = summary.get("first_round")
+    if not first:
+        return None
+    lo, hi = first["oof_accuracy_ci95"]
+    return (f"first round, without pseudo-labels (out-of-fold): {100 * first['oof_accuracy']:.2f}%"
+            f" (95% CI {100 * lo:.2f}-{100 * hi:.2f}%), log loss {first['oof_loss']:.4f}")
+
+
 def read_cv(path: Path) -> dict | None:
     try:
         return read_json(path)

@@ -197,3 +197,21 @@ def test_sweep_ranks_without_pseudo_labels(source, tmp_path, caplog):
     assert any("without pseudo-labels" in r.getMessage() for r in caplog.records)
     assert not any(r.getMessage().startswith("pseudo") for r in caplog.records)
     assert TrainConfig().pseudo == 0.0
+
+
+def test_cv_command_prints_both_rounds(source, tmp_path):
+    # `digits cv --pseudo`: the second round's estimate marked transductive, then the first's
+    from click.testing import CliRunner
+
+    from pipeline.cli import cli
+    root = tmp_path / "p"
+    paths = prepared(root, source)
+    r = CliRunner().invoke(cli, ["--root", str(root), "cv", "--model", "mlp", "--hidden", "32",
+                                 "--batch-size", "32", "--augment", "none", "--epochs", "2",
+                                 "--folds", "3", "--pseudo", "0.6", "--jobs", "1"])
+    assert r.exit_code == 0, r.output
+    first = read_json(paths.models / "cv.json")["first_round"]
+    lines = r.stdout.splitlines()
+    assert "transductive: pseudo-labels on test rows with p >= 0.6" in lines[-2]
+    assert lines[-1].startswith("first round, without pseudo-labels (out-of-fold): "
+                                f"{100 * first['oof_accuracy']:.2f}%")
