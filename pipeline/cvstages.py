@@ -144,19 +144,9 @@ def _data(paths: Paths) -> Data:
 
 def _record(paths: Paths, summary: dict, trained: bool, extra: dict | None = None) -> None:
     """One line of data/runs.jsonl when something was trained (none for a cache reuse)."""
-    if not trained:
-        return
-    from .fileio import append_line
-    from .runs import run_record, utc_now
-    rec = run_record({**summary, "dev_accuracy": None}, utc_now())
-    rec.update({"kind": "cv", "folds": summary["folds"], "oof_accuracy": summary["oof_accuracy"],
-                "oof_accuracy_ci95": summary["oof_accuracy_ci95"],
-                "oof_loss": summary["oof_loss"]})
-    for key in ("transductive", "pseudo_threshold", "pseudo_rows"):
-        if key in summary:
-            rec[key] = summary[key]
-    rec.update(extra or {})
-    append_line(paths.runs, json.dumps(rec, sort_keys=True))
+    if trained:
+        from .runs import append_cv_record
+        append_cv_record(paths.runs, summary, extra or {})
 
 
 @dataclass

@@ -22,7 +22,7 @@ from .cache import Cache
 from .config import ZIP_NAME, Paths, asdict, command_hint
 from .fileio import atomic_path, sha256_file, write_json, write_npz
 from .lock import project_lock  # noqa: F401 (the commands take it through stages)
-from .params import PredictConfig, SplitConfig, TrainConfig, resolve
+from .params import ParamError, PredictConfig, SplitConfig, TrainConfig, resolve
 from .readers import read_digits, read_model, read_normalizer, read_split
 from .sources import Sources, locate_source, source_digest
 
@@ -127,7 +127,6 @@ def train(paths: Paths, cfg: TrainConfig, *, progress="bar", resume: bool = True
     """
     hp = resolve(cfg)  # every parameter checked, the model's defaults filled in
     if hp.get("pseudo"):
-        from .params import ParamError
         raise ParamError("--pseudo (PSEUDO=) needs --folds K (FOLDS=5): its second round is "
                          "scored out-of-fold; set FOLDS or PSEUDO=0.")
     if hp["ensemble"] > 1:  # members through joblib.Parallel, resumed member by member
