@@ -115,7 +115,7 @@ params: $(INSTALLED) ## show the parameters in effect (params.toml, set with VAR
 cv: $(NORMALIZER) ## K-fold CV: data/models/cv.json, the out-of-fold estimate (FOLDS=5 JOBS BACKEND)
 	$(DIGITS) cv
 
-sweep: $(NORMALIZER) ## CV of each GRID="lr=1e-3,3e-3 epochs=15,20" combination, ranked
+sweep: $(NORMALIZER) ## CV of each GRID="lr=1e-3,3e-3 epochs=15,20" combination, ranked (KEEP_BEST=1)
 	$(DIGITS) sweep
 
 throughput: $(NORMALIZER) ## fold members per hour, 2 workers against 1 (scripts/throughput.py)

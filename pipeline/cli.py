@@ -1,6 +1,6 @@
 """The `digits` command group: options common to all, and the one place where errors become a
 message and an exit code. The commands themselves are in `cli_stages.py` (one thin command per
-stage, plus `run`, `cv` and `sweep`) and `cli_tools.py` (params, runs, show, gradcheck, ...).
+stage, plus `run`), `cli_cv.py` (`cv`, `sweep`) and `cli_tools.py` (params, runs, show, ...).
 
 Each command settles its parameters (the options derived from `params.py`, make variables and
 params.toml, see `cli_params.py`) into the frozen configs, calls one function of `stages.py` and
@@ -161,7 +161,7 @@ def cli(ctx, root, quiet):
 
 
 # The commands, registered in pipeline order: the stages, then the tools around them.
-from . import cli_stages, cli_tools  # noqa: E402, F401
+from . import cli_cv, cli_stages, cli_tools  # noqa: E402, F401
 
 
 def main() -> None:

@@ -174,8 +174,8 @@ def make_help() -> str:
         "Other variables: MIRROR=dir (data source), MESSAGE='...' FORCE=1 TIMEOUT=seconds "
         "(upload), OFFLINE=1 (submissions), SUBMISSION=file (validate, upload), RESUME=0 "
         "(train afresh), JOBS=n BACKEND=loky|dask SCHEDULER=tcp://host:8786 (where fold models "
-        "train), GRID='lr=1e-3,3e-3 epochs=15,20' (sweep). Values pass to digits intact: "
-        "quotes and spaces are fine.",
+        "train), GRID='lr=1e-3,3e-3 epochs=15,20' KEEP_BEST=1 (sweep). Values pass to digits "
+        "intact: quotes and spaces are fine.",
         width=100))
     return "\n".join(lines)
 

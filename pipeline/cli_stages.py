@@ -1,5 +1,6 @@
-"""The `digits` commands of the pipeline's stages, in order, plus `run`, `cv` and `sweep`: each
-settles its parameters, calls one function of `stages.py` and prints one result line."""
+"""The `digits` commands of the pipeline's stages, in order, plus `run` (`cv` and `sweep` are in
+cli_cv.py): each settles its parameters, calls one function of `stages.py` and prints one result
+line."""
 
 from __future__ import annotations
 
@@ -9,6 +10,8 @@ import click
 
 from .cli import cli, default_mirror, locked, locked_ctx, sources
 from .cli_params import param_options, settle
+from .estimate import models_words as _models
+from .estimate import oof_words as _oof
 from .text import pct
 
 MIRROR_OPTION = click.option(
@@ -61,11 +64,16 @@ def cv_config(split_cfg, train_cfg, default_folds: int = 0):
     return CVConfig(folds=folds, seed=split_cfg.seed, max_rows=split_cfg.max_train)
 
 
-def _oof(m: dict) -> str:
-    lo, hi = m["oof_accuracy_ci95"]
-    return (f"out-of-fold accuracy {pct(m['oof_accuracy'])} (95% CI {pct(lo)}-{pct(hi)}, "
-            f"{m['folds']} folds)")
+def _pseudo_rows(train_cfg) -> int:
+    """At most every test row joins a second-round model's rows (the memory check's bound)."""
+    return 28000 if getattr(train_cfg, "pseudo", None) else 0
 
+
+def _check_pseudo(train_cfg) -> None:
+    """--pseudo needs --folds: a usage error (exit 2) before any work."""
+    if getattr(train_cfg, "pseudo", None) and (train_cfg.folds or 0) < 2:
+        raise click.UsageError("--pseudo (PSEUDO=) needs --folds K (FOLDS=5): its second round "
+                               "is scored out-of-fold; set FOLDS or PSEUDO=0.")
 
 
 @cli.command(short_help="Fetch and check the competition data; parse it into arrays.")
@@ -118,13 +126,15 @@ def train(ctx, resume, **kw):
     par = parallel_config(kw)
     split_cfg, train_cfg, _ = settle(ctx, kw, ctx.obj["paths"])
     paths = ctx.obj["paths"]  # parameters that cannot fit are refused before any work
-    check_train_memory(train_cfg, npz_rows(paths.split, "train_idx") or 42000)
+    _check_pseudo(train_cfg)
+    check_train_memory(train_cfg, (npz_rows(paths.split, "train_idx") or 42000) + _pseudo_rows(
+        train_cfg))
     if (train_cfg.folds or 0) >= 2:
         from . import cvstages
         metrics = cvstages.train_folds(ctx.obj["paths"], train_cfg,
                                      cv_config(split_cfg, train_cfg), par)
-        click.echo(f"model: {ctx.obj['paths'].model} ({metrics['model']}, "
-                   f"{metrics['folds']} fold models; {_oof(metrics)})")
+        click.echo(f"model: {ctx.obj['paths'].model} ({metrics['model']}, {_models(metrics)}; "
+                   f"{_oof(metrics)})")
         return
     metrics = stages.train(ctx.obj["paths"], train_cfg, progress=ctx.obj["progress"],
                            resume=resume, par=par)
@@ -225,7 +235,8 @@ def run(ctx, mirror, resume, with_report, **kw):
     par = parallel_config(kw)
     split_cfg, train_cfg, predict_cfg = settle(ctx, kw, paths)  # checked before any work
     from .resources import check_train_memory
-    check_train_memory(train_cfg, split_cfg.max_train or 42000)
+    _check_pseudo(train_cfg)
+    check_train_memory(train_cfg, (split_cfg.max_train or 42000) + _pseudo_rows(train_cfg))
     stages.download(paths, sources(mirror or default_mirror(paths.root)), progress=progress)
     stages.split(paths, split_cfg)
     stages.normalize(paths)
@@ -240,57 +251,10 @@ def run(ctx, mirror, resume, with_report, **kw):
         out = stages.report(paths, predict_cfg)
         click.echo(f"report: {out['path'] / 'report.md'}")
     if metrics.get("oof_accuracy") is not None:  # the last line: the expected score
-        from .cvstages import estimate_line
+        from .estimate import estimate_line, first_round_line
+        if first_round_line(metrics):
+            click.echo(first_round_line(metrics))
         click.echo(estimate_line(metrics, tta=predict_cfg.tta))
-
-
-@cli.command(short_help="K-fold cross-validation: the out-of-fold estimate (cv.json).")
-@param_options("split", "train", "model")
-@parallel_options
-@click.pass_context
-@locked_ctx
-def cv(ctx, **kw):
-    """Cross-validate the training parameters: K fold models (--folds, 5 unless set; trained in
-    parallel, each cached), each scored on the fold it never saw. Writes data/models/cv.json
-    (the out-of-fold accuracy with its 95% interval, log loss, per fold and per class) and
-    oof.npz. The rows: all labelled ones, or a stratified --max-train subset."""
-    from .cvstages import estimate_line
-    par = parallel_config(kw)
-    split_cfg, train_cfg, _ = settle(ctx, kw, ctx.obj["paths"])
-    from . import cvstages
-    summary = cvstages.cv(ctx.obj["paths"], train_cfg, cv_config(split_cfg, train_cfg, 5), par)
-    click.echo("folds: " + " ".join(pct(a) for a in summary["fold_accuracy"]))
-    click.echo(f"cv: {ctx.obj['paths'].models / 'cv.json'}")
-    click.echo(estimate_line(summary, tta=True))
-    click.echo(estimate_line(summary))
-
-
-@cli.command(short_help="Cross-validate every combination of a grid, ranked.")
-@click.option("--grid", required=True,
-              help='The combinations: space-separated name=v1,v2 terms over the training '
-                   'parameters, e.g. "lr=1e-3,3e-3 epochs=15,20" (layer sizes as '
-                   'hidden=512x256,256). [make: GRID]')
-@param_options("split", "train", "model")
-@parallel_options
-@click.pass_context
-@locked_ctx
-def sweep(ctx, grid, **kw):
-    """Cross-validate every combination of --grid (all their members in parallel), print them
-    ranked by out-of-fold accuracy, write data/models/sweep.json and add each to
-    data/runs.jsonl."""
-    from .cv import parse_grid, sweep_table
-    par = parallel_config(kw)
-    split_cfg, train_cfg, _ = settle(ctx, kw, ctx.obj["paths"])
-    try:
-        points = parse_grid(grid, train_cfg)
-    except ValueError as e:
-        raise click.BadParameter(str(e), param_hint="'--grid'") from None
-    cv_cfg = cv_config(split_cfg, train_cfg, 5)
-    from . import cvstages
-    results = cvstages.sweep(ctx.obj["paths"], train_cfg, cv_cfg, par, points)
-    click.echo(sweep_table(results))
-    click.echo(f"sweep: {ctx.obj['paths'].models / 'sweep.json'} ({len(points)} points, "
-               f"{cv_cfg.folds} folds each)")
 
 
 def _summary(result: dict) -> None:

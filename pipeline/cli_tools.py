@@ -36,7 +36,9 @@ def params(ctx, stamps, mirror, make_help, **kw):
         settle(ctx, kw, paths, save_now=True)
         values = paramfile.load(paths.params)
     if stamps is not None:
-        lines = {**paramfile.stamps(values), "download": mirror or ""}
+        lines = paramfile.stamps(values)
+        if mirror is not None or not (stamps / "download.params").exists():
+            lines["download"] = mirror or ""  # no MIRROR given: the data there stays current
         for stage, line in lines.items():
             write_if_changed(stamps / f"{stage}.params", line + "\n")
         return

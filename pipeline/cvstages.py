@@ -1,11 +1,12 @@
 """The cross-validation stages: `cv` (the out-of-fold estimate, data/models/cv.json), the fold
-ensemble that `train --folds K` saves as the submission's model, and `sweep` (CV per grid point).
+ensemble that `train --folds K` saves as the submission's model (or, with --refit, the recipe
+refit on every row, refit.py), and `sweep` (CV per grid point). --pseudo adds a second,
+transductive round (pseudo.py).
 
 A member is one (fold, seed) model and a cached unit of its own, keyed by the data's digests,
-its parameters, its fold and the code it runs. Members missing from the cache train through
-`parallel.run` (local processes or a dask cluster); each result is stored here, in the driver,
-the moment it arrives, so a killed run resumes with its finished members reused. Outputs are
-written only when every member is there, each atomically.
+its parameters, its fold and the code it runs (units.py: reused, or trained through
+`parallel.run` and stored the moment it arrives, so a killed run resumes with its finished
+members reused). Outputs are written only when every member is there, each atomically.
 """
 
 from __future__ import annotations
@@ -20,11 +21,12 @@ from pathlib import Path
 import numpy as np
 
 from . import parallel, stages
-from .cache import _combined, _load_checked, _seal_path, code_digests
+from .cache import _combined, code_digests
 from .config import Paths, UserError, asdict
 from .cv import CVConfig, fit_member, oof_summary, stratified_folds, stratified_rows
-from .fileio import read_json, write_json, write_npz, write_text
+from .fileio import write_json, write_npz
 from .params import TrainConfig, changed_from_default, resolve
+from .units import Unit, fit_units
 
 log = logging.getLogger("pipeline")
 STAGE = "cv"
@@ -46,7 +48,10 @@ class Plan:
         return hashlib.sha256(blob.encode()).hexdigest()[:12]
 
     def member_hp(self, seed: int) -> dict:
-        return {**self.hp, "seed": seed, "ensemble": 1}
+        """One member's parameters: the refit and the pseudo-label round are no part of a fold
+        member's training (a first-round member is the same with or without them)."""
+        hp = {k: v for k, v in self.hp.items() if k != "pseudo"}
+        return {**hp, "seed": seed, "ensemble": 1, "refit": False}
 
 
 def plan(cfg: TrainConfig, cv: CVConfig, labels: np.ndarray) -> Plan:
@@ -54,9 +59,9 @@ def plan(cfg: TrainConfig, cv: CVConfig, labels: np.ndarray) -> Plan:
     if cv.folds < 2:
         raise UserError(f"cross-validation needs --folds >= 2, got {cv.folds}")
     hp = json.loads(json.dumps({**resolve(cfg), "folds": cv.folds}, default=list))
-    if hp["patience"] or hp["refit"]:
-        raise UserError("--patience and --refit choose on the dev split; with --folds every fold "
-                        "model trains the fixed --epochs and keeps its last epoch: drop them.")
+    if hp["patience"]:
+        raise UserError("--patience chooses the epoch on the dev split; with --folds every fold "
+                        "model trains the fixed --epochs and keeps its last epoch: drop it.")
     rows = stratified_rows(labels, cv.max_rows, cv.seed)
     try:
         fold = stratified_folds(labels[rows], cv.folds, cv.seed)
@@ -66,13 +71,7 @@ def plan(cfg: TrainConfig, cv: CVConfig, labels: np.ndarray) -> Plan:
     return Plan(hp, cv, rows, fold, members)
 
 
-# ------------------------------------------------------------------ members: cache and workers
-
-
-def _unit(files, inputs, params, code):
-    """A member's cache entry. A worker computed the result; it is handed in through `files`
-    (left out of the key), so only the driver ever writes the cache."""
-    return files["result"]
+# ---------------------------------------------------------------------------- the members
 
 
 def member_code() -> str:
@@ -90,67 +89,10 @@ def _key(p: Plan, f: int, seed: int, inputs: dict, code: str) -> tuple:
     return ({}, inputs, params, code)
 
 
-def _memorized(paths: Paths):
-    import joblib
-    cache = stages._cache(paths)
-    if cache.location is None:  # caching off: nothing is looked up or stored
-        return None
-    return joblib.Memory(cache.location / "joblib", verbose=0).cache(_unit, ignore=["files"])
-
-
-def _lookup(paths: Paths, key: tuple, name: str):
-    cached = _memorized(paths)
-    if cached is None or not cached.check_call_in_cache(*key):
-        return None
-    return _load_checked(cached, key, name, paths.cache)
-
-
-def _store(paths: Paths, key: tuple, result) -> None:
-    import joblib
-    cached = _memorized(paths)
-    if cached is None:
-        return
-    args = ({"result": result}, *key[1:])
-    cached(*args)
-    write_text(_seal_path(cached.call_and_shelve(*args)), joblib.hash(result))
-
-
-def fit_plans(paths: Paths, plans: list[Plan], par: parallel.ParallelConfig,
-              inputs: dict, pixels: np.ndarray, labels: np.ndarray, normalizer: dict):
-    """(each plan's member results in member order, the set of plans with a member trained):
-    each member reused from the cache, or trained and stored the moment it arrives."""
-    code = member_code()
-    work = [(i, m, _key(p, f, s, inputs, code), f"{STAGE} {_label(p, f, s)}")
-            for i, p in enumerate(plans) for m, (f, s) in enumerate(p.members)]
-    results = {}
-    for i, m, key, name in work:
-        r = _lookup(paths, key, name)
-        if r is not None:
-            results[i, m] = r
-    todo = [w for w in work if (w[0], w[1]) not in results]
-    if not todo:
-        return [[results[i, m] for m in range(len(p.members))] for i, p in enumerate(plans)], set()
-    where = (f"dask scheduler {par.scheduler}" if par.backend == "dask"
-             else f"{min(parallel.workers(par), len(todo))} local worker(s)")
-    log.info("%s: training %d of %d member(s) on %s", STAGE, len(todo), len(work), where)
-    union = np.unique(np.concatenate([plans[i].rows for i, *_ in todo]))  # only rows used
-    data = {"pixels": pixels[union], "labels": labels[union], "normalizer": normalizer}
-    tasks, cores = [], parallel.cores_per_task(par, len(todo))
-    for i, m, _, name in todo:
-        p, (f, _) = plans[i], plans[i].members[m]
-        at = np.searchsorted(union, p.rows)  # plan rows -> positions in data
-        tasks.append({"cfg": p.member_hp(p.members[m][1]),
-                      "train_rows": at[p.fold != f], "eval_rows": at[p.fold == f],
-                      "cores": cores, "label": name, "progress": par.progress})
-    for t, r in parallel.run(fit_member, data, tasks, par):
-        i, m, key, name = todo[t]
-        _store(paths, key, r)
-        results[i, m] = r
-        log.info("%s: done, %.2f%% on its %d held-out rows, %.1f s (%d/%d)", name,
-                 100 * r["eval_accuracy"], len(tasks[t]["eval_rows"]), r["seconds"],
-                 len(results), len(work))
-    trained = {i for i, *_ in todo}
-    return [[results[i, m] for m in range(len(p.members))] for i, p in enumerate(plans)], trained
+def fold_units(p: Plan, inputs: dict, code: str) -> list[Unit]:
+    """Plan p's members: fold f's model trains on the other folds' rows, scored on fold f's."""
+    return [Unit(_key(p, f, s, inputs, code), f"{STAGE} {_label(p, f, s)}", p.member_hp(s),
+                 p.rows[p.fold != f], p.rows[p.fold == f], fit_member) for f, s in p.members]
 
 
 def _label(p: Plan, f: int, seed: int) -> str:
@@ -183,45 +125,101 @@ def summarize(p: Plan, results: list[dict], labels: np.ndarray) -> tuple[dict, n
             **oof_summary(y, oof, p.fold)}, (oof, oof_tta)
 
 
-def _data(paths: Paths):
+@dataclass
+class Data:
+    inputs: dict  # the input files' digests (digits.npz, normalizer.json)
+    pixels: np.ndarray  # (42000, 784) uint8, train.csv
+    labels: np.ndarray  # (42000,)
+    normalizer: dict
+    test_pixels: np.ndarray  # (28000, 784) uint8, test.csv
+
+
+def _data(paths: Paths) -> Data:
     inputs, files = stages._inputs(paths, parsed=paths.parsed, normalizer=paths.normalizer)
     from .readers import read_digits, read_normalizer
     parsed = read_digits(Path(files["parsed"]))
-    return inputs, parsed["train_x"], parsed["train_y"], read_normalizer(Path(files["normalizer"]))
+    return Data(inputs, parsed["train_x"], parsed["train_y"],
+                read_normalizer(Path(files["normalizer"])), parsed["test_x"])
 
 
-def _record(paths: Paths, summary: dict, trained: bool) -> None:
+def _record(paths: Paths, summary: dict, trained: bool, extra: dict | None = None) -> None:
     """One line of data/runs.jsonl when something was trained (none for a cache reuse)."""
-    if not trained:
-        return
-    from .fileio import append_line
-    from .runs import run_record, utc_now
-    rec = run_record({**summary, "dev_accuracy": None}, utc_now())
-    rec.update({"kind": "cv", "folds": summary["folds"], "oof_accuracy": summary["oof_accuracy"],
-                "oof_accuracy_ci95": summary["oof_accuracy_ci95"],
-                "oof_loss": summary["oof_loss"]})
-    append_line(paths.runs, json.dumps(rec, sort_keys=True))
+    if trained:
+        from .runs import append_cv_record
+        append_cv_record(paths.runs, summary, extra or {})
 
 
-def _run(paths, cfgs, cv, par):
+@dataclass
+class Fitted:
+    """One plan's cross-validation, done: the final round's fold and refit results."""
+
+    plan: Plan
+    folds: list  # the fold members' results, in plan.members order
+    refit: list  # the refit members' results, one per seed ([] without --refit)
+    summary: dict  # cv.json
+    oof: tuple  # the out-of-fold probabilities, plain and with TTA
+    trained: bool  # a member was trained (not all reused)
+    pseudo_rows: list  # the pseudo-labelled test rows of each refit model's group ([]: none)
+    seconds: float  # the members' training seconds, summed over every round
+
+
+def _fit(paths, cfgs, cv, par, *, refit: bool = False) -> list[Fitted]:
+    """Cross-validate each of cfgs (and with `refit`, train each on every row), all members in
+    one parallel run; then the second round of those with --pseudo, again in one run."""
+    from .refit import refit_units, rows_code
     t0 = time.perf_counter()
-    inputs, pixels, labels, normalizer = _data(paths)
-    plans = [plan(c, cv, labels) for c in cfgs]
-    results, trained = fit_plans(paths, plans, par, inputs, pixels, labels, normalizer)
+    d = _data(paths)
+    plans = [plan(c, cv, d.labels) for c in cfgs]
+    code, rcode = member_code(), rows_code()
+    units = [(fold_units(p, d.inputs, code), refit_units(p, d.inputs, rcode) if refit else [])
+             for p in plans]
+    first, fresh = _fit_groups(paths, units, par, d, STAGE)
+    final, counts = list(first), {}
+    second = [i for i, p in enumerate(plans) if p.hp.get("pseudo")]
+    if second:
+        from .pseudo import pseudo_units
+        made = [pseudo_units(paths, plans[i], units[i], first[i], d, rcode) for i in second]
+        results, fresh2 = _fit_groups(paths, [u for u, _ in made], par, d, "pseudo")
+        for j, i in enumerate(second):
+            final[i], fresh[i], counts[i] = results[j], fresh[i] or fresh2[j], made[j][1]
     out = []
-    for i, (p, rs) in enumerate(zip(plans, results)):
-        summary, oof = summarize(p, rs, labels)
+    for i, p in enumerate(plans):
+        summary, oof = summarize(p, final[i][0], d.labels)
+        if i in counts:  # cv.json: the second round's estimate, the first round's beside it
+            from .pseudo import first_round_figures, marks
+            summary["first_round"] = first_round_figures(summarize(p, first[i][0], d.labels)[0])
+            summary.update(marks(p.hp["pseudo"], counts[i][0], len(d.test_pixels)))
         summary["seconds"] = round(time.perf_counter() - t0, 2)
-        out.append((p, rs, summary, oof, i in trained))
+        rounds = [first[i]] + ([final[i]] if i in counts else [])
+        seconds = sum(r["seconds"] for fr, rr in rounds for r in fr + rr)
+        out.append(Fitted(p, final[i][0], final[i][1], summary, oof, fresh[i],
+                          counts[i][1] if i in counts else [], round(seconds, 2)))
     return out
 
 
+def _fit_groups(paths, groups: list[tuple[list, list]], par, d: Data, stage: str):
+    """fit_units over every plan's (fold units, refit units) at once -> each plan's (fold
+    results, refit results), and whether the plan had a unit trained."""
+    flat = [u for fu, ru in groups for u in fu + ru]
+    results, trained = fit_units(paths, flat, par, stage, d.pixels, d.labels, d.normalizer,
+                                 d.test_pixels)
+    out, fresh, at = [], [], 0
+    for fu, ru in groups:
+        n, m = len(fu), len(ru)
+        out.append((results[at:at + n], results[at + n:at + n + m]))
+        fresh.append(any(trained[at:at + n + m]))
+        at += n + m
+    return out, fresh
+
+
 def cv(paths: Paths, cfg: TrainConfig, cv_cfg: CVConfig, par: parallel.ParallelConfig) -> dict:
-    """Cross-validate cfg: write data/models/cv.json and oof.npz; return the cv.json dict."""
-    [(p, _, summary, oof, trained)] = _run(paths, [cfg], cv_cfg, par)
-    _write_cv(paths, p, summary, oof)
-    _record(paths, summary, trained)
-    return summary
+    """Cross-validate cfg (and its pseudo-label round): write data/models/cv.json and oof.npz;
+    return the cv.json dict. --refit changes the submission's models, not the estimate: cv
+    trains no refit models."""
+    [fit] = _fit(paths, [cfg], cv_cfg, par)
+    _write_cv(paths, fit.plan, fit.summary, fit.oof)
+    _record(paths, fit.summary, fit.trained)
+    return fit.summary
 
 
 def _write_cv(paths: Paths, p: Plan, summary: dict, oof: tuple) -> None:
@@ -232,76 +230,63 @@ def _write_cv(paths: Paths, p: Plan, summary: dict, oof: tuple) -> None:
 
 def train_folds(paths: Paths, cfg: TrainConfig, cv_cfg: CVConfig,
                 par: parallel.ParallelConfig) -> dict:
-    """The fold models as the submission's model: cv.json, then model.npz (every fold model,
-    averaged by predict), history.json and metrics.json carrying the OOF estimate."""
-    [(p, rs, summary, oof, trained)] = _run(paths, [cfg], cv_cfg, par)
-    _write_cv(paths, p, summary, oof)
+    """The submission's models after cross-validation: the fold models, or with --refit the
+    models refit on every row (refit.py). Writes cv.json, then model.npz (the models predict
+    averages), history.json and metrics.json carrying the OOF estimate and what it is of."""
+    refit = bool(resolve(cfg)["refit"])
+    [fit] = _fit(paths, [cfg], cv_cfg, par, refit=refit)
+    p, summary, rs = fit.plan, fit.summary, fit.folds
+    _write_cv(paths, p, summary, fit.oof)
     metrics = {k: summary[k] for k in ("model", "params", "params_changed", "params_digest",
                                        "hyperparameters",
                                        "folds", "rows", "oof_accuracy", "oof_accuracy_ci95",
-                                       "oof_loss", "train_seconds", "tta")}
+                                       "oof_loss", "tta")}
+    folds = [{"seed": s, "fold": f, "fold_accuracy": r["eval_accuracy"], "dev_accuracy": None,
+              "best_epoch": r["epochs"], "train_seconds": round(r["seconds"], 2),
+              **({"pseudo_rows": r["pseudo_rows"]} if r.get("pseudo_rows") else {})}
+             for (f, s), r in zip(p.members, rs)]
     metrics.update(dev_accuracy=None, estimate=f"{p.cv.folds}-fold out-of-fold", cv=asdict(cv_cfg),
-                   members=[{"seed": s, "fold": f, "fold_accuracy": r["eval_accuracy"],
-                             "dev_accuracy": None, "best_epoch": r["epochs"],
-                             "train_seconds": round(r["seconds"], 2)}
-                            for (f, s), r in zip(p.members, rs)])
-    stages.write_models(paths, [r["model"] for r in rs], metrics,
-                        [{"seed": s, "fold": f, "best_epoch": r["epochs"], "epochs": r["history"]}
-                         for (f, s), r in zip(p.members, rs)])
-    _record(paths, summary, trained)
+                   submission_models="folds", members=folds, train_seconds=fit.seconds)
+    models = [r["model"] for r in rs]
+    history = [{"seed": s, "fold": f, "best_epoch": r["epochs"], "epochs": r["history"]}
+               for (f, s), r in zip(p.members, rs)]
+    if refit:  # the refit models are the submission; the fold models move to fold_members
+        from .refit import refit_metrics
+        metrics.update(refit_metrics(p, fit.refit), fold_members=folds)
+        models = [r["model"] for r in fit.refit]
+        history = [{"seed": m["seed"], "best_epoch": r["epochs"], "epochs": r["history"]}
+                   for m, r in zip(metrics["members"], fit.refit)]
+    if "transductive" in summary:
+        from .pseudo import marks
+        metrics.update(marks(summary["pseudo_threshold"],
+                             fit.pseudo_rows if refit else summary["pseudo_rows"],
+                             summary["pseudo_test_rows"]),
+                       first_round={k: summary["first_round"][k] for k in (
+                           "oof_accuracy", "oof_accuracy_ci95", "oof_loss")})
+    stages.write_models(paths, models, metrics, history)
+    _record(paths, summary, fit.trained, {k: metrics[k] for k in ("submission_models",
+                                                                  "pseudo_rows") if k in metrics})
     return metrics
 
 
 def sweep(paths: Paths, cfg: TrainConfig, cv_cfg: CVConfig, par: parallel.ParallelConfig,
           points: list[dict]) -> list[dict]:
     """Cross-validate cfg with each grid point's overrides, all members in one parallel run;
-    write data/models/sweep.json and one runs.jsonl line per point trained."""
+    write data/models/sweep.json and one runs.jsonl line per point trained. A sweep ranks the
+    recipe without pseudo-labels (--pseudo is dropped, with a warning)."""
     from .cv import point_label, ranked
+    if getattr(cfg, "pseudo", None):
+        log.warning("sweep: ranking the points without pseudo-labels (pseudo=%s applies to "
+                    "`digits cv` and `digits train --folds`)", cfg.pseudo)
+        cfg = cfg.replace(pseudo=0.0)
     cfgs = [cfg.replace(**pt) for pt in points]  # points: checked by cv.parse_grid
     out = []
-    for pt, (_, _, s, _, trained) in zip(points, _run(paths, cfgs, cv_cfg, par)):
-        s = {**s, "label": point_label(pt),
+    for pt, fit in zip(points, _fit(paths, cfgs, cv_cfg, par)):
+        s = {**fit.summary, "label": point_label(pt),
              "point": {k: list(v) if isinstance(v, tuple) else v for k, v in pt.items()}}
-        _record(paths, s, trained)
+        _record(paths, s, fit.trained)
         out.append(s)
     keep = ("label", "point", "oof_accuracy", "oof_accuracy_ci95", "oof_loss", "train_seconds",
             "folds", "params_digest")
     write_json(paths.models / "sweep.json", [{k: s[k] for k in keep} for s in ranked(out)])
     return out
-
-
-def estimate(metrics: dict, tta: bool) -> dict:
-    """The OOF figures of a submission predicted with or without TTA (cv.json or metrics)."""
-    return {**metrics, **metrics["tta"]} if tta and metrics.get("tta") else metrics
-
-
-def estimate_line(summary: dict, tta: bool = False) -> str:
-    """One line: the OOF accuracy with its interval, what it is, and where it comes from."""
-    e = estimate(summary, tta)
-    lo, hi = e["oof_accuracy_ci95"]
-    return (f"expected score (out-of-fold, {e['folds']} folds, {e.get('rows', '?')} rows"
-            f"{', with TTA' if tta else ''}): {100 * e['oof_accuracy']:.2f}% (95% CI "
-            f"{100 * lo:.2f}-{100 * hi:.2f}%), log loss {e['oof_loss']:.4f}")
-
-
-def read_cv(path: Path) -> dict | None:
-    try:
-        return read_json(path)
-    except (OSError, ValueError):
-        return None
-
-
-def ledger_estimate(metrics: dict, tta: bool) -> dict:
-    """A fold ensemble's out-of-fold estimate for the ledger: the TTA one when predicting so."""
-    if metrics.get("oof_accuracy") is None:
-        return {}
-    e = estimate(metrics, tta)
-    return {"oof_accuracy": e["oof_accuracy"], "oof_accuracy_ci95": e["oof_accuracy_ci95"],
-            "folds": e.get("folds"), "oof_tta": bool(tta and metrics.get("tta"))}
-
-
-def estimate_words(e: dict) -> str:
-    """", out-of-fold accuracy 99.40% (95% CI 99.31-99.48%, 5 folds)" of a ledger entry."""
-    lo, hi = e.get("oof_accuracy_ci95") or (float("nan"), float("nan"))
-    return (f", out-of-fold accuracy {100 * e['oof_accuracy']:.2f}% (95% CI {100 * lo:.2f}-"
-            f"{100 * hi:.2f}%, {e.get('folds')} folds{', TTA' if e.get('oof_tta') else ''})")

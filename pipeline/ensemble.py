@@ -16,7 +16,8 @@ from pathlib import Path
 
 from . import parallel, stages
 from .cache import _combined, code_digests
-from .cvstages import _lookup, _store
+from .units import lookup as _lookup
+from .units import store as _store
 
 log = logging.getLogger("pipeline")
 

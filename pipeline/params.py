@@ -110,11 +110,16 @@ PARAMS: tuple[Param, ...] = (
     Param("patience", "train", "int", "Stop after this many epochs without dev improvement "
           "(0: never stop early).", default=0, lo=0),
     Param("refit", "train", "bool", "After choosing the epoch on dev, retrain on every "
-          "labelled row for that many epochs.", default=False),
+          "labelled row for that many epochs; with folds: after the CV, train the ensemble on "
+          "every row for the fixed epochs, and those models are the submission.",
+          default=False),
     Param("folds", "train", "int", "K-fold cross-validation: K fold models, each trained on "
           "the other folds for the fixed epochs (last epoch kept) and scored on its own, are "
           "the submission, with the out-of-fold estimate; 0 or 1: the single dev split.",
           default=0, lo=0),
+    Param("pseudo", "train", "float", "Pseudo-labels (transductive; with folds): train a "
+          "second round with the test rows the first round labels with probability >= this "
+          "added, e.g. 0.995; 0: off.", default=0.0, lo=0, hi=1, hi_open=True),
     # ---- train: each model has its own default (pipeline/nn/models.py DEFAULTS)
     Param("ensemble", "model", "int", "Train this many models (seeds seed, seed+1, ...; with "
           "folds, per fold), JOBS at a time, and average their probabilities.", default=1,

@@ -26,7 +26,7 @@ def markdown(name: str, when: dt.datetime, inputs, facts: dict) -> str:
            f"reported {when:%Y-%m-%d %H:%M} UTC. "
            f"Dev accuracy **{_pct(m.get('dev_accuracy'))}** on {facts['json']['dev_size']} "
            f"held-out train.csv rows; {facts['n_wrong']} dev digits wrong.", ""]
-    if params.get("refit"):
+    if params.get("refit") and not m.get("folds"):
         out += ["> This model was refit on train + dev rows, so it has seen the dev digits: the "
                 "figures below that use dev rows flatter it. The dev accuracy and loss in the "
                 "metrics table come from the first fit, before refitting.", ""]
@@ -37,11 +37,15 @@ def markdown(name: str, when: dt.datetime, inputs, facts: dict) -> str:
                 "trained weights, not of the average.", ""]
     if m.get("folds"):  # a fold ensemble (cvstages.train_folds): its estimate is out-of-fold
         lo, hi = m["oof_accuracy_ci95"]
-        out += [f"> {m['folds']} fold models, each trained on all labelled rows but its own fold: "
+        k, refit = m["folds"], m.get("submission_models") == "refit"
+        of = f" of the recipe on {k - 1}/{k} of the rows" if refit else ""
+        models = (f"{len(inputs.models)} model(s) refit on all {m['refit']['rows']} labelled "
+                  "rows, after cross-validation with" if refit else f"{k} fold models,")
+        out += [f"> {models} each fold model trained on all labelled rows but its own fold: "
                 "together they have seen every dev digit, so the dev figures below flatter "
                 f"them. The expected score is the out-of-fold accuracy, "
                 f"**{_pct(m['oof_accuracy'])}** (95% CI {_pct(lo)}-{_pct(hi)}, "
-                "`data/models/cv.json`).", ""]
+                f"`data/models/cv.json`){of}.{_transductive(m)}", ""]
     out += ["## Metrics", "", "| metric | value |", "| --- | --- |",
             f"| dev accuracy | {_pct(m.get('dev_accuracy'))} |",
             f"| dev loss (cross-entropy) | {_num(m.get('dev_loss', facts['dev_loss']))} |",
@@ -149,3 +153,10 @@ def _num(x) -> str:
 
 def _join(values) -> str:
     return ", ".join(str(v) for v in values)
+
+
+def _transductive(m: dict) -> str:
+    if not m.get("transductive"):
+        return ""
+    return (f" Transductive: the models also trained on {'/'.join(map(str, m['pseudo_rows']))} "
+            f"test images pseudo-labelled with probability >= {m['pseudo_threshold']}.")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import json
 from pathlib import Path
 
 from .text import table
@@ -27,6 +28,21 @@ def run_record(metrics: dict, when: dt.datetime) -> dict:
             "dev_accuracy": metrics.get("dev_accuracy"), "dev_loss": metrics.get("dev_loss"),
             "train_seconds": metrics.get("train_seconds"),
             "members": [m.get("seed") for m in metrics.get("members", [])]}
+
+
+def append_cv_record(path: Path, summary: dict, extra: dict) -> None:
+    """A cross-validation's line (`"kind": "cv"`, its OOF figures; transductive, with the
+    threshold and the pseudo-labelled rows, when it used pseudo-labels) added to `path`."""
+    from .fileio import append_line
+    rec = run_record({**summary, "dev_accuracy": None}, utc_now())
+    rec.update({"kind": "cv", "folds": summary["folds"], "oof_accuracy": summary["oof_accuracy"],
+                "oof_accuracy_ci95": summary["oof_accuracy_ci95"],
+                "oof_loss": summary["oof_loss"]})
+    for key in ("transductive", "pseudo_threshold", "pseudo_rows"):
+        if key in summary:
+            rec[key] = summary[key]
+    rec.update(extra)
+    append_line(path, json.dumps(rec, sort_keys=True))
 
 
 def read_runs(path: Path) -> list[dict]:

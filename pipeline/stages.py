@@ -22,7 +22,7 @@ from .cache import Cache
 from .config import ZIP_NAME, Paths, asdict, command_hint
 from .fileio import atomic_path, sha256_file, write_json, write_npz
 from .lock import project_lock  # noqa: F401 (the commands take it through stages)
-from .params import PredictConfig, SplitConfig, TrainConfig, resolve
+from .params import ParamError, PredictConfig, SplitConfig, TrainConfig, resolve
 from .readers import read_digits, read_model, read_normalizer, read_split
 from .sources import Sources, locate_source, source_digest
 
@@ -126,6 +126,9 @@ def train(paths: Paths, cfg: TrainConfig, *, progress="bar", resume: bool = True
     train in parallel instead (`par`, see ensemble.py), each cached on its own.
     """
     hp = resolve(cfg)  # every parameter checked, the model's defaults filled in
+    if hp.get("pseudo"):
+        raise ParamError("--pseudo (PSEUDO=) needs --folds K (FOLDS=5): its second round is "
+                         "scored out-of-fold; set FOLDS or PSEUDO=0.")
     if hp["ensemble"] > 1:  # members through joblib.Parallel, resumed member by member
         from .ensemble import train_ensemble
         from .parallel import ParallelConfig
@@ -218,7 +221,7 @@ def _train_metrics(hp: dict, results, paths: Paths) -> dict:
 
 def predict(paths: Paths, cfg: PredictConfig) -> dict:
     """Predict the test rows, write a validated submission.csv, keep a copy and a ledger line."""
-    from .cvstages import ledger_estimate
+    from .estimate import ledger_estimate
     from .readers import METRICS, read_json_or_warn
     from .submission import publish
     inputs, files = _inputs(paths, model=paths.model, parsed=paths.parsed,
@@ -240,7 +243,7 @@ def predict(paths: Paths, cfg: PredictConfig) -> dict:
 def validate(paths: Paths, path: Path | None = None) -> dict:
     """Check a submission by the rule upload uses (submission.check_submission: the format,
     sample_submission.csv's ImageIds, labels not degenerate); say what made it."""
-    from .cvstages import estimate_words
+    from .estimate import estimate_words
     from .readers import submission_reference
     from .submission import check_submission, read_ledger
     path = Path(path) if path is not None else paths.submission

@@ -239,13 +239,13 @@ def test_fold_models_never_see_their_fold_and_keep_the_last_epoch(source, tmp_pa
 
 
 def test_dev_split_choices_are_refused_with_folds(source, tmp_path):
-    # early stopping and refit pick on dev rows, which a fold model must not: one line, exit 1
+    # early stopping picks on dev rows, which a fold model must not: one line, exit 1 (--refit
+    # is allowed: it refits after the CV, tests/test_refit.py)
     root = tmp_path / "p"
     prepared(root, source)
-    for extra in (["--patience", "2"], ["--refit"]):
-        r = CliRunner().invoke(cli, ["--root", str(root), "cv", "--model", "mlp", "--folds", "3",
-                                     *extra])
-        assert r.exit_code == 1 and "with --folds every fold model trains the fixed" in r.output
+    r = CliRunner().invoke(cli, ["--root", str(root), "cv", "--model", "mlp", "--folds", "3",
+                                 "--patience", "2"])
+    assert r.exit_code == 1 and "with --folds every fold model trains the fixed" in r.output
     with pytest.raises(UserError, match="between 2 and"):
         cvstages.cv(Paths(root), TINY, CVConfig(folds=200, max_rows=600), ONE)
 

@@ -44,6 +44,20 @@ def test_dask_cluster_gives_the_local_bytes(cluster, source, tmp_path):
     assert local == on_dask
 
 
+def test_dask_refit_and_pseudo_rounds_give_the_local_bytes(cluster, source, tmp_path):
+    # fold, refit and second-round members on the dask workers: the local bytes
+    from pipeline import stages
+    from pipeline.params import PredictConfig
+    from tests.test_cv import outputs
+    out, on_dask = [], ParallelConfig(backend="dask", scheduler=cluster.scheduler_address)
+    for name, par in (("local", ParallelConfig(jobs=2)), ("dask", on_dask)):
+        paths = prepared(tmp_path / name, source)
+        cvstages.train_folds(paths, TINY.replace(refit=True, pseudo=0.6), FOLDS, par)
+        stages.predict(paths, PredictConfig())
+        out.append(outputs(paths))
+    assert out[0] == out[1]
+
+
 def test_unreachable_scheduler_is_one_clear_error(source, tmp_path):
     # nothing listening: a ClusterError naming the address and how to start a scheduler
     import dask
