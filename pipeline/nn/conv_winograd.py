@@ -1,0 +1,151 @@
+"""Convolution -> 2x2 max pool by Winograd's minimal filtering F(2x2, kxk): the same mathematics
+as `fused.conv_pool_*` (and so as `layers.conv2d_*` then `layers.maxpool_*`) with 2.8x fewer
+multiplications for a 5x5 kernel, for the layers with many input channels.
+
+Each 2x2 block of conv outputs at even positions, the block one pooled pixel takes its maximum
+of, is one Winograd tile: it reads the (k+1) x (k+1) input window at (2a, 2b), and
+
+    Y = A^T [ sum_c (G g_c G^T) * (B^T d_c B) ] A      (* elementwise, per output channel)
+
+with the (k+1)-point Toom-Cook matrices of `winograd_matrices` (points 0, 1, -1, 2, -2, inf).
+Laid out as matrix products over the whole batch (n = k+1, T tiles, C in, F out channels):
+the input transform V = kron(B^T, B^T) @ D, (n*n, n*n) @ (n*n, T*C); the n*n products
+V[e] (T, C) @ U[e] (C, F) with U = kron(G, G) @ w; the output transform kron(A^T, A^T) @ M,
+(4, n*n) @ (n*n, T*F), whose four rows are the conv outputs at the four pool offsets (the order
+of fused.OFFSETS). The backward pass runs the same products transposed; the input gradient of a
+tile is scattered back by (k+1)^2 stride-2 slice-adds (a col2im with 36 small blocks instead of
+im2col's 25 large ones).
+
+Exact in exact arithmetic; in float32 the transforms round a little more than the direct sum
+(measured: about 1e-6 relative, against 2e-7; tests/test_nn_winograd.py). Ties in the max pool
+go to the first offset as in fused.py, but a tie the direct sum makes exactly (identical input
+windows) may be broken by rounding here: either is a valid gradient of the max.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import numpy as np
+
+from pipeline.nn.fused import in_parts
+from pipeline.nn.layers import colsum, put
+
+POINTS = (0.0, 1.0, -1.0, 2.0, -2.0)  # the finite interpolation points, then infinity
+KERNELS = (3, 5)  # kernel sides with a Winograd form here (k + 1 <= len(POINTS) + 1 points)
+
+
+@functools.cache
+def winograd_matrices(k):
+    """-> (AT (2, n), G (n, k), BT (n, n)) in float64, n = k + 1, for the 1-D correlation
+    y_i = sum_j d_{i+j} g_j (i = 0, 1) as y = AT @ ((G @ g) * (BT @ d)).
+
+    Toom-Cook: with V_m the n x m matrix of the points' powers 0..m-1 (the point at infinity
+    picks the leading coefficient), convolution by g is V_n^-1 diag(V_k g) V_2, and correlation
+    is its transpose: AT = V_2^T, G = V_k, BT = V_n^-T."""
+    n = k + 1
+    if k not in KERNELS:
+        raise ValueError(f"Winograd F(2x2, kxk) is implemented for k in {KERNELS}, got {k}")
+    points = POINTS[: n - 1]
+
+    def powers(m):  # (n, m)
+        rows = [[p**e for e in range(m)] for p in points] + [[0.0] * (m - 1) + [1.0]]
+        return np.array(rows)
+
+    return powers(2).T, powers(k), np.linalg.inv(powers(n)).T
+
+
+def _kron(k, dtype):
+    """-> (KA (4, n*n), KG (n*n, k*k), KB (n*n, n*n)) in `dtype`: the 2-D transforms."""
+    AT, G, BT = winograd_matrices(k)
+    return tuple(np.kron(m, m).astype(dtype) for m in (AT, G, BT))
+
+
+def wino_pool_forward(x, w, b=None, pad=0, train=True, rng=None, threads=1):
+    """x (N, H, W, C), w (k, k, C, F), b (F,) or None -> out (N, Ho/2, Wo/2, F), as
+    fused.conv_pool_forward (and split into the same fixed parts, on `threads` threads)."""
+    N, H, W, C = x.shape
+    k, _, _, F = w.shape
+    n = k + 1
+    xp = np.pad(x, ((0, 0), (pad, pad), (pad, pad), (0, 0))) if pad else x  # (N, Hp, Wp, C)
+    Ho, Wo = xp.shape[1] - k + 1, xp.shape[2] - k + 1
+    assert Ho % 2 == 0 and Wo % 2 == 0, f"max pool needs an even conv output, got {Ho}x{Wo}"
+    A, B = Ho // 2, Wo // 2
+    KA, KG, KB = _kron(k, x.dtype)
+    U = (KG @ w.reshape(k * k, C * F)).reshape(n * n, C, F)  # (n*n, C, F) transformed kernel
+    out = np.empty((N, A * B, F), dtype=x.dtype)  # (N, A*B, F)
+    arg = np.empty((N, A * B, F), dtype=np.uint8) if train else None
+
+    def wino_pool_forward_part(s, e):
+        T = (e - s) * A * B
+        D = np.empty((n, n, e - s, A, B, C), dtype=x.dtype)  # the tiles' input windows
+        for u in range(n):
+            for v in range(n):
+                np.copyto(D[u, v], xp[s:e, u : u + 2 * A : 2, v : v + 2 * B : 2])
+        V = KB @ D.reshape(n * n, T * C)  # (n*n, T*C) transformed input
+        M = np.matmul(V.reshape(n * n, T, C), U)  # (n*n, T, F)
+        Y = (KA @ M.reshape(n * n, T * F)).reshape(4, e - s, A * B, F)  # conv output by offset
+        o = out[s:e]
+        np.maximum(Y[0], Y[1], out=o)
+        np.maximum(o, Y[2], out=o)
+        np.maximum(o, Y[3], out=o)
+        if train:  # the winning offset, ties to the first (as fused.conv_pool_forward)
+            a = arg[s:e]
+            np.not_equal(Y[2], o, out=a.view(bool))
+            a += 1
+            a *= np.not_equal(Y[1], o)
+            a += 1
+            a *= np.not_equal(Y[0], o)
+        return s, (V.reshape(n * n, T, C) if train else None)
+
+    Vs = dict(in_parts(wino_pool_forward_part, N, threads))  # part start -> its V
+    if b is not None:
+        out += b  # max(z + b) = max(z) + b
+    out = out.reshape(N, A, B, F)
+    if not train:
+        return out, None
+    return out, (Vs, U, arg, w.shape, x.shape, pad, b is not None, threads)
+
+
+def wino_pool_backward(dout, cache, grads=None, need_dx=True):
+    """dout (N, Ho/2, Wo/2, F) -> dx (N, H, W, C) or None; fills grads["w"] (and ["b"])."""
+    Vs, U, arg, w_shape, x_shape, pad, has_bias, threads = cache
+    N, A, B, F = dout.shape
+    k, _, C, _ = w_shape
+    n = k + 1
+    KA, KG, KB = _kron(k, dout.dtype)
+    d2 = dout.reshape(N, A * B, F)
+    Hp, Wp = x_shape[1] + 2 * pad, x_shape[2] + 2 * pad
+    dx = np.empty(x_shape, dtype=dout.dtype) if need_dx else None
+    Ut = np.ascontiguousarray(U.transpose(0, 2, 1))  # (n*n, F, C): 25% faster products
+
+    def wino_pool_backward_part(s, e):
+        T = (e - s) * A * B
+        dY = np.empty((4, e - s, A * B, F), dtype=dout.dtype)  # conv output gradient by offset
+        for q in range(4):
+            np.multiply(d2[s:e], arg[s:e] == q, out=dY[q])
+        dM = (KA.T @ dY.reshape(4, T * F)).reshape(n * n, T, F)  # (n*n, T, F)
+        dUt = np.matmul(dM.transpose(0, 2, 1), Vs[s])  # (n*n, F, C), this part's share
+        if need_dx:
+            dV = np.matmul(dM, Ut)  # (n*n, T, C)
+            dD = (KB.T @ dV.reshape(n * n, T * C)).reshape(n, n, e - s, A, B, C)
+            dxp = np.zeros((e - s, Hp, Wp, C), dtype=dout.dtype) if pad else dx[s:e]
+            if not pad:
+                dxp[...] = 0
+            for u in range(n):  # each tile's window gradient back to its place
+                for v in range(n):
+                    dxp[:, u : u + 2 * A : 2, v : v + 2 * B : 2] += dD[u, v]
+            if pad:
+                dx[s:e] = dxp[:, pad : pad + x_shape[1], pad : pad + x_shape[2]]
+        return dUt
+
+    dUts = in_parts(wino_pool_backward_part, N, threads)
+    dUt = dUts[0]
+    for more in dUts[1:]:  # in part order: the same sum for any thread count
+        dUt += more
+    dwt = (KG.T @ dUt.reshape(n * n, F * C)).reshape(k, k, F, C)
+    dw = np.ascontiguousarray(dwt.transpose(0, 1, 3, 2))  # (k, k, C, F)
+    put(grads, "w", dw)
+    if has_bias:
+        put(grads, "b", colsum(d2.reshape(-1, F)))  # (F,)
+    return dx
