@@ -145,6 +145,7 @@ def wino_pool_backward(dout, cache, grads=None, need_dx=True):
     def wino_pool_backward_part(s0, e0):
         m = min(nb, e0 - s0)
         dY = np.empty((4, m, A * B, F), dtype=dt)  # conv output gradient by offset
+        won_buf = np.empty((m, A * B, F), dtype=bool)  # where offset q won (reused per q)
         dM = np.empty((n * n, m * A * B, F), dtype=dt)
         dV = np.empty((n * n, m * A * B, C), dtype=dt) if need_dx else None
         dD = np.empty((n * n, m * A * B * C), dtype=dt) if need_dx else None
@@ -156,8 +157,10 @@ def wino_pool_backward(dout, cache, grads=None, need_dx=True):
             e = min(s + nb, e0)
             T = (e - s) * A * B
             dYc = dY[:, : e - s]
+            won = won_buf[: e - s]
             for q in range(4):
-                np.multiply(d2[s:e], arg[s:e] == q, out=dYc[q])
+                np.equal(arg[s:e], np.uint8(q), out=won)
+                np.multiply(d2[s:e], won, out=dYc[q])
             dMc = dM[:, :T]
             np.matmul(KA.T, dYc.reshape(4, T * F), out=dMc.reshape(n * n, T * F))
             Vc = V[:, (s - s0) * A * B : (e - s0) * A * B]  # (n*n, T, C)
