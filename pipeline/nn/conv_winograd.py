@@ -83,6 +83,11 @@ def wino_pool_forward(x, w, b=None, pad=0, train=True, rng=None, threads=1):
     out = np.empty((N, A * B, F), dtype=x.dtype)  # (N, A*B, F)
     arg = np.empty((N, A * B, F), dtype=np.uint8) if train else None
     nb = _chunk(n, A, B, C, F, x.dtype.itemsize)
+    # the tiles' input windows as one no-copy view: tiles[u, v, i, a, b] = xp[i, 2a+u, 2b+v]
+    sN, sH, sW, sC = xp.strides
+    tiles = np.lib.stride_tricks.as_strided(
+        xp, (n, n, N, A, B, C), (sH, sW, sN, 2 * sH, 2 * sW, sC), writeable=False
+    )  # (n, n, N, A, B, C)
 
     def wino_pool_forward_part(s0, e0):
         m = min(nb, e0 - s0)
@@ -95,9 +100,7 @@ def wino_pool_forward(x, w, b=None, pad=0, train=True, rng=None, threads=1):
             e = min(s + nb, e0)
             T = (e - s) * A * B
             Dc = D[:, :, : e - s]
-            for u in range(n):
-                for v in range(n):
-                    np.copyto(Dc[u, v], xp[s:e, u : u + 2 * A : 2, v : v + 2 * B : 2])
+            np.copyto(Dc, tiles[:, :, s:e])
             t0 = (s - s0) * A * B if train else 0
             Vc = V[:, t0 : t0 + T]  # (n*n, T, C)
             np.matmul(KB, Dc.reshape(n * n, T * C), out=Vc.reshape(n * n, T * C))
