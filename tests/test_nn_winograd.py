@@ -125,3 +125,28 @@ def test_model_uses_it_where_it_pays_and_two_threads_give_the_same_bytes(rng):
     for i in range(len(plain) - 1, -1, -1):
         dz = layer_backward(spec["layers"][i], ref._P[i], ref._G[i], dz, caches[i], i > 0)
     np.testing.assert_allclose(out[0][1], ref.grad, rtol=2e-4, atol=2e-5)
+
+
+@pytest.mark.parametrize("need_dx", [True, False])
+def test_chunks_of_images_change_nothing_but_rounding(rng, monkeypatch, need_dx):
+    # parts run in chunks of images (3 images here, a ragged last chunk in each part of 11 and
+    # 12 images): the same outputs and gradients as in one chunk, for the Winograd and the
+    # direct conv+pool (whose backward chunks when no dx is needed)
+    x = rng.normal(size=(23, 12, 12, 8))
+    w = rng.normal(size=(5, 5, 8, 4))
+    dout = rng.normal(size=(23, 4, 4, 4))
+    for mod, fwd, bwd, per_image in (
+            (Wi, Wi.wino_pool_forward, Wi.wino_pool_backward, 36 * 16 * 8 * 8),
+            (Fu, Fu.conv_pool_forward, Fu.conv_pool_backward, 4 * 16 * 200 * 8)):
+        results = []
+        for chunk_bytes in (1 << 40, 3 * per_image):
+            monkeypatch.setattr(mod, "CHUNK_BYTES", chunk_bytes)
+            out, cache = fwd(x, w)
+            g = {}
+            dx = bwd(dout, cache, g, need_dx)
+            results.append((out, dx, g["w"]))
+        for one, chunked in zip(*results):
+            if one is None:
+                assert chunked is None
+            else:
+                np.testing.assert_allclose(chunked, one, rtol=1e-12, atol=1e-12)

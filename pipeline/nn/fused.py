@@ -126,19 +126,30 @@ def conv_pool_backward(dout, cache, grads=None, need_dx=True):
     K = kh * kw * C
     d2 = dout.reshape(N, A * B, F)
     dx = np.empty(x_shape, dtype=dout.dtype) if need_dx else None
+    # images per chunk; one chunk per part with dx (chunked, its col2im was no faster)
+    nb = N if need_dx else _chunk(4 * A * B * max(K, F) * dout.dtype.itemsize)
 
-    def conv_pool_backward_part(s, e):
-        dz = np.empty((e - s, 4, A * B, F), dtype=dout.dtype)  # conv output gradient, by offset
-        won = np.empty((e - s, A * B, F), dtype=bool)  # reused: 15% faster than a new mask each
-        for q in range(4):
-            np.equal(arg[s:e], np.uint8(q), out=won)
-            np.multiply(d2[s:e], won, out=dz[:, q])
-        dw = cols[s:e].reshape(-1, K).T @ dz.reshape(-1, F)  # (K, F), this part's share
-        if need_dx:
-            dzn = np.empty((e - s, 2 * A, 2 * B, F), dtype=dout.dtype)  # the conv's own layout
-            for q, (i, j) in enumerate(OFFSETS):
-                dzn[:, i::2, j::2] = dz[:, q].reshape(e - s, A, B, F)
-            conv_input_grad(dzn, w, (e - s, *x_shape[1:]), pad, out=dx[s:e])
+    def conv_pool_backward_part(s0, e0):
+        m = min(nb, e0 - s0)
+        dz = np.empty((m, 4, A * B, F), dtype=dout.dtype)  # one chunk's conv output gradient
+        won = np.empty((m, A * B, F), dtype=bool)  # reused: 15% faster than a new mask each
+        dzn = np.empty((m, 2 * A, 2 * B, F), dtype=dout.dtype) if need_dx else None
+        dw, more = np.empty((K, F), dtype=dout.dtype), np.empty((K, F), dtype=dout.dtype)
+        for s in range(s0, e0, nb):  # chunks: dz stays in cache for its product
+            e = min(s + nb, e0)
+            dzc = dz[: e - s]
+            for q in range(4):
+                np.equal(arg[s:e], np.uint8(q), out=won[: e - s])
+                np.multiply(d2[s:e], won[: e - s], out=dzc[:, q])
+            # (K, F), this chunk's share, added in chunk order
+            np.matmul(cols[s:e].reshape(-1, K).T, dzc.reshape(-1, F), out=dw if s == s0 else more)
+            if s > s0:
+                dw += more
+            if need_dx:
+                g = dzn[: e - s]  # the conv's own layout
+                for q, (i, j) in enumerate(OFFSETS):
+                    g[:, i::2, j::2] = dzc[:, q].reshape(e - s, A, B, F)
+                conv_input_grad(g, w, (e - s, *x_shape[1:]), pad, out=dx[s:e])
         return dw
 
     dws = in_parts(conv_pool_backward_part, N, threads)
