@@ -124,7 +124,9 @@ def test_model_uses_it_where_it_pays_and_two_threads_give_the_same_bytes(rng):
     _, caches = run_forward(plain, x, True)
     for i in range(len(plain) - 1, -1, -1):
         dz = layer_backward(spec["layers"][i], ref._P[i], ref._G[i], dz, caches[i], i > 0)
-    np.testing.assert_allclose(out[0][1], ref.grad, rtol=2e-4, atol=2e-5)
+    # float32: a near-tie of the max pool may go the other way in one of the two (a few
+    # entries), so the whole gradient is compared (a wrong backward gives an error near 1)
+    assert rel_error(out[0][1], ref.grad) < 1e-4
 
 
 @pytest.mark.parametrize("need_dx", [True, False])

@@ -7,7 +7,7 @@ of, is one Winograd tile: it reads the (k+1) x (k+1) input window at (2a, 2b), a
 
     Y = A^T [ sum_c (G g_c G^T) * (B^T d_c B) ] A      (* elementwise, per output channel)
 
-with the (k+1)-point Toom-Cook matrices of `winograd_matrices` (points 0, 1, -1, 2, -2, inf).
+with the (k+1)-point Toom-Cook matrices of `winograd_matrices` (points 0, 1, -1, 2, -1/2, inf).
 Laid out as matrix products over the whole batch (n = k+1, T tiles, C in, F out channels):
 the input transform V = kron(B^T, B^T) @ D, (n*n, n*n) @ (n*n, T*C); the n*n products
 V[e] (T, C) @ U[e] (C, F) with U = kron(G, G) @ w; the output transform kron(A^T, A^T) @ M,
@@ -17,7 +17,8 @@ tile is scattered back by (k+1)^2 stride-2 slice-adds (a col2im with 36 small bl
 im2col's 25 large ones).
 
 Exact in exact arithmetic; in float32 the transforms round a little more than the direct sum
-(measured: about 1e-6 relative, against 2e-7; tests/test_nn_winograd.py). Ties in the max pool
+(about 1e-6 relative, rms, against 2.5e-7 for the direct sum; tests/test_nn_winograd.py
+holds it to 2e-5 of the scale). Ties in the max pool
 go to the first offset as in fused.py, but a tie the direct sum makes exactly (identical input
 windows) may be broken by rounding here: either is a valid gradient of the max.
 """
@@ -31,15 +32,18 @@ import numpy as np
 from pipeline.nn.fused import in_parts
 from pipeline.nn.layers import colsum, put
 
-POINTS = (0.0, 1.0, -1.0, 2.0, -2.0)  # the finite interpolation points, then infinity
+# the finite interpolation points, then infinity: -1/2 rounds less in float32 than -2 (python
+# scripts/bench.py --profile kernels prints both; docs/bench-notes.md)
+POINTS = (0.0, 1.0, -1.0, 2.0, -0.5)
 KERNELS = (3, 5)  # kernel sides with a Winograd form here (k + 1 <= len(POINTS) + 1 points)
 CHUNK_BYTES = 2 << 20  # per chunk of images, the largest of its transformed arrays
 
 
 @functools.cache
-def winograd_matrices(k):
+def winograd_matrices(k, points=POINTS):
     """-> (AT (2, n), G (n, k), BT (n, n)) in float64, n = k + 1, for the 1-D correlation
-    y_i = sum_j d_{i+j} g_j (i = 0, 1) as y = AT @ ((G @ g) * (BT @ d)).
+    y_i = sum_j d_{i+j} g_j (i = 0, 1) as y = AT @ ((G @ g) * (BT @ d)), from the first k
+    of `points` and infinity.
 
     Toom-Cook: with V_m the n x m matrix of the points' powers 0..m-1 (the point at infinity
     picks the leading coefficient), convolution by g is V_n^-1 diag(V_k g) V_2, and correlation
@@ -47,7 +51,7 @@ def winograd_matrices(k):
     n = k + 1
     if k not in KERNELS:
         raise ValueError(f"Winograd F(2x2, kxk) is implemented for k in {KERNELS}, got {k}")
-    points = POINTS[: n - 1]
+    points = tuple(points)[: n - 1]
 
     def powers(m):  # (n, m)
         rows = [[p**e for e in range(m)] for p in points] + [[0.0] * (m - 1) + [1.0]]
@@ -58,7 +62,7 @@ def winograd_matrices(k):
 
 def _kron(k, dtype):
     """-> (KA (4, n*n), KG (n*n, k*k), KB (n*n, n*n)) in `dtype`: the 2-D transforms."""
-    AT, G, BT = winograd_matrices(k)
+    AT, G, BT = winograd_matrices(k, POINTS)
     return tuple(np.kron(m, m).astype(dtype) for m in (AT, G, BT))
 
 

@@ -88,8 +88,8 @@ FUSED = {  # (kind, kind) -> the fused kernel pair; "act" only for ReLU
     ("conv", "pool"): (Fu.conv_pool_forward, Fu.conv_pool_backward),
     ("bn", "act"): (Fu.bn_relu_forward, Fu.bn_relu_backward),
 }
-WINOGRAD_MIN_CIN = 8  # conv+pool by Winograd from this many input channels (measured faster
-# at 8 and 16 for 5x5, slower at 1 and 4: docs/bench-notes.md)
+WINOGRAD_MIN_CIN = 16  # conv+pool by Winograd from this many input channels: faster at 16 and
+# 32, slower at 1, 4 and 8 (5x5; python scripts/bench.py --profile kernels --threads 1)
 
 
 def _fused_pair(pair, ly):
