@@ -57,13 +57,25 @@ def winograd_matrices(k, points=POINTS):
         rows = [[p**e for e in range(m)] for p in points] + [[0.0] * (m - 1) + [1.0]]
         return np.array(rows)
 
-    return powers(2).T, powers(k), np.linalg.inv(powers(n)).T
+    mats = powers(2).T, powers(k), np.linalg.inv(powers(n)).T
+    for m in mats:
+        m.flags.writeable = False  # cached: shared by every caller
+    return mats
 
 
 def _kron(k, dtype):
     """-> (KA (4, n*n), KG (n*n, k*k), KB (n*n, n*n)) in `dtype`: the 2-D transforms."""
-    AT, G, BT = winograd_matrices(k, POINTS)
-    return tuple(np.kron(m, m).astype(dtype) for m in (AT, G, BT))
+    return _kron_of(k, np.dtype(dtype).str, tuple(POINTS))
+
+
+@functools.cache
+def _kron_of(k, dtype, points):
+    mats = []
+    for m in winograd_matrices(k, points):
+        K = np.kron(m, m).astype(dtype)
+        K.flags.writeable = False  # shared by every call
+        mats.append(K)
+    return tuple(mats)
 
 
 def _chunk(n, A, B, C, F, itemsize):
