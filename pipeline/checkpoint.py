@@ -2,8 +2,9 @@
 
 A checkpoint holds the phase (0: the fit on the train rows, 1: the refit on every labelled row),
 the parameters and optimizer state, the random generator's state, the history so far, the best
-epoch's parameters, and what the first phase found (for the refit). `load` refuses a checkpoint
-written for another configuration, so resuming gives exactly what an uninterrupted run would.
+epoch's parameters, the running average of the weights and its step count (with ema), and what
+the first phase found (for the refit). `load` refuses a checkpoint written for another
+configuration, so resuming gives exactly what an uninterrupted run would.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ class FitState:
     best_acc: float = -1.0
     best_params: dict | None = None
     stopped: bool = False  # stopped early: a resumed run must not train on
+    ema: object = None  # pipeline.nn.averaging.WeightEMA with ema > 0, else None
 
 
 def save(path: Path, key: str, rng: np.random.Generator, state: FitState, phase: int,
@@ -48,6 +50,8 @@ def save(path: Path, key: str, rng: np.random.Generator, state: FitState, phase:
     arrays.update({f"opt/{k}": v for k, v in state.opt.state_dict().items()})
     if state.best_params is not None:
         arrays.update({f"best/{k}": v for k, v in state.best_params.items()})
+    if state.ema is not None:
+        arrays.update({f"ema/{k}": v for k, v in state.ema.state_dict().items()})
     if proba is not None:
         arrays["first_proba"] = proba
     with atomic_path(path) as tmp:
@@ -73,6 +77,12 @@ def load(path: Path, key: str, rng: np.random.Generator, new_state) -> tuple[int
     state.best_epoch, state.best_acc, state.stopped = json.loads(str(d["best"]))
     best = {k[5:]: v for k, v in d.items() if k.startswith("best/")}
     state.best_params = best or None
+    ema = {k[4:]: v for k, v in d.items() if k.startswith("ema/")}
+    if (state.ema is None) != (not ema):  # the key holds ema: only a damaged file gets here
+        raise ValueError(f"checkpoint {path} does not hold the weight average its configuration "
+                         "needs; delete it or train without resume")
+    if state.ema is not None:
+        state.ema.load_state_dict(ema)
     first = json.loads(str(d["first"]))
     if "first_proba" in d:
         first["dev_proba"] = d["first_proba"]

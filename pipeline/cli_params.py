@@ -15,7 +15,7 @@ import click
 from click.core import ParameterSource
 
 from . import paramfile
-from .params import BY_NAME, MODELS, Param, ParamError, coerce, format_value, section
+from .params import BY_NAME, MODELS, Param, ParamError, coerce, format_value, resolve, section
 
 
 def _default_text(p: Param) -> str:
@@ -133,13 +133,15 @@ def settle(ctx: click.Context, kw: dict, paths, *, save_now: bool = False):
     given = overrides(ctx, kw)
     try:
         values = paramfile.apply(values, given)
+        configs = paramfile.configs(values)
+        resolve(configs[1])  # options that contradict each other (--ema with --patience)
     except ParamError as e:
         raise click.UsageError(str(e)) from None
     if given:
         ctx.obj["params_to_save"] = values
         if save_now:
             save_settled(ctx, paths)
-    return paramfile.configs(values)
+    return configs
 
 
 def save_settled(ctx: click.Context, paths) -> None:

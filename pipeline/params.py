@@ -131,6 +131,11 @@ PARAMS: tuple[Param, ...] = (
           choices=_registry(ACTIVATIONS)),
     Param("dropout", "model", "float", "Dropout rate.", lo=0, hi=1, hi_open=True,
           models=("mlp", "cnn")),
+    Param("ema", "model", "float", "EMA of the weights: decay per step of an exponential "
+          "moving average of the weights (e.g. 0.999), returned at the end of training with "
+          "its BatchNorm statistics recomputed over the train rows; no epoch is picked on dev, "
+          "so not with patience; 0 = off.", default=0.0, lo=0, hi=1, hi_open=True,
+          models=("mlp", "cnn")),
     Param("label_smoothing", "model", "float", "Label smoothing.", lo=0, hi=1, hi_open=True),
     Param("augment", "model", "str", 'Augmentation: "none", "default" or e.g. '
           '"shift=2,rotate=10,zoom=0.1,elastic=0".', default="none", check=_augment),
@@ -285,7 +290,17 @@ def resolve(cfg) -> dict:
                 out[p.name] = None
                 continue
         out[p.name] = coerce(p, value)
+    check_combination(out)
     return out
+
+
+def check_combination(hp: dict) -> None:
+    """Refuse resolved parameters that contradict each other (ParamError, a usage error)."""
+    if hp.get("ema") and hp.get("patience"):
+        raise ParamError(f"--ema {hp['ema']:g} (EMA=) returns the average of the weights at the "
+                         f"end of training, so no epoch is picked on dev: it cannot be combined "
+                         f"with --patience {hp['patience']} (PATIENCE=, early stopping); set one "
+                         f"of them to 0.")
 
 
 def changed_from_default(resolved: dict) -> dict:
@@ -308,6 +323,7 @@ def changed_from_default(resolved: dict) -> dict:
 
 __all__ = [
     "BY_MAKE_VAR", "BY_NAME", "MODELS", "PARAMS", "Param", "ParamError", "PredictConfig",
-    "SplitConfig", "TrainConfig", "applies", "changed_from_default", "check_applies", "coerce",
+    "SplitConfig", "TrainConfig", "applies", "changed_from_default", "check_applies",
+    "check_combination", "coerce",
     "format_value", "resolve", "section",
 ]

@@ -30,6 +30,11 @@ def markdown(name: str, when: dt.datetime, inputs, facts: dict) -> str:
         out += ["> This model was refit on train + dev rows, so it has seen the dev digits: the "
                 "figures below that use dev rows flatter it. The dev accuracy and loss in the "
                 "metrics table come from the first fit, before refitting.", ""]
+    if hp.get("ema") or params.get("ema"):
+        out += [f"> Each model is the moving average of its weights (ema "
+                f"{hp.get('ema') or params.get('ema')}) at the end of training, with BatchNorm "
+                "statistics recomputed over its train rows; the per-epoch curves are of the "
+                "trained weights, not of the average.", ""]
     if m.get("folds"):  # a fold ensemble (cvstages.train_folds): its estimate is out-of-fold
         lo, hi = m["oof_accuracy_ci95"]
         out += [f"> {m['folds']} fold models, each trained on all labelled rows but its own fold: "

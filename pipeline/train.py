@@ -13,6 +13,14 @@ count on dev, then trains a fresh model on train+dev for that many epochs and re
 reported best_epoch, dev_accuracy, dev_proba and history are those of the first fit (the refit
 model has seen the dev rows, so its dev figures would be optimistic); `refit_history` holds the
 second fit's epochs.
+
+EMA (hp["ema"] > 0, `nn/averaging.py`): every optimizer step also updates a running average of
+the weights; at the end of each fit the model takes the average and its BatchNorm statistics are
+recomputed over that fit's rows (un-augmented). That average is the model returned, so no epoch
+is picked on dev (early stopping is refused, `params.check_combination`): best_epoch is the last
+epoch, dev_accuracy and dev_proba are the averaged model's, and the per-epoch dev figures in
+history are the trained (not averaged) weights'. With refit the second fit also averages, over
+the same number of epochs.
 """
 
 from __future__ import annotations
@@ -29,6 +37,7 @@ from pipeline import checkpoint as ckpt
 from pipeline.checkpoint import FitState
 from pipeline.config import IMAGE_SIDE, N_CLASSES, UserError, asdict
 from pipeline.nn.augment import parse_augment
+from pipeline.nn.averaging import WeightEMA, load_average
 from pipeline.nn.batches import Batches, epoch_aug_rng
 from pipeline.nn.losses import (
     softmax,
@@ -57,7 +66,7 @@ class TrainingDiverged(UserError):
 class TrainResult:
     model: Model
     history: list[dict]  # one dict per epoch of the (first) fit
-    best_epoch: int  # 1-based epoch whose parameters were kept (the last one without a dev set)
+    best_epoch: int  # 1-based epoch whose parameters were kept (the last without dev or with ema)
     dev_accuracy: float | None
     dev_proba: np.ndarray | None  # (N_dev, 10) float32, of the dev-selected model
     seconds: float
@@ -127,6 +136,8 @@ def run_epoch(state: FitState, recipe: Recipe, rng, x, y, on_step=None) -> dict:
     for i, (xb, yb) in enumerate(batches):
         lr = recipe.lr_at(state.epoch * recipe.steps + i)
         loss, right = train_step(state.model, state.opt, xb, yb, lr, rng, recipe.smoothing)
+        if state.ema is not None:
+            state.ema.update(state.model.theta)
         if not math.isfinite(loss):
             raise TrainingDiverged(
                 f"training diverged in epoch {state.epoch + 1}, step {i + 1}: the loss is "
@@ -147,7 +158,8 @@ def run_epoch(state: FitState, recipe: Recipe, rng, x, y, on_step=None) -> dict:
 def fit(state: FitState, recipe: Recipe, rng, x, y, x_dev, y_dev, epochs, patience=0,
         progress=None, save=None) -> FitState:
     """Train `state` from state.epoch up to `epochs`, evaluating on dev when given, keeping the
-    best dev epoch's parameters and stopping after `patience` epochs without improvement."""
+    best dev epoch's parameters and stopping after `patience` epochs without improvement (with
+    an EMA, state.ema, the last epoch counts as the best: the average is what is kept)."""
     if progress is not None:
         progress.start(epochs, recipe.steps, done=state.epoch)
     try:
@@ -158,7 +170,9 @@ def fit(state: FitState, recipe: Recipe, rng, x, y, x_dev, y_dev, epochs, patien
             state.epoch += 1
             if x_dev is not None:
                 row["dev_loss"], row["dev_acc"], _ = evaluate(state.model, x_dev, y_dev)
-                if row["dev_acc"] > state.best_acc:
+                if state.ema is not None:
+                    state.best_epoch = state.epoch
+                elif row["dev_acc"] > state.best_acc:
                     state.best_epoch, state.best_acc = state.epoch, row["dev_acc"]
                     state.best_params = {k: v.copy() for k, v in state.model.params.items()}
             else:
@@ -217,8 +231,9 @@ def _train(cfg, x_train, y_train, x_dev, y_dev, progress, checkpoint, resume, la
 
     def new_state(init_rng):
         model = Model(build_spec(hp["model"], hp), rng=init_rng)
+        ema = WeightEMA(model.theta, hp["ema"]) if hp.get("ema") else None
         return FitState(model, Optimizer(hp["optimizer"], model.theta.size, model.n_decay,
-                                         weight_decay=hp["weight_decay"]))
+                                         weight_decay=hp["weight_decay"]), ema=ema)
 
     phase, first = 0, {}
     if resume and checkpoint is not None and Path(checkpoint).exists():
@@ -240,6 +255,7 @@ def _train(cfg, x_train, y_train, x_dev, y_dev, progress, checkpoint, resume, la
             reporter(""), saver(0))
         if state.best_params is not None:
             state.model.load_params(state.best_params)
+        _average(state, x_train)
         dev_acc = dev_proba = None
         if x_dev is not None:
             _, dev_acc, dev_proba = evaluate(state.model, x_dev, y_dev)
@@ -256,9 +272,16 @@ def _train(cfg, x_train, y_train, x_dev, y_dev, progress, checkpoint, resume, la
     recipe = Recipe.of(hp, x_all.shape[0], first["best_epoch"])
     fit(state, recipe, rng, x_all, y_all, None, None, first["best_epoch"], 0,
         reporter(" refit"), saver(1))
+    _average(state, x_all)
     return TrainResult(state.model, first["history"], first["best_epoch"], first["dev_accuracy"],
                        first["dev_proba"], time.perf_counter() - t_start, _jsonable(hp),
                        state.history)
+
+
+def _average(state, x):
+    """With an EMA, the model becomes the average, BatchNorm statistics recomputed over x."""
+    if state.ema is not None:
+        load_average(state.model, state.ema, x, threads=STEP_THREADS)
 
 
 def _jsonable(hp):

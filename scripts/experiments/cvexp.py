@@ -39,6 +39,7 @@ from pipeline import checkpoint as C  # noqa: E402
 from pipeline import train as T  # noqa: E402
 from pipeline.data import read_competition  # noqa: E402
 from pipeline.nn import models as M  # noqa: E402
+from pipeline.nn.averaging import recompute_bn  # noqa: E402
 from pipeline.nn.model import Model  # noqa: E402
 from pipeline.params import TrainConfig  # noqa: E402
 from pipeline.predict import predict_proba  # noqa: E402
@@ -108,23 +109,6 @@ def swa_hook(every_epoch_from):
 
     C.save = hook
     return acc
-
-
-def recompute_bn(model, x, batch=500):
-    """Exact BatchNorm statistics of `model` over x (no augmentation), train-mode forward."""
-    bns = [ly for ly in model.spec["layers"] if ly["type"] == "bn"]
-    for ly in bns:
-        model.params[f"{ly['name']}.mean"][...] = 0
-        model.params[f"{ly['name']}.var"][...] = 1
-    rng = np.random.default_rng(0)
-    n = 0
-    for s in range(0, len(x), batch):
-        n += 1
-        for ly in bns:
-            ly["momentum"] = 1.0 / n  # cumulative mean of the per-batch statistics
-        model.forward(x[s : s + batch], train=True, rng=rng)
-    for ly in bns:
-        ly.pop("momentum")
 
 
 def run_torch(hp, xtr, ytr, xho, yho, seed, init_from):
@@ -235,7 +219,8 @@ def main(argv=None):
                 with np.load(ck) as z:  # the last epoch's parameters, not the best on dev
                     last = {k[6:]: z[k] for k in z.files if k.startswith("param/")}
             model = res.model
-            model.load_params(last)
+            if not hp.get("ema"):  # with ema, res.model is already the end-of-run average
+                model.load_params(last)
             hist = res.history
             proba = predict_proba([model], xho)
             if a.tta:
