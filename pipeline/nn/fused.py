@@ -203,22 +203,21 @@ def bn_relu_forward(x, gamma, beta, mean, var, train=True, rng=None, momentum=0.
         return y.reshape(x.shape), None
     M = x2.shape[0]
     mu = colsum(x2) * (1.0 / M)  # (C,)
-    xhat = x2 - mu  # (M, C), centred; scaled to xhat below
-    var_b = np.einsum("mc,mc->c", xhat, xhat) * (1.0 / M)  # (C,) biased variance
+    xc = x2 - mu  # (M, C) centred, as layers.batchnorm_forward
+    var_b = np.einsum("mc,mc->c", xc, xc) * (1.0 / M)  # (C,) biased variance
     rstd = 1.0 / np.sqrt(var_b + eps)  # (C,)
-    xhat *= rstd
-    y = xhat * gamma  # (M, C)
+    y = xc * (gamma * rstd)  # (M, C) = xhat * gamma
     y += beta
     np.maximum(y, 0.0, out=y)
     mean *= 1.0 - momentum
     mean += momentum * mu
     var *= 1.0 - momentum
     var += (momentum * M / max(M - 1, 1)) * var_b
-    return y.reshape(x.shape), (xhat, y, gamma, rstd, x.shape)
+    return y.reshape(x.shape), (xc, y, gamma, rstd, x.shape)
 
 
 def bn_relu_backward(da, cache, grads=None, need_dx=True):
     """da (..., C) -> dx (..., C); fills grads["gamma"], grads["beta"]."""
-    xhat, y, gamma, rstd, shape = cache
-    dy = da.reshape(xhat.shape) * (y > 0)  # (M, C) through the ReLU
-    return batchnorm_dx(dy, xhat, gamma, rstd, grads).reshape(shape)
+    xc, y, gamma, rstd, shape = cache
+    dy = da.reshape(xc.shape) * (y > 0)  # (M, C) through the ReLU
+    return batchnorm_dx(dy, xc, gamma, rstd, grads).reshape(shape)
