@@ -89,7 +89,7 @@ FUSED = {  # (kind, kind) -> the fused kernel pair; "act" only for ReLU
     ("bn", "act"): (Fu.bn_relu_forward, Fu.bn_relu_backward),
 }
 WINOGRAD_MIN_CIN = 16  # conv+pool by Winograd from this many input channels: faster at 16 and
-# 32, slower at 1, 4 and 8 (5x5; python scripts/bench.py --profile kernels --threads 1)
+# 32, slower or even at 1, 4 and 8, for 3x3 and 5x5 (python scripts/bench.py --profile kernels)
 
 
 def _fused_pair(pair, ly):

@@ -92,13 +92,15 @@ def profile_kernels(args, settings):
             used = "yes" if KINDS[k][0] is st.forward else ""
             print(f"{st.name:<8} {str(shape):<14} {k:<10} {f * 1e3:8.2f} {b * 1e3:8.2f} "
                   f"{used:>7}")
-    print(f"\nover input channels: {B}x12x12xC -> 5x5 conv, 32 filters -> pool, with dx; "
+    print(f"\nover input channels: {B}x12x12xC -> kxk conv, 32 filters -> pool, with dx; "
           f"fwd+bwd ms (Winograd from WINOGRAD_MIN_CIN)")
-    for cin in (1, 4, 8, 16, 32):
-        x = rng.normal(size=(B, 12, 12, cin)).astype(np.float32)
-        w = (rng.normal(size=(5, 5, cin, 32)) * 0.05).astype(np.float32)
-        res = fwd_bwd(list(KINDS), x, w, True, rounds=7)
-        print(f"  cin {cin:>2}: " + ", ".join(f"{k} {sum(v) * 1e3:.2f}" for k, v in res.items()))
+    for k in Wi.KERNELS:
+        for cin in (1, 4, 8, 16, 32):
+            x = rng.normal(size=(B, 12 + k - 5, 12 + k - 5, cin)).astype(np.float32)
+            w = (rng.normal(size=(k, k, cin, 32)) * 0.05).astype(np.float32)
+            res = fwd_bwd(list(KINDS), x, w, True, rounds=7)
+            print(f"  {k}x{k}, cin {cin:>2}: "
+                  + ", ".join(f"{kind} {sum(v) * 1e3:.2f}" for kind, v in res.items()))
     x = rng.normal(size=(32, 12, 12, 32))
     w = rng.normal(size=(5, 5, 32, 64)) * 0.05
     dout = rng.normal(size=(32, 4, 4, 64))
