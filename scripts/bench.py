@@ -6,6 +6,7 @@ timings (CSV load, batched inference, a no-op `make submit`, peak memory).
     python scripts/bench.py --quick              # a smoke run (seconds to a minute)
     python scripts/bench.py --skip-torch --threads 1 --epochs 2 --cnn-rows 4096
     python scripts/bench.py --profile cnn        # per-step times + cProfile of our training loop
+    python scripts/bench.py --profile kernels --threads 1   # direct vs Winograd conv+pool
     make bench                                   # installs the `bench` extra (torch), runs this
 
 The pieces are in scripts/benchlib/: measure.py (our timings), twin.py (the torch twins),
@@ -64,6 +65,7 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from benchlib.kernels import profile_kernels  # noqa: E402
 from benchlib.measure import (  # noqa: E402
     alternate,
     macs_per_sample,
@@ -121,10 +123,12 @@ def parse_args(argv=None):
                    help="skip the scratch `make submit` (noop_submit_s, peak_rss_mb)")
     p.add_argument("--submit-model", choices=("cnn", "mlp"), default=None,
                    help="model of the scratch `make submit` (default cnn; --quick mlp)")
-    p.add_argument("--profile", choices=("mlp", "cnn", "predict"), default=None,
+    p.add_argument("--profile", choices=("mlp", "cnn", "predict", "kernels"), default=None,
                    help="instead of benchmarking: per-step times of one training step and a "
-                        "cProfile of train() (mlp, cnn: the default cnn, on --threads), or a "
-                        "cProfile of predicting the test rows with the default cnn (predict)")
+                        "cProfile of train() (mlp, cnn: the default cnn, on --threads), a "
+                        "cProfile of predicting the test rows with the default cnn (predict), "
+                        "or the conv+pool kernels side by side, their rounding and their "
+                        "products' rates (kernels; use --threads 1)")
     p.add_argument("--blas-own-kernel", action="store_true",
                    help="run without OPENBLAS_CORETYPE and OPENBLAS_L2_SIZE, so numpy's OpenBLAS "
                         "picks its kernels itself (this machine's environment forces Haswell "
@@ -194,6 +198,9 @@ def main(argv=None):
 
     if args.profile == "predict":
         profile_predict(args, CNN, x_test)
+        return 0
+    if args.profile == "kernels":
+        profile_kernels(args, CNN)
         return 0
     if args.profile:
         profile_training(args, MLP if args.profile == "mlp" else CNN, x, y)

@@ -45,8 +45,12 @@ def conv_pool_forward(x, w, b=None, pad=0, train=True, rng=None, threads=1):
     A, B, K = Ho // 2, Wo // 2, kh * kw * C
     if not train and C == 1:
         return _conv_pool_windows(xp, w, b, A, B), None
-    win = np.lib.stride_tricks.sliding_window_view(xp, (kh, kw), axis=(1, 2))
-    win = win.transpose(0, 1, 2, 4, 5, 3)  # (N, Ho, Wo, kh, kw, C), a view
+    # im2col ordered by pool offset as one no-copy view (one copy of it 14% faster than four):
+    # win[n, di, dj, a, b, i, j] = xp[n, 2a + di + i, 2b + dj + j]
+    sN, sH, sW, sC = xp.strides
+    win = np.lib.stride_tricks.as_strided(
+        xp, (N, 2, 2, A, B, kh, kw, C), (sN, sH, sW, 2 * sH, 2 * sW, sH, sW, sC), writeable=False
+    )  # (N, 2, 2, A, B, kh, kw, C)
     w2 = w.reshape(K, F)
     nb = _chunk(4 * A * B * K * 4)
     cols = np.empty((N, 4, A, B, kh, kw, C), dtype=x.dtype) if train else None  # for backward
@@ -59,8 +63,7 @@ def conv_pool_forward(x, w, b=None, pad=0, train=True, rng=None, threads=1):
         for s in range(s0, e0, nb):
             e = min(s + nb, e0)
             c = cols[s:e] if train else own[: e - s]
-            for q, (i, j) in enumerate(OFFSETS):
-                np.copyto(c[:, q], win[s:e, i::2, j::2])
+            np.copyto(c.reshape(e - s, 2, 2, A, B, kh, kw, C), win[s:e])  # q = 2 di + dj
             zc = z[: e - s]
             np.matmul(c.reshape(-1, K), w2, out=zc.reshape(-1, F))  # ((e-s)*4*A*B, F)
             o = out[s:e]
@@ -126,17 +129,30 @@ def conv_pool_backward(dout, cache, grads=None, need_dx=True):
     K = kh * kw * C
     d2 = dout.reshape(N, A * B, F)
     dx = np.empty(x_shape, dtype=dout.dtype) if need_dx else None
+    # images per chunk; one chunk per part with dx (chunked, its col2im was no faster)
+    nb = N if need_dx else _chunk(4 * A * B * max(K, F) * dout.dtype.itemsize)
 
-    def conv_pool_backward_part(s, e):
-        dz = np.empty((e - s, 4, A * B, F), dtype=dout.dtype)  # conv output gradient, by offset
-        for q in range(4):
-            np.multiply(d2[s:e], arg[s:e] == q, out=dz[:, q])
-        dw = cols[s:e].reshape(-1, K).T @ dz.reshape(-1, F)  # (K, F), this part's share
-        if need_dx:
-            dzn = np.empty((e - s, 2 * A, 2 * B, F), dtype=dout.dtype)  # the conv's own layout
-            for q, (i, j) in enumerate(OFFSETS):
-                dzn[:, i::2, j::2] = dz[:, q].reshape(e - s, A, B, F)
-            conv_input_grad(dzn, w, (e - s, *x_shape[1:]), pad, out=dx[s:e])
+    def conv_pool_backward_part(s0, e0):
+        m = min(nb, e0 - s0)
+        dz = np.empty((m, 4, A * B, F), dtype=dout.dtype)  # one chunk's conv output gradient
+        won = np.empty((m, A * B, F), dtype=bool)  # reused: 15% faster than a new mask each
+        dzn = np.empty((m, 2 * A, 2 * B, F), dtype=dout.dtype) if need_dx else None
+        dw, more = np.empty((K, F), dtype=dout.dtype), np.empty((K, F), dtype=dout.dtype)
+        for s in range(s0, e0, nb):  # chunks: dz stays in cache for its product
+            e = min(s + nb, e0)
+            dzc = dz[: e - s]
+            for q in range(4):
+                np.equal(arg[s:e], np.uint8(q), out=won[: e - s])
+                np.multiply(d2[s:e], won[: e - s], out=dzc[:, q])
+            # (K, F), this chunk's share, added in chunk order
+            np.matmul(cols[s:e].reshape(-1, K).T, dzc.reshape(-1, F), out=dw if s == s0 else more)
+            if s > s0:
+                dw += more
+            if need_dx:
+                g = dzn[: e - s]  # the conv's own layout
+                for q, (i, j) in enumerate(OFFSETS):
+                    g[:, i::2, j::2] = dzc[:, q].reshape(e - s, A, B, F)
+                conv_input_grad(g, w, (e - s, *x_shape[1:]), pad, out=dx[s:e])
         return dw
 
     dws = in_parts(conv_pool_backward_part, N, threads)
@@ -187,22 +203,21 @@ def bn_relu_forward(x, gamma, beta, mean, var, train=True, rng=None, momentum=0.
         return y.reshape(x.shape), None
     M = x2.shape[0]
     mu = colsum(x2) * (1.0 / M)  # (C,)
-    xhat = x2 - mu  # (M, C), centred; scaled to xhat below
-    var_b = np.einsum("mc,mc->c", xhat, xhat) * (1.0 / M)  # (C,) biased variance
+    xc = x2 - mu  # (M, C) centred, as layers.batchnorm_forward
+    var_b = np.einsum("mc,mc->c", xc, xc) * (1.0 / M)  # (C,) biased variance
     rstd = 1.0 / np.sqrt(var_b + eps)  # (C,)
-    xhat *= rstd
-    y = xhat * gamma  # (M, C)
+    y = xc * (gamma * rstd)  # (M, C) = xhat * gamma
     y += beta
     np.maximum(y, 0.0, out=y)
     mean *= 1.0 - momentum
     mean += momentum * mu
     var *= 1.0 - momentum
     var += (momentum * M / max(M - 1, 1)) * var_b
-    return y.reshape(x.shape), (xhat, y, gamma, rstd, x.shape)
+    return y.reshape(x.shape), (xc, y, gamma, rstd, x.shape)
 
 
 def bn_relu_backward(da, cache, grads=None, need_dx=True):
     """da (..., C) -> dx (..., C); fills grads["gamma"], grads["beta"]."""
-    xhat, y, gamma, rstd, shape = cache
-    dy = da.reshape(xhat.shape) * (y > 0)  # (M, C) through the ReLU
-    return batchnorm_dx(dy, xhat, gamma, rstd, grads).reshape(shape)
+    xc, y, gamma, rstd, shape = cache
+    dy = da.reshape(xc.shape) * (y > 0)  # (M, C) through the ReLU
+    return batchnorm_dx(dy, xc, gamma, rstd, grads).reshape(shape)

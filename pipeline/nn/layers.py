@@ -192,35 +192,35 @@ def batchnorm_forward(x, gamma, beta, mean, var, train=True, rng=None, momentum=
         return y.reshape(x.shape), None
     M = x2.shape[0]
     mu = colsum(x2) * (1.0 / M)  # (C,)
-    xhat = x2 - mu  # (M, C), centred; scaled to xhat below
-    var = np.einsum("mc,mc->c", xhat, xhat) * (1.0 / M)  # (C,) biased variance
+    xc = x2 - mu  # (M, C) centred; xhat = xc * rstd is never formed (a pass fewer)
+    var = np.einsum("mc,mc->c", xc, xc) * (1.0 / M)  # (C,) biased variance
     rstd = 1.0 / np.sqrt(var + eps)  # (C,)
-    xhat *= rstd
-    y = xhat * gamma  # (M, C)
+    y = xc * (gamma * rstd)  # (M, C) = xhat * gamma
     y += beta
     running_mean *= 1.0 - momentum
     running_mean += momentum * mu
     running_var *= 1.0 - momentum
     running_var += (momentum * M / max(M - 1, 1)) * var  # unbiased, as PyTorch
-    return y.reshape(x.shape), (xhat, gamma, rstd, x.shape)
+    return y.reshape(x.shape), (xc, gamma, rstd, x.shape)
 
 
 def batchnorm_backward(dy, cache, grads=None, need_dx=True):
     """dy (..., C) -> dx (..., C); grads "gamma", "beta" (C,)."""
-    xhat, gamma, rstd, shape = cache
-    return batchnorm_dx(dy.reshape(xhat.shape), xhat, gamma, rstd, grads).reshape(shape)
+    xc, gamma, rstd, shape = cache
+    return batchnorm_dx(dy.reshape(xc.shape), xc, gamma, rstd, grads).reshape(shape)
 
 
-def batchnorm_dx(dy, xhat, gamma, rstd, grads=None):
-    """The BatchNorm backward on rows: dy (M, C) -> dx (M, C); fills grads "gamma", "beta".
-    Shared with the fused BatchNorm + ReLU (nn/fused.py), which masks dy first."""
-    M = xhat.shape[0]
+def batchnorm_dx(dy, xc, gamma, rstd, grads=None):
+    """The BatchNorm backward on rows: dy (M, C), xc (M, C) the centred input -> dx (M, C);
+    fills grads "gamma", "beta". Shared with the fused BatchNorm + ReLU (nn/fused.py), which
+    masks dy first."""
+    M = xc.shape[0]
     dbeta = colsum(dy)  # (C,)
-    dgamma = np.einsum("mc,mc->c", dy, xhat)  # (C,)
+    dgamma = np.einsum("mc,mc->c", dy, xc) * rstd  # (C,) = sum(dy * xhat)
     put(grads, "beta", dbeta)
     put(grads, "gamma", dgamma)
-    # dx = gamma*rstd * (dy - mean(dy) - xhat*mean(dy*xhat))
-    dx = xhat * (-dgamma / M)  # (M, C)
+    # dx = gamma*rstd * (dy - mean(dy) - xhat*mean(dy*xhat)), xhat = xc*rstd
+    dx = xc * (-rstd * dgamma / M)  # (M, C)
     dx += dy
     dx -= dbeta / M
     dx *= gamma * rstd

@@ -7,6 +7,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import NamedTuple
 
+from pipeline.nn import conv_winograd as Wi
 from pipeline.nn import fused as Fu
 from pipeline.nn import layers as L
 
@@ -87,6 +88,15 @@ FUSED = {  # (kind, kind) -> the fused kernel pair; "act" only for ReLU
     ("conv", "pool"): (Fu.conv_pool_forward, Fu.conv_pool_backward),
     ("bn", "act"): (Fu.bn_relu_forward, Fu.bn_relu_backward),
 }
+WINOGRAD_MIN_CIN = 16  # conv+pool by Winograd from this many input channels: faster at 16 and
+# 32, slower or even at 1, 4 and 8, for 3x3 and 5x5 (python scripts/bench.py --profile kernels)
+
+
+def _fused_pair(pair, ly):
+    """The kernel pair of a FUSED pair: conv+pool by Winograd (conv_winograd.py) where it pays."""
+    if pair == ("conv", "pool") and ly["cin"] >= WINOGRAD_MIN_CIN and ly["k"] in Wi.KERNELS:
+        return Wi.wino_pool_forward, Wi.wino_pool_backward
+    return FUSED[pair]
 
 
 def make_plan(layers, P, G, fuse=True, threads=1):
@@ -100,12 +110,12 @@ def make_plan(layers, P, G, fuse=True, threads=1):
         nxt = layers[i + 1] if i + 1 < len(layers) else None
         pair = (ly["type"], nxt["type"]) if nxt else None
         if fuse and pair in FUSED and (pair[1] != "act" or nxt["fn"] == "relu"):
-            fwd, bwd = FUSED[pair]
+            fwd, bwd = _fused_pair(pair, ly)
             name, n = f"{ly['name']}+{nxt['name']}", 2
         else:
             fwd, bwd, name, n = kind.forward, kind.backward, ly["name"], 1
         settings = _settings(kind, ly)
-        if fwd is Fu.conv_pool_forward:
+        if fwd in (Fu.conv_pool_forward, Wi.wino_pool_forward):
             settings["threads"] = threads
         plan.append(Step(name, fwd, bwd, P[i], G[i], settings, i))
         i += n

@@ -1,0 +1,154 @@
+"""Winograd conv -> max pool (pipeline/nn/conv_winograd.py): its matrices compute the 1-D
+correlation, the pair equals the direct conv+pool of fused.py (and so conv then pool) forward and
+backward in float64, its gradients match finite differences and the plain reference convolution,
+float32 stays within float32 rounding of float64, and a Model runs it on one or two threads with
+the same bytes."""
+
+import numpy as np
+import pytest
+
+from pipeline.nn import conv_winograd as Wi
+from pipeline.nn import fused as Fu
+from pipeline.nn import reference as R
+from pipeline.nn.gradcheck import numgrad, rel_error
+from pipeline.nn.model import Model
+from pipeline.nn.models import DEFAULTS, build_spec
+from pipeline.nn.plan import WINOGRAD_MIN_CIN, layer_backward, make_plan, run_forward
+
+
+@pytest.fixture
+def rng():
+    return np.random.default_rng(0)
+
+
+@pytest.mark.parametrize("k", Wi.KERNELS)
+def test_matrices_compute_the_correlation(rng, k):
+    # AT ((G g) * (BT d)) is y_i = sum_j d_{i+j} g_j for i = 0, 1, for random d and g
+    AT, G, BT = Wi.winograd_matrices(k)
+    assert AT.shape == (2, k + 1) and G.shape == (k + 1, k) and BT.shape == (k + 1, k + 1)
+    for _ in range(5):
+        d, g = rng.normal(size=k + 1), rng.normal(size=k)
+        np.testing.assert_allclose(AT @ ((G @ g) * (BT @ d)), [d[i:i + k] @ g for i in (0, 1)],
+                                   rtol=1e-12, atol=1e-12)
+
+
+def test_unsupported_kernel_is_refused():
+    # only the kernel sides with matrices here; others are a programmer's error with a message
+    with pytest.raises(ValueError, match="k in"):
+        Wi.winograd_matrices(7)
+
+
+@pytest.mark.parametrize("n,size,pad,k,c,bias", [(5, 12, 0, 5, 3, True), (4, 8, 1, 3, 2, False),
+                                                 (3, 10, 2, 5, 4, True), (1, 8, 0, 3, 9, False),
+                                                 (37, 12, 0, 5, 8, False)])
+def test_equals_direct_conv_pool(rng, n, size, pad, k, c, bias):
+    # output, dx, dw, db equal the direct fused conv+pool (float64, to 1e-11), with and without
+    # padding and bias, for odd sizes of the two parts (37 and 1 images), eval mode too
+    x = rng.normal(size=(n, size, size, c))
+    w, b = rng.normal(size=(k, k, c, 6)), (rng.normal(size=6) if bias else None)
+    ref, rcache = Fu.conv_pool_forward(x, w, b, pad)
+    out, cache = Wi.wino_pool_forward(x, w, b, pad)
+    dout = rng.normal(size=ref.shape)
+    rg, g = {}, {}
+    rdx = Fu.conv_pool_backward(dout, rcache, rg)
+    dx = Wi.wino_pool_backward(dout, cache, g)
+    np.testing.assert_allclose(out, ref, rtol=1e-11, atol=1e-11)
+    np.testing.assert_allclose(dx, rdx, rtol=1e-11, atol=1e-11)
+    assert g.keys() == rg.keys()
+    for key in g:
+        np.testing.assert_allclose(g[key], rg[key], rtol=1e-11, atol=1e-11)
+    np.testing.assert_allclose(Wi.wino_pool_forward(x, w, b, pad, train=False)[0], ref,
+                               rtol=1e-11, atol=1e-11)
+    assert Wi.wino_pool_backward(dout, cache, {}, need_dx=False) is None
+
+
+def test_gradients_match_finite_differences_and_the_reference_conv(rng):
+    # d/dx and d/dw of sum(R * pool(conv(x, w))) by central differences (float64), and the
+    # forward against the plain one-pixel-at-a-time convolution of reference.py
+    x, w = rng.normal(size=(2, 8, 8, 3)), rng.normal(size=(5, 5, 3, 2))
+    Rw = rng.normal(size=(2, 3, 3, 2))
+    out, cache = Wi.wino_pool_forward(x, w, None, 1)
+    np.testing.assert_allclose(out, R.maxpool_forward(R.conv2d_forward(x, w, None, 1)),
+                               rtol=1e-11, atol=1e-11)
+    g = {}
+    dx = Wi.wino_pool_backward(Rw, cache, g)
+
+    def loss():
+        return float((Wi.wino_pool_forward(x, w, None, 1, train=False)[0] * Rw).sum())
+
+    assert rel_error(dx, numgrad(loss, x)) < 1e-7
+    assert rel_error(g["w"], numgrad(loss, w)) < 1e-7
+
+
+def test_float32_within_rounding(rng):
+    # in float32 the result stays within float32 rounding of the float64 one: output and
+    # gradients within 2e-5 of their scale (the direct products: ~1e-6), dtype kept
+    x = rng.normal(size=(16, 12, 12, 32))
+    w = rng.normal(size=(5, 5, 32, 16)) * 0.05
+    out64, c64 = Wi.wino_pool_forward(x, w)
+    dout = rng.normal(size=out64.shape)
+    g64 = {}
+    dx64 = Wi.wino_pool_backward(dout, c64, g64)
+    f = np.float32
+    out, cache = Wi.wino_pool_forward(x.astype(f), w.astype(f))
+    g = {}
+    dx = Wi.wino_pool_backward(dout.astype(f), cache, g)
+    assert out.dtype == dx.dtype == g["w"].dtype == np.float32
+    for a, b in ((out, out64), (dx, dx64), (g["w"], g64["w"])):
+        assert np.abs(a - b).max() < 2e-5 * np.abs(b).max()
+
+
+def test_model_uses_it_where_it_pays_and_two_threads_give_the_same_bytes(rng):
+    # the default cnn runs its second conv (32 channels in) by Winograd, its first (1 channel)
+    # directly; a training step on two threads gives exactly the one-thread logits and
+    # gradients, and the fused plan's gradients match the layer-by-layer ones
+    plan = Model(build_spec("cnn", {**DEFAULTS["cnn"], "model": "cnn"})).plan
+    kinds = {st.name: st.forward for st in plan}
+    assert kinds["c1+p2"] is Fu.conv_pool_forward
+    assert kinds["c3+p4"] is Wi.wino_pool_forward
+    c = WINOGRAD_MIN_CIN
+    spec = build_spec("cnn", {**DEFAULTS["cnn"], "dropout": 0.0, "plan": f"{c}c5-p-6c5-p-fc16"})
+    x = rng.normal(size=(33, 28, 28, 1)).astype(np.float32)
+    dz = rng.normal(size=(33, 10)).astype(np.float32)
+    out = []
+    for threads in (1, 2):
+        m = Model(spec, rng=np.random.default_rng(3))
+        m.threads = threads
+        assert m.plan[2].forward is Wi.wino_pool_forward
+        z, caches = m.forward_train(x, np.random.default_rng(4))
+        m.backward(dz, caches)
+        out.append((z, m.grad.copy()))
+    assert np.array_equal(out[0][0], out[1][0]) and np.array_equal(out[0][1], out[1][1])
+    ref = Model(spec, params=m.params)
+    plain = make_plan(spec["layers"], ref._P, ref._G, fuse=False)
+    _, caches = run_forward(plain, x, True)
+    for i in range(len(plain) - 1, -1, -1):
+        dz = layer_backward(spec["layers"][i], ref._P[i], ref._G[i], dz, caches[i], i > 0)
+    # float32: a near-tie of the max pool may go the other way in one of the two (a few
+    # entries), so the whole gradient is compared (a wrong backward gives an error near 1)
+    assert rel_error(out[0][1], ref.grad) < 1e-4
+
+
+@pytest.mark.parametrize("need_dx", [True, False])
+def test_chunks_of_images_change_nothing_but_rounding(rng, monkeypatch, need_dx):
+    # parts run in chunks of images (3 images here, a ragged last chunk in each part of 11 and
+    # 12 images): the same outputs and gradients as in one chunk, for the Winograd and the
+    # direct conv+pool (whose backward chunks when no dx is needed)
+    x = rng.normal(size=(23, 12, 12, 8))
+    w = rng.normal(size=(5, 5, 8, 4))
+    dout = rng.normal(size=(23, 4, 4, 4))
+    for mod, fwd, bwd, per_image in (
+            (Wi, Wi.wino_pool_forward, Wi.wino_pool_backward, 36 * 16 * 8 * 8),
+            (Fu, Fu.conv_pool_forward, Fu.conv_pool_backward, 4 * 16 * 200 * 8)):
+        results = []
+        for chunk_bytes in (1 << 40, 3 * per_image):
+            monkeypatch.setattr(mod, "CHUNK_BYTES", chunk_bytes)
+            out, cache = fwd(x, w)
+            g = {}
+            dx = bwd(dout, cache, g, need_dx)
+            results.append((out, dx, g["w"]))
+        for one, chunked in zip(*results):
+            if one is None:
+                assert chunked is None
+            else:
+                np.testing.assert_allclose(chunked, one, rtol=1e-12, atol=1e-12)
