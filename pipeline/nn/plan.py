@@ -9,6 +9,7 @@ from typing import NamedTuple
 
 from pipeline.nn import conv_winograd as Wi
 from pipeline.nn import fused as Fu
+from pipeline.nn import fused_first as Ff
 from pipeline.nn import layers as L
 
 # ----------------------------------------------------------------------------------------------
@@ -107,6 +108,15 @@ def make_plan(layers, P, G, fuse=True, threads=1):
     while i < len(layers):
         ly = layers[i]
         kind = LAYER_KINDS[ly["type"]]
+        if fuse and Ff.fusable(layers[i : i + 3]):  # conv -> bn -> relu, short im2col rows
+            bn, act = layers[i + 1], layers[i + 2]
+            settings = {**_settings(kind, ly), **_settings(LAYER_KINDS["bn"], bn)}
+            settings["threads"] = threads
+            plan.append(Step(f"{ly['name']}+{bn['name']}+{act['name']}", Ff.conv_bn_relu_forward,
+                             Ff.conv_bn_relu_backward, {**P[i], **P[i + 1]}, {**G[i], **G[i + 1]},
+                             settings, i))
+            i += 3
+            continue
         nxt = layers[i + 1] if i + 1 < len(layers) else None
         pair = (ly["type"], nxt["type"]) if nxt else None
         if fuse and pair in FUSED and (pair[1] != "act" or nxt["fn"] == "relu"):
