@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from pipeline.nn.fused import _chunk, in_parts
+from pipeline.nn.fused import _chunk, in_parts, relu_inplace
 from pipeline.nn.layers import BN_EPS, colsum, conv_input_grad, put
 
 K_MAX = 32  # im2col depth up to which the step is used (python scripts/fused_first_bench.py)
@@ -46,23 +46,6 @@ def fusable(trio):
     return (c["type"] == "conv" and not c.get("bias", True) and bn["type"] == "bn"
             and a["type"] == "act" and a.get("fn") == "relu"
             and c["k"] * c["k"] * c["cin"] <= K_MAX)
-
-
-def relu_inplace(a):
-    """a (n, D) -> max(a, 0) in place, against a row of zeros: numpy's maximum with a scalar
-    runs ~4x slower than with an array (its SIMD loop wants two contiguous inputs)."""
-    np.maximum(a, _zeros(a.shape[-1], a.dtype), out=a)
-
-
-def _zeros(n, dtype):
-    z = _ZEROS.get((n, dtype))
-    if z is None:
-        z = _ZEROS[(n, dtype)] = np.zeros(n, dtype=dtype)
-        z.flags.writeable = False
-    return z
-
-
-_ZEROS = {}
 
 
 def conv_bn_relu_forward(x, w, gamma, beta, mean, var, pad=0, train=True, rng=None,

@@ -1,0 +1,123 @@
+"""conv -> BatchNorm -> ReLU: the fused step (pipeline/nn/fused_first.py) against the unfused
+steps the plan would run instead (layers.conv2d, fused.bn_relu), per im2col depth K = k*k*cin:
+the measurement behind fused_first.K_MAX.
+
+One training step's forward and backward of the block at batch --batch on 28x28 inputs (valid
+conv, --cout filters), medians of --repeats of this thread's CPU time (time.thread_time), the
+two variants interleaved in one process, BLAS on one thread; --threads runs both on that many
+threads (the fused step's parts; the unfused conv has no threads) and then reports wall time.
+The load average is printed before and after.
+
+    python scripts/fused_first_bench.py [--shapes 1x3 1x5 2x3 3x3 4x3 8x3] [--dx]
+        [--batch 128] [--cout 32] [--repeats 15] [--threads 1]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from pipeline.nn import fused as Fu  # noqa: E402
+from pipeline.nn import fused_first as Ff  # noqa: E402
+from pipeline.nn import layers as L  # noqa: E402
+from pipeline.nn.threads import blas_threads  # noqa: E402
+
+
+def unfused_step(x, w, bn, R, need_dx, threads):
+    z, c1 = L.conv2d_forward(x, w)
+    a, c2 = Fu.bn_relu_forward(z, *bn)
+    yield  # the forward is done
+    g = {}
+    L.conv2d_backward(Fu.bn_relu_backward(R, c2, g), c1, g, need_dx)
+    yield
+
+
+def fused_step(x, w, bn, R, need_dx, threads):
+    a, cache = Ff.conv_bn_relu_forward(x, w, *bn, threads=threads)
+    yield  # the forward is done
+    Ff.conv_bn_relu_backward(R, cache, {}, need_dx)
+    yield
+
+
+def time_block(step, args, clock):
+    """-> (forward s, backward s) of one run of `step`, a generator that yields once after its
+    forward pass and once after its backward pass."""
+    t0 = clock()
+    gen = step(*args)
+    next(gen)
+    t1 = clock()
+    gen.send(None)
+    return t1 - t0, clock() - t1
+
+
+def time_relu(args):
+    """np.maximum(a, 0) in place on a (batch, 26*26*cout) map: with a scalar, with a row of
+    zeros, with a whole array of zeros (medians of this thread's CPU time, interleaved)."""
+    a = np.random.default_rng(0).normal(size=(args.batch, 26 * 26 * args.cout))
+    a = a.astype(np.float32)
+    ways = {"scalar 0.0": 0.0, "row of zeros": np.zeros(a.shape[1], np.float32),
+            "array of zeros": np.zeros_like(a)}
+    times = {k: [] for k in ways}
+    for r in range(args.repeats + 1):
+        for k, z in ways.items():
+            t0 = time.thread_time()
+            np.maximum(a, z, out=a)
+            if r:
+                times[k].append(time.thread_time() - t0)
+    print(f"load {os.getloadavg()[0]:.2f}; in-place ReLU of a {a.nbytes / 1e6:.1f} MB float32 "
+          f"map, cpu ms, medians of {args.repeats}")
+    for k, t in times.items():
+        print(f"{k:>16} {np.median(t) * 1e3:8.3f}")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--shapes", nargs="+", default=["1x3", "1x5", "2x3", "3x3", "4x3", "8x3"],
+                    help="cin x k of each convolution (K = k*k*cin)")
+    ap.add_argument("--batch", type=int, default=128)
+    ap.add_argument("--cout", type=int, default=32)
+    ap.add_argument("--repeats", type=int, default=15)
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--dx", action="store_true", help="with the input gradient (not a first layer)")
+    ap.add_argument("--relu", action="store_true",
+                    help="only time an in-place ReLU of the first layer's output, three ways")
+    args = ap.parse_args()
+    if args.relu:
+        return time_relu(args)
+    clock = time.thread_time if args.threads == 1 else time.perf_counter
+    rng = np.random.default_rng(0)
+    print(f"load {os.getloadavg()[0]:.2f}; batch {args.batch}, cout {args.cout}, "
+          f"{args.threads} thread(s), {'wall' if args.threads > 1 else 'cpu'} ms, medians of "
+          f"{args.repeats}, need_dx={args.dx}")
+    print(f"{'cin x k':>8} {'K':>4} {'unfused fwd':>12} {'bwd':>7} {'fused fwd':>10} {'bwd':>7} "
+          f"{'fused/unfused':>14}")
+    with blas_threads(1):
+        for shape in args.shapes:
+            cin, k = (int(v) for v in shape.split("x"))
+            F, side = args.cout, 28 - k + 1
+            x = rng.normal(size=(args.batch, 28, 28, cin)).astype(np.float32)
+            w = (rng.uniform(-1, 1, size=(k, k, cin, F)) / k / np.sqrt(cin)).astype(np.float32)
+            bn = (np.ones(F, np.float32), np.zeros(F, np.float32), np.zeros(F, np.float32),
+                  np.ones(F, np.float32))
+            R = rng.normal(size=(args.batch, side, side, F)).astype(np.float32)
+            runs = {unfused_step: [], fused_step: []}
+            for r in range(args.repeats + 1):  # the first round is a warm-up
+                for step, times in runs.items():
+                    t = time_block(step, (x, w, bn, R, args.dx, args.threads), clock)
+                    if r:
+                        times.append(t)
+            (uf, ub), (ff, fb) = (np.median(np.array(v), axis=0) * 1e3 for v in runs.values())
+            print(f"{shape:>8} {k * k * cin:>4} {uf:12.2f} {ub:7.2f} {ff:10.2f} {fb:7.2f} "
+                  f"{(ff + fb) / (uf + ub):14.2f}")
+    print(f"load {os.getloadavg()[0]:.2f}")
+
+
+if __name__ == "__main__":
+    main()
