@@ -9,10 +9,11 @@ conv output z = X w (P, F), which for the first layer is 3.6x the size of X:
 so the normalization folds into the weights and one matrix product gives the output:
     y = relu(X (w s) + beta - mean_z s),    s = gamma * rstd,  rstd = 1/sqrt(var_z + eps).
 X carries a column of ones (the bias row of the folded weights), so X^T X holds the column sums
-too, and X^T dy in the backward pass holds dbeta. The columns are of the input minus its
-per-channel mean (which leaves Cov(X) and z - mean_z unchanged): near-centred columns keep
-S = X^T X / P - xbar^T xbar free of cancellation for inputs with a large mean (raw 0..255
-pixels).
+too, and X^T dy in the backward pass holds dbeta. X is stored transposed, one row per kernel tap,
+in chunks of images small enough to stay in cache from the copy to the product. The columns
+are of the input minus its per-channel mean (which leaves Cov(X) and z - mean_z unchanged):
+near-centred columns keep S = X^T X / P - xbar^T xbar free of cancellation for inputs with a
+large mean (raw 0..255 pixels).
 
 Backward, with dy = da * (y > 0), G = X^T dy (K, F), dbeta = colsum(dy):
     dgamma = rstd * (sum_k w * G - mean_z' dbeta)         (mean_z' = xbar w of the shifted X)
@@ -34,7 +35,10 @@ import numpy as np
 from pipeline.nn.fused import _chunk, in_parts, relu_inplace
 from pipeline.nn.layers import BN_EPS, colsum, conv_input_grad, put
 
-K_MAX = 32  # im2col depth up to which the step is used (python scripts/fused_first_bench.py)
+K_MAX = 32  # im2col depths up to which the step is used. Fused / unfused time of a training
+# step's block at batch 128, 32 filters, one thread (python scripts/fused_first_bench.py
+# [--dx], 2026-12-02, load 1.4): K = 9 0.40 (0.72 with the input gradient), 25 0.62 (0.93),
+# 27 0.70 (0.89), 36 0.87 (0.86), 45 (1.02), 49 0.93 (1.10), 72 1.06 (1.27)
 
 
 def fusable(trio):
