@@ -8,8 +8,15 @@ two variants interleaved in one process, BLAS on one thread; --threads runs both
 threads (the fused step's parts; the unfused conv has no threads) and then reports wall time.
 The load average is printed before and after.
 
+--model: whole training steps of the default cnn (the competition's first --batch rows,
+normalized), three trainers taking turns step by step: "before" (the plan without this step and
+fused.relu_inplace replaced by np.maximum(y, 0.0), i.e. main before issue 14's c1 fusion),
+"after" (the plan as it is) and the torch twin (set_num_threads(--threads)); medians of each
+one's per-step time, and the c1 steps' forward and backward.
+
     python scripts/fused_first_bench.py [--shapes 1x3 1x5 2x3 3x3 4x3 8x3] [--dx]
         [--batch 128] [--cout 32] [--repeats 15] [--threads 1]
+    python scripts/fused_first_bench.py --model [--threads 1] [--repeats 15]
 """
 
 from __future__ import annotations
@@ -28,6 +35,8 @@ from pipeline.nn import fused as Fu  # noqa: E402
 from pipeline.nn import fused_first as Ff  # noqa: E402
 from pipeline.nn import layers as L  # noqa: E402
 from pipeline.nn.threads import blas_threads  # noqa: E402
+
+relu_inplace = Fu.relu_inplace
 
 
 def unfused_step(x, w, bn, R, need_dx, threads):
@@ -77,6 +86,103 @@ def time_relu(args):
         print(f"{k:>16} {np.median(t) * 1e3:8.3f}")
 
 
+def time_model(args):
+    """Interleaved training steps of the default cnn: before / after this step, and torch."""
+    from benchlib.twin import import_torch, torch_optimizer, torch_twin
+
+    from pipeline.data import read_competition
+    from pipeline.nn.losses import softmax_cross_entropy_backward as loss_bwd
+    from pipeline.nn.losses import softmax_cross_entropy_forward as loss_fwd
+    from pipeline.nn.model import Model
+    from pipeline.nn.models import build_spec
+    from pipeline.nn.optim import Optimizer
+    from pipeline.params import TrainConfig
+    from pipeline.preprocess import fit_normalizer, normalize
+    from pipeline.train import hyperparameters
+
+    digits = read_competition(Path("/work/shared/data/digit-recognizer.zip"))
+    xb = normalize(digits.train_x[: args.batch], fit_normalizer(digits.train_x))
+    yb = digits.train_y[: args.batch].astype(np.int64)
+    hp = hyperparameters(TrainConfig(model="cnn", schedule="constant", augment="none"))
+    spec = build_spec("cnn", hp)
+    clock = time.thread_time if args.threads == 1 else time.perf_counter
+    models = {}
+    for name in ("before", "after"):
+        m = models[name] = Model(spec, rng=np.random.default_rng(0))
+        saved, Ff.K_MAX = Ff.K_MAX, (0 if name == "before" else Ff.K_MAX)
+        m.threads = args.threads  # builds the plan
+        Ff.K_MAX = saved
+        m.rng = np.random.default_rng(1)  # dropout's draws
+        m.opt = Optimizer(hp["optimizer"], m.theta.size, m.n_decay,
+                          weight_decay=hp["weight_decay"])
+    scalar_relu = lambda a: np.maximum(a, 0.0, out=a)  # noqa: E731  main's ReLU
+
+    def ours(m, c1_steps):
+        fwd = bwd = 0.0
+        t0 = clock()
+        h, caches = xb, []
+        for k, st in enumerate(m.plan):
+            t = clock()
+            h, cache = st.forward(h, **st.P, train=True, rng=m.rng, **st.settings)
+            fwd += (clock() - t) if k < c1_steps else 0.0
+            caches.append(cache)
+        _, lc = loss_fwd(h, yb)
+        d = loss_bwd(lc)
+        for k in range(len(m.plan) - 1, -1, -1):
+            st = m.plan[k]
+            t = clock()
+            d = st.backward(d, caches[k], st.G, st.first > m.first_trained)
+            bwd += (clock() - t) if k < c1_steps else 0.0
+        m.opt.step(m.theta, m.grad, 1e-4)
+        return clock() - t0, fwd, bwd
+
+    torch = import_torch()
+    if torch is not None:
+        torch.set_num_threads(args.threads)
+        torch.manual_seed(0)
+        net = torch_twin(torch, spec)
+        topt = torch_optimizer(torch, hp, net)
+        X = torch.from_numpy(np.ascontiguousarray(xb.transpose(0, 3, 1, 2)))
+        Y = torch.from_numpy(yb)
+        net.train()
+
+    def torch_step():
+        t0 = clock()
+        loss = torch.nn.functional.cross_entropy(net(X), Y)
+        topt.zero_grad(set_to_none=True)
+        loss.backward()
+        topt.step()
+        loss.item()
+        return clock() - t0, 0.0, 0.0
+
+    print(f"load {os.getloadavg()[0]:.2f}; default cnn, batch {args.batch}, {args.threads} "
+          f"thread(s), {'wall' if args.threads > 1 else 'cpu'} ms, medians of {args.repeats}")
+    runs = {"before": [], "after": [], "torch": []}
+    with blas_threads(1):
+        for r in range(args.repeats + 1):
+            for name, times in runs.items():
+                if name == "torch":
+                    if torch is None:
+                        continue
+                    t = torch_step()
+                elif name == "before":
+                    Fu.relu_inplace = scalar_relu
+                    try:
+                        t = ours(models[name], 2)
+                    finally:
+                        Fu.relu_inplace = relu_inplace
+                else:
+                    t = ours(models[name], 1)
+                if r:
+                    times.append(t)
+    med = {k: np.median(np.array(v), axis=0) * 1e3 for k, v in runs.items() if v}
+    for name, (step, fwd, bwd) in med.items():
+        ratio = f"  ours / torch {step / med['torch'][0]:.3f}" if "torch" in med else ""
+        c1 = f"  c1 steps fwd {fwd:.2f} bwd {bwd:.2f}" if name != "torch" else ""
+        print(f"{name:>7} step {step:7.2f}{c1}{ratio if name != 'torch' else ''}")
+    print(f"load {os.getloadavg()[0]:.2f}")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--shapes", nargs="+", default=["1x3", "1x5", "2x3", "3x3", "4x3", "8x3"],
@@ -86,11 +192,15 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=15)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--dx", action="store_true", help="with the input gradient (not a first layer)")
+    ap.add_argument("--model", action="store_true",
+                    help="whole training steps of the default cnn: before, after, torch")
     ap.add_argument("--relu", action="store_true",
                     help="only time an in-place ReLU of the first layer's output, three ways")
     args = ap.parse_args()
     if args.relu:
         return time_relu(args)
+    if args.model:
+        return time_model(args)
     clock = time.thread_time if args.threads == 1 else time.perf_counter
     rng = np.random.default_rng(0)
     print(f"load {os.getloadavg()[0]:.2f}; batch {args.batch}, cout {args.cout}, "
