@@ -109,7 +109,7 @@ def test_plan_fuses_the_default_cnn():
     m = Model(build_spec("cnn", {**DEFAULTS["cnn"], "model": "cnn"}))
     names = [st.name for st in m._train_plan]
     layers = m.spec["layers"]
-    trios = [i for i in range(len(layers)) if Ff.fusable(layers[i : i + 3])]
+    trios = [i for i in range(len(layers)) if Ff.fused_length(layers[i : i + 3]) == 3]
     inside = {j for i in trios for j in (i + 1, i + 2)}
     pairs = [(a, b) for i, (a, b) in enumerate(zip(layers, layers[1:]))
              if (a["type"], b["type"]) in (("conv", "pool"), ("bn", "act")) and i not in inside]

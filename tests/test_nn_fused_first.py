@@ -3,7 +3,8 @@ layers of layers.py compute: forward, running statistics, the gradients of w, ga
 (when asked) x, in float64 to rounding and in float32 at least as accurately as the unfused
 layers, for inputs with a large mean too; finite differences agree; two threads give the
 one-thread bytes; make_plan uses it exactly where it applies, and a whole training step of the
-default cnn matches its unfused plan."""
+default cnn matches its unfused plan. The same for conv -> ReLU, the inference plan's first
+step."""
 
 import numpy as np
 import pytest
@@ -184,17 +185,23 @@ def conv_block(name, cin, cout, k, bias=False, fn="relu"):
             {"type": "act", "name": f"{name}a", "fn": fn}]
 
 
-def test_fusable_exactly_where_it_applies():
-    # a conv without bias -> bn -> relu with k*k*cin <= K_MAX, nothing else
-    assert Ff.fusable(conv_block("c", 1, 32, 3))
+def test_fused_length_exactly_where_it_applies():
+    # 3 for a conv without bias -> bn -> relu, 2 for a conv -> relu, each with k*k*cin <=
+    # K_MAX; 0 for anything else
+    assert Ff.fused_length(conv_block("c", 1, 32, 3)) == 3
     cin_max = Ff.K_MAX // 9
-    assert Ff.fusable(conv_block("c", cin_max, 8, 3))  # K = 9 * cin_max <= K_MAX
-    assert not Ff.fusable(conv_block("c", cin_max + 1, 8, 3))  # K above K_MAX
-    assert not Ff.fusable(conv_block("c", 1, 8, 3, bias=True))
-    assert not Ff.fusable(conv_block("c", 1, 8, 3, fn="tanh"))
-    assert not Ff.fusable(conv_block("c", 1, 8, 3)[:2])
+    assert Ff.fused_length(conv_block("c", cin_max, 8, 3)) == 3  # K = 9 * cin_max <= K_MAX
+    assert Ff.fused_length(conv_block("c", cin_max + 1, 8, 3)) == 0  # K above K_MAX
+    assert Ff.fused_length(conv_block("c", 1, 8, 3, bias=True)) == 0
+    assert Ff.fused_length(conv_block("c", 1, 8, 3, fn="tanh")) == 0
+    assert Ff.fused_length(conv_block("c", 1, 8, 3)[:2]) == 0
     blk = conv_block("c", 1, 8, 3)
-    assert not Ff.fusable([blk[0], {"type": "pool", "name": "p"}, blk[1]])
+    assert Ff.fused_length([blk[0], {"type": "pool", "name": "p"}, blk[1]]) == 0
+    for bias in (False, True):
+        assert Ff.fused_length([conv_block("c", 1, 8, 3, bias)[0], blk[2]]) == 2
+        assert Ff.fused_length([conv_block("c", cin_max + 1, 8, 3, bias)[0], blk[2]]) == 0
+    assert Ff.fused_length([blk[0], conv_block("c", 1, 8, 3, fn="tanh")[2]]) == 0
+    assert Ff.fused_length([blk[1], blk[2]]) == 0 and Ff.fused_length([]) == 0
 
 
 def test_plan_runs_the_default_cnn_first_layer_fused():
@@ -232,6 +239,9 @@ def test_plan_selection_in_a_spec():
     names = [s.name for s in plan]
     assert names == ["a+abn+aa", "b", "bbn+ba", "c+cbn+ca", "d", "dbn+da"]
     assert plan[0].settings == {"pad": 0, "momentum": 0.25, "threads": 1}
+    bare = [blk[0] for blk in (layers[0:3], layers[6:9])] + [layers[2]]  # conv, conv, relu
+    assert [s.name for s in make_plan(bare, P, P)] == ["a", "c+aa"]
+    assert make_plan(bare, P, P)[1].forward is Ff.conv_relu_forward
 
 
 @pytest.mark.parametrize("plan,batch", [("32c3-32c3-p-64c3-64c3-p-fc128", 6),
@@ -262,3 +272,71 @@ def test_training_step_matches_the_unfused_plan(rng, plan, batch):
     assert np.abs(m.grad - ref.grad).max() < 1e-5 * np.abs(ref.grad).max()
     for name in m.params:
         np.testing.assert_allclose(m.params[name], ref.params[name], rtol=1e-5, atol=1e-6)
+
+
+def unfused_conv_relu(x, w, b, R, pad, need_dx=True):
+    z, c1 = L.conv2d_forward(x, w, b, pad)
+    a, c2 = L.relu_forward(z)
+    g = {}
+    dx = L.conv2d_backward(L.relu_backward(R, c2), c1, g, need_dx)
+    return {"out": a, "dx": dx, **g}
+
+
+def fused_conv_relu(x, w, b, R, pad, need_dx=True, threads=1):
+    a, cache = Ff.conv_relu_forward(x, w, b, pad, threads=threads)
+    g = {}
+    dx = Ff.conv_relu_backward(R, cache, g, need_dx)
+    return {"out": a, "dx": dx, **g}
+
+
+@pytest.mark.parametrize("n,side,c,k,pad,f,bias", [(5, 8, 1, 3, 0, 4, True),
+                                                   (1, 6, 2, 3, 1, 3, False),
+                                                   (37, 6, 3, 2, 2, 5, True)])
+@pytest.mark.parametrize("small_chunks", [False, True])
+def test_conv_relu_equals_the_two_layers(rng, monkeypatch, n, side, c, k, pad, f, bias,
+                                         small_chunks):
+    # conv -> relu fused: output, dw, db and dx equal conv2d -> relu (float64, 1e-12), with and
+    # without bias and padding, over ragged chunks; no dx when not asked; inference form alike
+    if small_chunks:
+        monkeypatch.setattr(Ff, "_chunk", lambda per_image_bytes: 2)
+    x, w, _, beta, R = case(rng, n, side, c, k, pad, f)
+    b = beta if bias else None
+    want, got = unfused_conv_relu(x, w, b, R, pad), fused_conv_relu(x, w, b, R, pad)
+    assert got.keys() == want.keys()
+    for key in want:
+        assert rel(got[key], want[key]) < 1e-12, key
+    _, cache = Ff.conv_relu_forward(x, w, b, pad)
+    assert Ff.conv_relu_backward(R, cache, {}, need_dx=False) is None
+    out, none = Ff.conv_relu_forward(x, w, b, pad, train=False)
+    assert none is None and rel(out, want["out"]) < 1e-12
+
+
+def test_conv_relu_finite_differences_and_threads(rng):
+    # conv -> relu: central differences agree for w, b and x; float32 on two threads gives
+    # the one-thread bytes
+    x, w, _, b, R = case(rng, 3, 6, 2, 3, 1, 4)
+
+    def f():
+        return float(np.sum(Ff.conv_relu_forward(x, w, b, 1)[0] * R))
+
+    got = fused_conv_relu(x, w, b, R, 1)
+    for name, arr in (("w", w), ("b", b), ("dx", x)):
+        assert rel_error(got[name], numgrad(f, arr)) < 1e-7, name
+    x, w, _, b, R = case(rng, 33, 28, 1, 3, 0, 32, np.float32)
+    one, two = fused_conv_relu(x, w, b, R, 0), fused_conv_relu(x, w, b, R, 0, threads=2)
+    for key in one:
+        assert np.array_equal(one[key], two[key]), key
+
+
+def test_inference_plan_runs_conv_relu(rng):
+    # the default cnn's inference plan (BatchNorm folded into the convs) runs its first conv
+    # and ReLU as one conv_relu step, and gives the logits of the unfused layers in eval mode
+    m = Model(build_spec("cnn", {**DEFAULTS["cnn"], "model": "cnn"}), rng=np.random.default_rng(2))
+    x = rng.normal(size=(40, 28, 28, 1)).astype(np.float32)
+    m.forward_train(x, np.random.default_rng(0))  # running stats away from their start
+    plan = m._eval_plan()
+    assert plan[0].name == "c1+c1a" and plan[0].forward is Ff.conv_relu_forward
+    assert sum(s.forward is Ff.conv_relu_forward for s in plan) == 1  # K = 288 convs: not
+    plain = make_plan(m.spec["layers"], m._P, m._G, fuse=False)
+    np.testing.assert_allclose(m.forward(x), run_forward(plain, x, False)[0], rtol=1e-4,
+                               atol=1e-4)

@@ -108,14 +108,15 @@ def make_plan(layers, P, G, fuse=True, threads=1):
     while i < len(layers):
         ly = layers[i]
         kind = LAYER_KINDS[ly["type"]]
-        if fuse and Ff.fusable(layers[i : i + 3]):  # conv -> bn -> relu, short im2col rows
-            bn, act = layers[i + 1], layers[i + 2]
-            settings = {**_settings(kind, ly), **_settings(LAYER_KINDS["bn"], bn)}
-            settings["threads"] = threads
-            plan.append(Step(f"{ly['name']}+{bn['name']}+{act['name']}", Ff.conv_bn_relu_forward,
-                             Ff.conv_bn_relu_backward, {**P[i], **P[i + 1]}, {**G[i], **G[i + 1]},
-                             settings, i))
-            i += 3
+        n = Ff.fused_length(layers[i : i + 3]) if fuse else 0  # conv [-> bn] -> relu, short K
+        if n:  # one step of fused_first.py (the ReLU has no settings or parameters)
+            settings = {"threads": threads}
+            for lay in layers[i : i + n - 1]:
+                settings.update(_settings(LAYER_KINDS[lay["type"]], lay))
+            plan.append(Step("+".join(lay["name"] for lay in layers[i : i + n]), *Ff.STEPS[n],
+                             {k: v for p in P[i : i + n] for k, v in p.items()},
+                             {k: v for g in G[i : i + n] for k, v in g.items()}, settings, i))
+            i += n
             continue
         nxt = layers[i + 1] if i + 1 < len(layers) else None
         pair = (ly["type"], nxt["type"]) if nxt else None
