@@ -17,6 +17,10 @@ one's per-step time, and the c1 steps' forward and backward.
     python scripts/fused_first_bench.py [--shapes 1x3 1x5 2x3 3x3 4x3 8x3] [--dx]
         [--batch 128] [--cout 32] [--repeats 15] [--threads 1]
     python scripts/fused_first_bench.py --model [--threads 1] [--repeats 15]
+    python scripts/fused_first_bench.py --eval [--rows 2048] [--repeats 15]
+
+--eval: inference (Model.forward, one thread) of --rows rows of test.csv, "before" and "after"
+as for --model, interleaved; the inference plan's first step is then conv_relu.
 """
 
 from __future__ import annotations
@@ -35,8 +39,6 @@ from pipeline.nn import fused as Fu  # noqa: E402
 from pipeline.nn import fused_first as Ff  # noqa: E402
 from pipeline.nn import layers as L  # noqa: E402
 from pipeline.nn.threads import blas_threads  # noqa: E402
-
-relu_inplace = Fu.relu_inplace
 
 
 def unfused_step(x, w, bn, R, need_dx, threads):
@@ -86,6 +88,47 @@ def time_relu(args):
         print(f"{k:>16} {np.median(t) * 1e3:8.3f}")
 
 
+def before(fn, *a):
+    """fn(*a) as main ran it before issue 14's c1 fusion: no fused_first steps in the plans
+    built meanwhile, fused.relu_inplace as np.maximum(y, 0.0)."""
+    saved = Ff.K_MAX, Fu.relu_inplace
+    Ff.K_MAX, Fu.relu_inplace = 0, lambda y: np.maximum(y, 0.0, out=y)
+    try:
+        return fn(*a)
+    finally:
+        Ff.K_MAX, Fu.relu_inplace = saved
+
+
+def time_eval(args):
+    """Interleaved inference of the default cnn: before / after."""
+    from pipeline.data import read_competition
+    from pipeline.nn.model import Model
+    from pipeline.nn.models import DEFAULTS, build_spec
+    from pipeline.preprocess import fit_normalizer, normalize
+
+    digits = read_competition(Path("/work/shared/data/digit-recognizer.zip"))
+    x = normalize(digits.test_x[: args.rows], fit_normalizer(digits.train_x))
+    m = Model(build_spec("cnn", {**DEFAULTS["cnn"], "model": "cnn"}),
+              rng=np.random.default_rng(0))
+    times = {"before": [], "after": []}
+    with blas_threads(1):
+        for r in range(args.repeats + 1):
+            for name, t in times.items():
+                t0 = time.thread_time()
+                z = before(m.forward, x) if name == "before" else m.forward(x)
+                if r:
+                    t.append(time.thread_time() - t0)
+                if name == "before":
+                    ref = z
+                else:
+                    assert np.allclose(z, ref, rtol=1e-4, atol=1e-4)
+    print(f"load {os.getloadavg()[0]:.2f}; default cnn inference, {args.rows} rows, 1 thread, "
+          f"cpu s, medians of {args.repeats}")
+    for name, t in times.items():
+        print(f"{name:>7} {np.median(t):.3f} s")
+    print(f"load {os.getloadavg()[0]:.2f}")
+
+
 def time_model(args):
     """Interleaved training steps of the default cnn: before / after this step, and torch."""
     from benchlib.twin import import_torch, torch_optimizer, torch_twin
@@ -109,14 +152,13 @@ def time_model(args):
     models = {}
     for name in ("before", "after"):
         m = models[name] = Model(spec, rng=np.random.default_rng(0))
-        saved, Ff.K_MAX = Ff.K_MAX, (0 if name == "before" else Ff.K_MAX)
-        m.threads = args.threads  # builds the plan
-        Ff.K_MAX = saved
+        if name == "before":  # the threads setter builds the plan
+            before(setattr, m, "threads", args.threads)
+        else:
+            m.threads = args.threads
         m.rng = np.random.default_rng(1)  # dropout's draws
         m.opt = Optimizer(hp["optimizer"], m.theta.size, m.n_decay,
                           weight_decay=hp["weight_decay"])
-    scalar_relu = lambda a: np.maximum(a, 0.0, out=a)  # noqa: E731  main's ReLU
-
     def ours(m, c1_steps):
         fwd = bwd = 0.0
         t0 = clock()
@@ -166,11 +208,7 @@ def time_model(args):
                         continue
                     t = torch_step()
                 elif name == "before":
-                    Fu.relu_inplace = scalar_relu
-                    try:
-                        t = ours(models[name], 2)
-                    finally:
-                        Fu.relu_inplace = relu_inplace
+                    t = before(ours, models[name], 2)
                 else:
                     t = ours(models[name], 1)
                 if r:
@@ -194,6 +232,9 @@ def main() -> None:
     ap.add_argument("--dx", action="store_true", help="with the input gradient (not a first layer)")
     ap.add_argument("--model", action="store_true",
                     help="whole training steps of the default cnn: before, after, torch")
+    ap.add_argument("--eval", action="store_true",
+                    help="inference of the default cnn on --rows test rows: before, after")
+    ap.add_argument("--rows", type=int, default=2048)
     ap.add_argument("--relu", action="store_true",
                     help="only time an in-place ReLU of the first layer's output, three ways")
     args = ap.parse_args()
@@ -201,6 +242,8 @@ def main() -> None:
         return time_relu(args)
     if args.model:
         return time_model(args)
+    if args.eval:
+        return time_eval(args)
     clock = time.thread_time if args.threads == 1 else time.perf_counter
     rng = np.random.default_rng(0)
     print(f"load {os.getloadavg()[0]:.2f}; batch {args.batch}, cout {args.cout}, "
