@@ -18,9 +18,16 @@ one's per-step time, and the c1 steps' forward and backward.
         [--batch 128] [--cout 32] [--repeats 15] [--threads 1]
     python scripts/fused_first_bench.py --model [--threads 1] [--repeats 15]
     python scripts/fused_first_bench.py --eval [--rows 2048] [--repeats 15]
+    python scripts/fused_first_bench.py --faults [--repeats 15]
 
 --eval: inference (Model.forward, one thread) of --rows rows of test.csv, "before" and "after"
 as for --model, interleaved; the inference plan's first step is then conv_relu.
+
+--faults: each plan step of the default cnn's training step (one thread): this thread's minor
+page faults and CPU ms, medians. A fault is a fresh page of a large temporary that glibc's
+malloc handed back to the system after the last step (it mmaps blocks over its threshold and
+trims the heap's top); compare with the same command under
+GLIBC_TUNABLES=glibc.malloc.trim_threshold=268435456:glibc.malloc.mmap_threshold=33554432.
 """
 
 from __future__ import annotations
@@ -97,6 +104,54 @@ def before(fn, *a):
         return fn(*a)
     finally:
         Ff.K_MAX, Fu.relu_inplace = saved
+
+
+def count_faults(args):
+    """Per plan step of a default-cnn training step: minor page faults and CPU ms (medians)."""
+    import resource
+
+    from pipeline.nn.losses import softmax_cross_entropy_backward as loss_bwd
+    from pipeline.nn.losses import softmax_cross_entropy_forward as loss_fwd
+    from pipeline.nn.model import Model
+    from pipeline.nn.models import DEFAULTS, build_spec
+
+    m = Model(build_spec("cnn", {**DEFAULTS["cnn"], "model": "cnn"}),
+              rng=np.random.default_rng(0))
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(args.batch, 28, 28, 1)).astype(np.float32)
+    y = rng.integers(0, 10, args.batch)
+    rows = {st.name: [] for st in m.plan}  # (fwd faults, bwd faults, fwd s, bwd s) per round
+
+    def faults():
+        return resource.getrusage(resource.RUSAGE_THREAD).ru_minflt
+
+    with blas_threads(1):
+        for r in range(args.repeats + 2):  # two warm-up rounds
+            h, caches, got = x, [], {}
+            for st in m.plan:
+                f, t = faults(), time.thread_time()
+                h, cache = st.forward(h, **st.P, train=True, rng=rng, **st.settings)
+                got[st.name] = [faults() - f, 0, time.thread_time() - t, 0.0]
+                caches.append(cache)
+            d = loss_bwd(loss_fwd(h, y)[1])
+            for k in range(len(m.plan) - 1, -1, -1):
+                st = m.plan[k]
+                f, t = faults(), time.thread_time()
+                d = st.backward(d, caches[k], st.G, st.first > m.first_trained)
+                got[st.name][1], got[st.name][3] = faults() - f, time.thread_time() - t
+            if r >= 2:
+                for name, v in got.items():
+                    rows[name].append(v)
+    print(f"load {os.getloadavg()[0]:.2f}; default cnn training step, batch {args.batch}, one "
+          f"thread, medians of {args.repeats}; GLIBC_TUNABLES={os.environ.get('GLIBC_TUNABLES')}")
+    print(f"{'step':<14} {'faults fwd':>10} {'bwd':>6} {'cpu ms fwd':>10} {'bwd':>7}")
+    total = np.zeros(4)
+    for name, v in rows.items():
+        med = np.median(np.array(v), axis=0)
+        total += med
+        print(f"{name:<14} {med[0]:10.0f} {med[1]:6.0f} {med[2] * 1e3:10.2f} {med[3] * 1e3:7.2f}")
+    print(f"{'sum':<14} {total[0]:10.0f} {total[1]:6.0f} {total[2] * 1e3:10.2f} "
+          f"{total[3] * 1e3:7.2f}")
 
 
 def time_eval(args):
@@ -235,6 +290,8 @@ def main() -> None:
     ap.add_argument("--eval", action="store_true",
                     help="inference of the default cnn on --rows test rows: before, after")
     ap.add_argument("--rows", type=int, default=2048)
+    ap.add_argument("--faults", action="store_true",
+                    help="page faults and CPU ms of each step of the default cnn's training step")
     ap.add_argument("--relu", action="store_true",
                     help="only time an in-place ReLU of the first layer's output, three ways")
     args = ap.parse_args()
@@ -244,6 +301,8 @@ def main() -> None:
         return time_model(args)
     if args.eval:
         return time_eval(args)
+    if args.faults:
+        return count_faults(args)
     clock = time.thread_time if args.threads == 1 else time.perf_counter
     rng = np.random.default_rng(0)
     print(f"load {os.getloadavg()[0]:.2f}; batch {args.batch}, cout {args.cout}, "
