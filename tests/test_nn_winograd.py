@@ -1,14 +1,15 @@
-"""Winograd conv -> max pool (pipeline/nn/conv_winograd.py): its matrices compute the 1-D
-correlation, the pair equals the direct conv+pool of fused.py (and so conv then pool) forward and
-backward in float64, its gradients match finite differences and the plain reference convolution,
-float32 stays within float32 rounding of float64, and a Model runs it on one or two threads with
-the same bytes."""
+"""Winograd conv -> max pool and Winograd conv alone (pipeline/nn/conv_winograd.py): its matrices
+compute the 1-D correlation, the pair equals the direct conv+pool of fused.py (and so conv then
+pool) and the conv alone equals layers.conv2d forward and backward in float64, their gradients
+match finite differences and the plain reference convolution, float32 stays within float32
+rounding of float64, and a Model runs them on one or two threads with the same bytes."""
 
 import numpy as np
 import pytest
 
 from pipeline.nn import conv_winograd as Wi
 from pipeline.nn import fused as Fu
+from pipeline.nn import layers as L
 from pipeline.nn import reference as R
 from pipeline.nn.gradcheck import numgrad, rel_error
 from pipeline.nn.model import Model
@@ -157,3 +158,99 @@ def test_chunks_of_images_change_nothing_but_rounding(rng, monkeypatch, need_dx)
                 assert chunked is None
             else:
                 np.testing.assert_allclose(chunked, one, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("n,size,pad,k,c,bias", [(5, 12, 0, 3, 32, False), (4, 8, 1, 3, 2, True),
+                                                 (3, 10, 2, 5, 4, True), (1, 10, 0, 5, 3, False),
+                                                 (37, 6, 0, 3, 5, True)])
+def test_conv_alone_equals_the_direct_conv(rng, n, size, pad, k, c, bias):
+    # without a pool: output, dx, dw, db equal layers.conv2d (float64, to 1e-11) with and
+    # without padding and bias, for 1 and 37 images (odd parts), eval mode too; no dx asked, none
+    x = rng.normal(size=(n, size, size, c))
+    w, b = rng.normal(size=(k, k, c, 7)), (rng.normal(size=7) if bias else None)
+    ref, rcache = L.conv2d_forward(x, w, b, pad)
+    out, cache = Wi.wino_conv_forward(x, w, b, pad)
+    assert out.shape == ref.shape and cache[0] != "direct"
+    dz = rng.normal(size=ref.shape)
+    rg, g = {}, {}
+    rdx = L.conv2d_backward(dz, rcache, rg)
+    dx = Wi.wino_conv_backward(dz, cache, g)
+    np.testing.assert_allclose(out, ref, rtol=1e-11, atol=1e-11)
+    np.testing.assert_allclose(dx, rdx, rtol=1e-11, atol=1e-11)
+    assert g.keys() == rg.keys()
+    for key in g:
+        np.testing.assert_allclose(g[key], rg[key], rtol=1e-11, atol=1e-11)
+    np.testing.assert_allclose(Wi.wino_conv_forward(x, w, b, pad, train=False)[0], ref,
+                               rtol=1e-11, atol=1e-11)
+    assert Wi.wino_conv_backward(dz, cache, {}, need_dx=False) is None
+
+
+def test_conv_alone_with_an_odd_output_runs_directly(rng):
+    # an odd output side has no 2x2 tiling: the direct conv, forward and backward, same results
+    x, w = rng.normal(size=(3, 11, 11, 16)), rng.normal(size=(3, 3, 16, 4))
+    out, cache = Wi.wino_conv_forward(x, w)
+    ref, rcache = L.conv2d_forward(x, w)
+    assert out.shape == (3, 9, 9, 4) and cache[0] == "direct"
+    np.testing.assert_array_equal(out, ref)
+    dz = rng.normal(size=out.shape)
+    g, rg = {}, {}
+    np.testing.assert_array_equal(Wi.wino_conv_backward(dz, cache, g),
+                                  L.conv2d_backward(dz, rcache, rg))
+    np.testing.assert_array_equal(g["w"], rg["w"])
+
+
+def test_conv_alone_gradients_match_finite_differences(rng):
+    # d/dx, d/dw and d/db of sum(R * conv(x, w) + b) by central differences (float64), and the
+    # forward against the one-pixel-at-a-time reference convolution
+    x, w, b = rng.normal(size=(2, 6, 6, 3)), rng.normal(size=(3, 3, 3, 2)), rng.normal(size=2)
+    Rw = rng.normal(size=(2, 6, 6, 2))
+    out, cache = Wi.wino_conv_forward(x, w, b, 1)
+    np.testing.assert_allclose(out, R.conv2d_forward(x, w, b, 1), rtol=1e-11, atol=1e-11)
+    g = {}
+    dx = Wi.wino_conv_backward(Rw, cache, g)
+
+    def loss():
+        return float((Wi.wino_conv_forward(x, w, b, 1, train=False)[0] * Rw).sum())
+
+    for got, arr in ((dx, x), (g["w"], w), (g["b"], b)):
+        assert rel_error(got, numgrad(loss, arr)) < 1e-7
+
+
+def test_conv_alone_float32_threads_and_chunks(rng, monkeypatch):
+    # float32 within 2e-5 of the float64 scale; two threads give the one-thread bytes; chunks
+    # of 3 images (ragged parts of 11 and 12) change nothing but rounding
+    x = rng.normal(size=(23, 12, 12, 32))
+    w = rng.normal(size=(3, 3, 32, 16)) * 0.05
+    dz = rng.normal(size=(23, 10, 10, 16))
+    out64, c64 = Wi.wino_conv_forward(x, w)
+    g64 = {}
+    dx64 = Wi.wino_conv_backward(dz, c64, g64)
+    f = np.float32
+    runs = []
+    for threads, chunk in ((1, 1 << 40), (2, 1 << 40), (1, 3 * 16 * 25 * 32 * 4)):
+        monkeypatch.setattr(Wi, "CHUNK_BYTES", chunk)
+        out, cache = Wi.wino_conv_forward(x.astype(f), w.astype(f), threads=threads)
+        g = {}
+        dx = Wi.wino_conv_backward(dz.astype(f), cache, g)
+        assert out.dtype == dx.dtype == g["w"].dtype == np.float32
+        for a, b in ((out, out64), (dx, dx64), (g["w"], g64["w"])):
+            assert np.abs(a - b).max() < 2e-5 * np.abs(b).max()
+        runs.append((out, dx, g["w"]))
+    for one, two in zip(runs[0], runs[1]):
+        assert np.array_equal(one, two)
+    for one, chunked in zip(runs[0], runs[2]):
+        np.testing.assert_allclose(chunked, one, rtol=1e-5, atol=1e-5 * np.abs(one).max())
+
+
+def test_the_default_runs_its_unpooled_wide_convs_by_winograd():
+    # every conv step of the default cnn without a pool after it: Winograd from WINOGRAD_MIN_CIN
+    # input channels (the 10x10x64 c4), the direct im2col below (the one-channel c1); eval too
+    model = Model(build_spec("cnn", {**DEFAULTS["cnn"], "model": "cnn"}))
+    by_name = {ly["name"]: ly for ly in model.spec["layers"]}
+    for plan in (model.plan, model._eval_plan()):
+        alone = [st for st in plan if st.name in by_name and by_name[st.name]["type"] == "conv"]
+        assert alone
+        for st in alone:
+            wide = by_name[st.name]["cin"] >= WINOGRAD_MIN_CIN
+            assert st.forward is (Wi.wino_conv_forward if wide else L.conv2d_forward), st.name
+        assert any(st.forward is Wi.wino_conv_forward for st in alone)
