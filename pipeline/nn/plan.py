@@ -88,13 +88,18 @@ FUSED = {  # (kind, kind) -> the fused kernel pair; "act" only for ReLU
     ("conv", "pool"): (Fu.conv_pool_forward, Fu.conv_pool_backward),
     ("bn", "act"): (Fu.bn_relu_forward, Fu.bn_relu_backward),
 }
-WINOGRAD_MIN_CIN = 16  # conv+pool by Winograd from this many input channels: faster at 16 and
-# 32, slower or even at 1, 4 and 8, for 3x3 and 5x5 (python scripts/bench.py --profile kernels)
+WINOGRAD_MIN_CIN = 16  # convs (with or without a pool after them) by Winograd from this many
+# input channels: faster at 16 and up, slower or even at 1, 4 and 8, for 3x3 and 5x5
+# (python scripts/bench.py --profile kernels)
+
+
+def _winograd(ly):
+    return ly["cin"] >= WINOGRAD_MIN_CIN and ly["k"] in Wi.KERNELS
 
 
 def _fused_pair(pair, ly):
     """The kernel pair of a FUSED pair: conv+pool by Winograd (conv_winograd.py) where it pays."""
-    if pair == ("conv", "pool") and ly["cin"] >= WINOGRAD_MIN_CIN and ly["k"] in Wi.KERNELS:
+    if pair == ("conv", "pool") and _winograd(ly):
         return Wi.wino_pool_forward, Wi.wino_pool_backward
     return FUSED[pair]
 
@@ -112,10 +117,12 @@ def make_plan(layers, P, G, fuse=True, threads=1):
         if fuse and pair in FUSED and (pair[1] != "act" or nxt["fn"] == "relu"):
             fwd, bwd = _fused_pair(pair, ly)
             name, n = f"{ly['name']}+{nxt['name']}", 2
+        elif fuse and ly["type"] == "conv" and _winograd(ly):
+            fwd, bwd, name, n = Wi.wino_conv_forward, Wi.wino_conv_backward, ly["name"], 1
         else:
             fwd, bwd, name, n = kind.forward, kind.backward, ly["name"], 1
         settings = _settings(kind, ly)
-        if fwd in (Fu.conv_pool_forward, Wi.wino_pool_forward):
+        if fwd in (Fu.conv_pool_forward, Wi.wino_pool_forward, Wi.wino_conv_forward):
             settings["threads"] = threads
         plan.append(Step(name, fwd, bwd, P[i], G[i], settings, i))
         i += n
