@@ -278,3 +278,29 @@ def test_the_default_runs_its_unpooled_wide_convs_by_winograd():
             wide = by_name[st.name]["cin"] >= WINOGRAD_MIN_CIN
             assert st.forward is (Wi.wino_conv_forward if wide else L.conv2d_forward), st.name
         assert any(st.forward is Wi.wino_conv_forward for st in alone)
+
+
+@pytest.mark.parametrize("pool", [True, False])
+def test_reused_working_arrays_leak_nothing_between_calls(rng, pool):
+    # the kernels reuse per-thread working arrays across calls and layers: an output, and a
+    # cache kept for the backward pass, stay correct after other calls (other shapes, eval and
+    # training) have run on the same thread in between
+    fwd, bwd = ((Wi.wino_pool_forward, Wi.wino_pool_backward) if pool
+                else (Wi.wino_conv_forward, Wi.wino_conv_backward))
+    ref_f = ((lambda x, w: Fu.conv_pool_forward(x, w)) if pool
+             else (lambda x, w: L.conv2d_forward(x, w)))
+    ref_b = Fu.conv_pool_backward if pool else L.conv2d_backward
+    x1, w1 = rng.normal(size=(5, 10, 10, 16)), rng.normal(size=(3, 3, 16, 4))
+    x2, w2 = rng.normal(size=(7, 14, 14, 16)), rng.normal(size=(5, 5, 16, 8))
+    out1, cache1 = fwd(x1, w1)
+    kept = out1.copy()
+    out2, cache2 = fwd(x2, w2)  # other shapes, in between
+    fwd(x2, w2, train=False)
+    bwd(rng.normal(size=out2.shape), cache2, {})
+    np.testing.assert_array_equal(out1, kept)
+    r1, rc1 = ref_f(x1, w1)
+    dout = rng.normal(size=out1.shape)
+    g, rg = {}, {}
+    np.testing.assert_allclose(bwd(dout, cache1, g), ref_b(dout, rc1, rg), rtol=1e-11,
+                               atol=1e-11)
+    np.testing.assert_allclose(g["w"], rg["w"], rtol=1e-11, atol=1e-11)
