@@ -14,7 +14,14 @@ from pipeline.nn import reference as R
 from pipeline.nn.gradcheck import numgrad, rel_error
 from pipeline.nn.model import Model
 from pipeline.nn.models import DEFAULTS, build_spec
-from pipeline.nn.plan import WINOGRAD_MIN_CIN, layer_backward, make_plan, run_forward
+from pipeline.nn.plan import (
+    WINOGRAD_MIN_CIN,
+    conv_relu_backward,
+    conv_relu_forward,
+    layer_backward,
+    make_plan,
+    run_forward,
+)
 
 
 @pytest.fixture
@@ -268,16 +275,55 @@ def test_conv_alone_float32_threads_and_chunks(rng, monkeypatch, tile):
 
 def test_the_default_runs_its_unpooled_wide_convs_by_winograd():
     # every conv step of the default cnn without a pool after it: Winograd from WINOGRAD_MIN_CIN
-    # input channels (the 10x10x64 c4), the direct im2col below (the one-channel c1); eval too
+    # input channels (the 10x10x64 c4), not below (the one-channel c1); in inference each such
+    # conv (BatchNorm folded in) runs with its ReLU as one step
     model = Model(build_spec("cnn", {**DEFAULTS["cnn"], "model": "cnn"}))
     by_name = {ly["name"]: ly for ly in model.spec["layers"]}
-    for plan in (model.plan, model._eval_plan()):
-        alone = [st for st in plan if st.name in by_name and by_name[st.name]["type"] == "conv"]
-        assert alone
-        for st in alone:
-            wide = by_name[st.name]["cin"] >= WINOGRAD_MIN_CIN
-            assert st.forward is (Wi.wino_conv_forward if wide else L.conv2d_forward), st.name
-        assert any(st.forward is Wi.wino_conv_forward for st in alone)
+    c4 = [st for st in model.plan if st.name == "c4"]
+    assert c4 and c4[0].forward is Wi.wino_conv_forward
+    evals = {st.name: st for st in model._eval_plan()}
+    for name in ("c1", "c4"):
+        st = evals[f"{name}+{name}a"]
+        assert st.forward is conv_relu_forward
+        assert st.settings["winograd"] == (by_name[name]["cin"] >= WINOGRAD_MIN_CIN)
+    assert evals["c4+c4a"].settings["winograd"] and not evals["c1+c1a"].settings["winograd"]
+
+
+@pytest.mark.parametrize("winograd", [True, False])
+def test_conv_relu_equals_conv_then_relu(rng, winograd):
+    # the conv -> ReLU step: forward (train and eval), dx, dw, db equal layers.conv2d then
+    # layers' ReLU (float64); the ReLU really is applied (negative conv outputs exist)
+    x, w, b = rng.normal(size=(5, 10, 10, 16)), rng.normal(size=(3, 3, 16, 6)), rng.normal(size=6)
+    z, zc = L.conv2d_forward(x, w, b, 1)
+    a, ac = L.relu_forward(z)
+    assert (z < 0).any() and (z > 0).any()
+    out, cache = conv_relu_forward(x, w, b, 1, winograd=winograd)
+    np.testing.assert_allclose(out, a, rtol=1e-11, atol=1e-11)
+    np.testing.assert_allclose(conv_relu_forward(x, w, b, 1, train=False, winograd=winograd)[0],
+                               a, rtol=1e-11, atol=1e-11)
+    da = rng.normal(size=a.shape)
+    g, rg = {}, {}
+    dx = conv_relu_backward(da, cache, g)
+    rdx = L.conv2d_backward(L.relu_backward(da, ac), zc, rg)
+    np.testing.assert_allclose(dx, rdx, rtol=1e-11, atol=1e-11)
+    for key in ("w", "b"):
+        np.testing.assert_allclose(g[key], rg[key], rtol=1e-11, atol=1e-11)
+
+
+def test_inference_plan_equals_the_layers(rng):
+    # the default cnn in eval mode (BatchNorm folded, fused steps, Winograd) gives the logits of
+    # its layers run one by one with running statistics (float64 parameters and input)
+    model = Model(build_spec("cnn", {**DEFAULTS["cnn"], "model": "cnn"}), rng=rng)
+    for k, v in model.params.items():  # non-trivial BatchNorm statistics and scales
+        if k.endswith((".mean", ".beta")):
+            v[...] = rng.normal(size=v.shape) * 0.1
+        elif k.endswith((".var", ".gamma")):
+            v[...] = rng.uniform(0.5, 1.5, size=v.shape)
+    x = rng.normal(size=(9, 28, 28, 1)).astype(np.float32)
+    got = model.forward(x)
+    plain = make_plan(model.spec["layers"], model._P, model._G, fuse=False)
+    want = run_forward(plain, x.astype(np.float64), False)[0]
+    assert np.abs(got - want).max() < 1e-4 * np.abs(want).max()
 
 
 @pytest.mark.parametrize("pool", [True, False])

@@ -135,12 +135,39 @@ def torch_step_time(torch, settings, hp, xb, yb, threads, clock, repeats=20):
     return float(np.median(times[1:]))
 
 
+def eval_step_times(model, x, repeats=20, clock=time.thread_time):
+    """Median `clock` seconds of each step of the inference plan (BatchNorm folded, fused
+    pairs as one) on one chunk `x`, and each step's output shape."""
+    plan = model._eval_plan()
+    times = np.zeros((repeats + 1, len(plan)))
+    shapes = []
+    for r in range(repeats + 1):  # the first pass is a warm-up
+        h, shapes = x, []
+        for k, st in enumerate(plan):
+            t0 = clock()
+            h = st.forward(h, **st.P, train=False, **st.settings)[0]
+            times[r, k] = clock() - t0
+            shapes.append(h.shape)
+    return plan, np.median(times[1:], axis=0), shapes
+
+
 def profile_predict(args, settings, x_test):
-    """cProfile of predicting the test rows with a fresh model of `settings`, on --threads
-    threads (cProfile sees only the calling thread: use --threads 1 for a full breakdown)."""
+    """Per-step times of one inference chunk, then a cProfile of predicting the test rows with
+    a fresh model of `settings`, on --threads threads (cProfile sees only the calling thread:
+    use --threads 1 for a full breakdown)."""
     from pipeline import predict as predict_module
+    from pipeline.nn.model import EVAL_CHUNK
     model = Model(build_spec(settings["model"], hyperparameters(TrainConfig(**settings))),
                   rng=np.random.default_rng(args.seed))
+    plan, times, shapes = eval_step_times(model, x_test[:EVAL_CHUNK])
+    total = times.sum()
+    chunks = -(-len(x_test) // EVAL_CHUNK)
+    print(f"inference, one chunk of {EVAL_CHUNK} rows, 1 thread, CPU ms (medians of 20): "
+          f"{total * 1e3:.2f} ms; x {chunks} chunks = {total * chunks:.2f} s of CPU")
+    print(f"{'step':<14} {'output':<16} {'ms':>8} {'share':>6}")
+    for st, t, shape in zip(plan, times, shapes):
+        print(f"{st.name:<14} {str(shape[1:]):<16} {t * 1e3:8.3f} {t / total:6.1%}")
+    print()
     saved, predict_module.PREDICT_THREADS = predict_module.PREDICT_THREADS, args.threads
     try:
         predict_proba([model], x_test[:1000])
