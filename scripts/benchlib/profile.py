@@ -15,9 +15,10 @@ from pipeline.nn.losses import softmax_cross_entropy_backward, softmax_cross_ent
 from pipeline.nn.model import Model
 from pipeline.nn.models import build_spec
 from pipeline.nn.optim import Optimizer
+from pipeline.nn.threads import blas_threads
 from pipeline.params import TrainConfig
 from pipeline.predict import predict_proba
-from pipeline.train import hyperparameters, train
+from pipeline.train import TRAIN_THREADS, hyperparameters, train
 
 from .measure import WARMUP_ROWS, macs_per_sample, our_threads
 from .twin import import_torch, torch_optimizer, torch_twin
@@ -75,8 +76,9 @@ def profile_training(args, settings, x, y):
     model.threads = args.threads
     layers = model.spec["layers"]
     clock = time.thread_time if args.clock == "cpu" else time.perf_counter
-    fwd, bwd, shapes, rest = step_times(model, hp, x[:B], y[:B], np.random.default_rng(0),
-                                        clock=clock)
+    with blas_threads(TRAIN_THREADS):  # as train() runs: Python threads, one-thread BLAS
+        fwd, bwd, shapes, rest = step_times(model, hp, x[:B], y[:B], np.random.default_rng(0),
+                                            clock=clock)
     total = fwd.sum() + bwd.sum() + sum(rest.values())
     print(f"{args.profile} ({hp.get('plan') or list(hp['hidden'])}): one training step at batch "
           f"{B}, {args.threads} thread(s), {total * 1e3:.2f} ms {args.clock} time (medians of "
