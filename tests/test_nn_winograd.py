@@ -14,7 +14,14 @@ from pipeline.nn import reference as R
 from pipeline.nn.gradcheck import numgrad, rel_error
 from pipeline.nn.model import Model
 from pipeline.nn.models import DEFAULTS, build_spec
-from pipeline.nn.plan import WINOGRAD_MIN_CIN, layer_backward, make_plan, run_forward
+from pipeline.nn.plan import (
+    WINOGRAD_MIN_CIN,
+    conv_relu_backward,
+    conv_relu_forward,
+    layer_backward,
+    make_plan,
+    run_forward,
+)
 
 
 @pytest.fixture
@@ -64,20 +71,28 @@ def test_equals_direct_conv_pool(rng, tile, n, size, pad, k, c, bias):
     # padding and bias, for odd sizes of the two parts (37 and 1 images), eval mode too
     x = rng.normal(size=(n, size, size, c))
     w, b = rng.normal(size=(k, k, c, 6)), (rng.normal(size=6) if bias else None)
-    ref, rcache = Fu.conv_pool_forward(x, w, b, pad)
-    out, cache = Wi.wino_pool_forward(x, w, b, pad)
+    assert_same_kernel((Wi.wino_pool_forward, Wi.wino_pool_backward),
+                       (Fu.conv_pool_forward, Fu.conv_pool_backward), x, w, b, pad, rng)
+
+
+def assert_same_kernel(kernel, reference, x, w, b, pad, rng):
+    """The (forward, backward) pair `kernel` gives the output (train and eval), dx and the
+    parameter gradients of `reference` to 1e-11 in float64, and no dx when none is asked."""
+    (fwd, bwd), (rfwd, rbwd) = kernel, reference
+    ref, rcache = rfwd(x, w, b, pad)
+    out, cache = fwd(x, w, b, pad)
     dout = rng.normal(size=ref.shape)
     rg, g = {}, {}
-    rdx = Fu.conv_pool_backward(dout, rcache, rg)
-    dx = Wi.wino_pool_backward(dout, cache, g)
+    rdx = rbwd(dout, rcache, rg)
+    dx = bwd(dout, cache, g)
     np.testing.assert_allclose(out, ref, rtol=1e-11, atol=1e-11)
     np.testing.assert_allclose(dx, rdx, rtol=1e-11, atol=1e-11)
     assert g.keys() == rg.keys()
     for key in g:
         np.testing.assert_allclose(g[key], rg[key], rtol=1e-11, atol=1e-11)
-    np.testing.assert_allclose(Wi.wino_pool_forward(x, w, b, pad, train=False)[0], ref,
-                               rtol=1e-11, atol=1e-11)
-    assert Wi.wino_pool_backward(dout, cache, {}, need_dx=False) is None
+    np.testing.assert_allclose(fwd(x, w, b, pad, train=False)[0], ref, rtol=1e-11, atol=1e-11)
+    assert bwd(dout, cache, {}, need_dx=False) is None
+    return cache
 
 
 @pytest.mark.parametrize("k,size", [(5, 8), (3, 8)])
@@ -191,21 +206,9 @@ def test_conv_alone_equals_the_direct_conv(rng, tile, n, size, pad, k, c, bias):
     # without padding and bias, for 1 and 37 images (odd parts), eval mode too; no dx asked, none
     x = rng.normal(size=(n, size, size, c))
     w, b = rng.normal(size=(k, k, c, 7)), (rng.normal(size=7) if bias else None)
-    ref, rcache = L.conv2d_forward(x, w, b, pad)
-    out, cache = Wi.wino_conv_forward(x, w, b, pad)
-    assert out.shape == ref.shape and cache[0] != "direct"
-    dz = rng.normal(size=ref.shape)
-    rg, g = {}, {}
-    rdx = L.conv2d_backward(dz, rcache, rg)
-    dx = Wi.wino_conv_backward(dz, cache, g)
-    np.testing.assert_allclose(out, ref, rtol=1e-11, atol=1e-11)
-    np.testing.assert_allclose(dx, rdx, rtol=1e-11, atol=1e-11)
-    assert g.keys() == rg.keys()
-    for key in g:
-        np.testing.assert_allclose(g[key], rg[key], rtol=1e-11, atol=1e-11)
-    np.testing.assert_allclose(Wi.wino_conv_forward(x, w, b, pad, train=False)[0], ref,
-                               rtol=1e-11, atol=1e-11)
-    assert Wi.wino_conv_backward(dz, cache, {}, need_dx=False) is None
+    cache = assert_same_kernel((Wi.wino_conv_forward, Wi.wino_conv_backward),
+                               (L.conv2d_forward, L.conv2d_backward), x, w, b, pad, rng)
+    assert cache[0] != "direct"
 
 
 def test_conv_alone_with_an_odd_output_runs_directly(rng):
@@ -268,13 +271,78 @@ def test_conv_alone_float32_threads_and_chunks(rng, monkeypatch, tile):
 
 def test_the_default_runs_its_unpooled_wide_convs_by_winograd():
     # every conv step of the default cnn without a pool after it: Winograd from WINOGRAD_MIN_CIN
-    # input channels (the 10x10x64 c4), the direct im2col below (the one-channel c1); eval too
+    # input channels (the 10x10x64 c4), not below (the one-channel c1); in inference each such
+    # conv (BatchNorm folded in) runs with its ReLU as one step
     model = Model(build_spec("cnn", {**DEFAULTS["cnn"], "model": "cnn"}))
     by_name = {ly["name"]: ly for ly in model.spec["layers"]}
-    for plan in (model.plan, model._eval_plan()):
-        alone = [st for st in plan if st.name in by_name and by_name[st.name]["type"] == "conv"]
-        assert alone
-        for st in alone:
-            wide = by_name[st.name]["cin"] >= WINOGRAD_MIN_CIN
-            assert st.forward is (Wi.wino_conv_forward if wide else L.conv2d_forward), st.name
-        assert any(st.forward is Wi.wino_conv_forward for st in alone)
+    c4 = [st for st in model.plan if st.name == "c4"]
+    assert c4 and c4[0].forward is Wi.wino_conv_forward
+    evals = {st.name: st for st in model._eval_plan()}
+    for name in ("c1", "c4"):
+        st = evals[f"{name}+{name}a"]
+        assert st.forward is conv_relu_forward
+        assert st.settings["winograd"] == (by_name[name]["cin"] >= WINOGRAD_MIN_CIN)
+    assert evals["c4+c4a"].settings["winograd"] and not evals["c1+c1a"].settings["winograd"]
+
+
+@pytest.mark.parametrize("winograd", [True, False])
+def test_conv_relu_equals_conv_then_relu(rng, winograd):
+    # the conv -> ReLU step: forward (train and eval), dx, dw, db equal layers.conv2d then
+    # layers' ReLU (float64); the ReLU really is applied (negative conv outputs exist)
+    x, w, b = rng.normal(size=(5, 10, 10, 16)), rng.normal(size=(3, 3, 16, 6)), rng.normal(size=6)
+    z, zc = L.conv2d_forward(x, w, b, 1)
+    a, ac = L.relu_forward(z)
+    assert (z < 0).any() and (z > 0).any()
+    out, cache = conv_relu_forward(x, w, b, 1, winograd=winograd)
+    np.testing.assert_allclose(out, a, rtol=1e-11, atol=1e-11)
+    np.testing.assert_allclose(conv_relu_forward(x, w, b, 1, train=False, winograd=winograd)[0],
+                               a, rtol=1e-11, atol=1e-11)
+    da = rng.normal(size=a.shape)
+    g, rg = {}, {}
+    dx = conv_relu_backward(da, cache, g)
+    rdx = L.conv2d_backward(L.relu_backward(da, ac), zc, rg)
+    np.testing.assert_allclose(dx, rdx, rtol=1e-11, atol=1e-11)
+    for key in ("w", "b"):
+        np.testing.assert_allclose(g[key], rg[key], rtol=1e-11, atol=1e-11)
+
+
+def test_inference_plan_equals_the_layers(rng):
+    # the default cnn in eval mode (BatchNorm folded, fused steps, Winograd) gives the logits of
+    # its layers run one by one with running statistics (float64 parameters and input)
+    model = Model(build_spec("cnn", {**DEFAULTS["cnn"], "model": "cnn"}), rng=rng)
+    for k, v in model.params.items():  # non-trivial BatchNorm statistics and scales
+        if k.endswith((".mean", ".beta")):
+            v[...] = rng.normal(size=v.shape) * 0.1
+        elif k.endswith((".var", ".gamma")):
+            v[...] = rng.uniform(0.5, 1.5, size=v.shape)
+    x = rng.normal(size=(9, 28, 28, 1)).astype(np.float32)
+    got = model.forward(x)
+    plain = make_plan(model.spec["layers"], model._P, model._G, fuse=False)
+    want = run_forward(plain, x.astype(np.float64), False)[0]
+    assert np.abs(got - want).max() < 1e-4 * np.abs(want).max()
+
+
+@pytest.mark.parametrize("pool", [True, False])
+def test_reused_working_arrays_leak_nothing_between_calls(rng, pool):
+    # the kernels reuse per-thread working arrays across calls and layers: an output, and a
+    # cache kept for the backward pass, stay correct after other calls (other shapes, eval and
+    # training) have run on the same thread in between
+    fwd, bwd = ((Wi.wino_pool_forward, Wi.wino_pool_backward) if pool
+                else (Wi.wino_conv_forward, Wi.wino_conv_backward))
+    ref_f = ((lambda x, w: Fu.conv_pool_forward(x, w)) if pool
+             else (lambda x, w: L.conv2d_forward(x, w)))
+    ref_b = Fu.conv_pool_backward if pool else L.conv2d_backward
+    x1, w1 = rng.normal(size=(5, 10, 10, 16)), rng.normal(size=(3, 3, 16, 4))
+    x2, w2 = rng.normal(size=(7, 14, 14, 16)), rng.normal(size=(5, 5, 16, 8))
+    out1, cache1 = fwd(x1, w1)
+    kept = out1.copy()
+    out2, cache2 = fwd(x2, w2)  # other shapes, in between
+    fwd(x2, w2, train=False)
+    bwd(rng.normal(size=out2.shape), cache2, {})
+    np.testing.assert_array_equal(out1, kept)
+    r1, rc1 = ref_f(x1, w1)
+    dout = rng.normal(size=out1.shape)
+    g, rg = {}, {}
+    np.testing.assert_allclose(bwd(dout, cache1, g), ref_b(dout, rc1, rg), rtol=1e-11,
+                               atol=1e-11)
+    np.testing.assert_allclose(g["w"], rg["w"], rtol=1e-11, atol=1e-11)

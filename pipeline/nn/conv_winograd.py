@@ -30,6 +30,7 @@ either is a valid gradient of the max.
 from __future__ import annotations
 
 import functools
+import threading
 
 import numpy as np
 
@@ -95,6 +96,21 @@ def tile_side(k, Ho, Wo):
     return m if Ho % m == 0 and Wo % m == 0 else 2
 
 
+_SCRATCH = threading.local()  # per thread: name -> a flat buffer, grown as needed
+
+
+def _scratch(name, shape, dtype):
+    """A working array for the duration of one call on this thread, reused across calls and
+    layers (same name, same thread): no allocation, so no page faults and a buffer that stays
+    in cache. Never returned to the caller or kept in a cache."""
+    size = int(np.prod(shape)) * np.dtype(dtype).itemsize
+    bufs = _SCRATCH.__dict__
+    buf = bufs.get(name)
+    if buf is None or buf.size < size:
+        buf = bufs[name] = np.empty(size, dtype=np.uint8)
+    return buf[:size].view(dtype).reshape(shape)
+
+
 def _chunk(n, A, B, C, F, itemsize):
     """Images per chunk: a chunk's transformed tiles stay in the core's cache between the
     products (CHUNK_BYTES: of 1M, 2M, 4M and 8M, 4M ran fastest for the 3x3 default's three
@@ -144,13 +160,14 @@ def _wino_forward(x, w, b, pad, train, threads, pool):
 
     def wino_forward_part(s0, e0):
         c = min(nb, e0 - s0)
-        D = np.empty((n, n, c, A, B, C), dtype=x.dtype)  # one chunk's tile windows
-        M = np.empty((n * n, c * A * B, F), dtype=x.dtype)
-        Y = np.empty((m * m, c * A * B * F), dtype=x.dtype)
-        P = np.empty((h, h, c, A, B, F), dtype=x.dtype) if pool and h > 1 else None
+        D = _scratch("D", (n, n, c, A, B, C), x.dtype)  # one chunk's tile windows
+        M = _scratch("M", (n * n, c * A * B, F), x.dtype)
+        Y = _scratch("Y", (m * m, c * A * B * F), x.dtype)
+        P = _scratch("P", (h, h, c, A, B, F), x.dtype) if pool and h > 1 else None
         # V, the transformed input: the part's whole, kept for the backward pass, each chunk's
         # (n*n, T, C) contiguous in it (written in one stream: 3x faster than one per row)
-        V = np.empty((e0 - s0 if train else c) * A * B * n * n * C, dtype=x.dtype)
+        T0 = (e0 - s0 if train else c) * A * B
+        V = np.empty(T0 * n * n * C, x.dtype) if train else _scratch("V", T0 * n * n * C, x.dtype)
         for s in range(s0, e0, nb):
             e = min(s + nb, e0)
             T = (e - s) * A * B
@@ -224,15 +241,15 @@ def _wino_backward(dout, cache, grads, need_dx):
 
     def wino_backward_part(s0, e0):
         c = min(nb, e0 - s0)
-        dY = np.empty((m * m, c * A * B * F), dtype=dt)  # the conv output gradient, by (i, j)
-        won_buf = np.empty((h, h, c, A, B, F), dtype=bool) if pool else None  # offset q won
-        dP = np.empty((h, h, c, A, B, F), dtype=dt) if pool and h > 1 else None
-        dM = np.empty((n * n, c * A * B, F), dtype=dt)
-        dV = np.empty((n * n, c * A * B, C), dtype=dt) if need_dx else None
-        dD = np.empty((n * n, c * A * B * C), dtype=dt) if need_dx else None
-        dxp = np.empty((c, Hp, Wp, C), dtype=dt) if need_dx and pad else None
-        dUt = np.empty((n * n, F, C), dtype=dt)  # (n*n, F, C), this part's share
-        more = np.empty_like(dUt)
+        dY = _scratch("dY", (m * m, c * A * B * F), dt)  # the output gradient, by (i, j)
+        won_buf = _scratch("won", (h, h, c, A, B, F), bool) if pool else None  # offset q won
+        dP = _scratch("dP", (h, h, c, A, B, F), dt) if pool and h > 1 else None
+        dM = _scratch("dM", (n * n, c * A * B, F), dt)
+        dV = _scratch("dV", (n * n, c * A * B, C), dt) if need_dx else None
+        dD = _scratch("dD", (n * n, c * A * B * C), dt) if need_dx else None
+        dxp = _scratch("dxp", (c, Hp, Wp, C), dt) if need_dx and pad else None
+        dUt = np.empty((n * n, F, C), dtype=dt)  # (n*n, F, C), this part's share (returned)
+        more = _scratch("more", (n * n, F, C), dt)
         V = Vs[s0]
         for s in range(s0, e0, nb):
             e = min(s + nb, e0)
