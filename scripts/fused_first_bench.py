@@ -75,6 +75,37 @@ def time_block(step, args, clock):
     return t1 - t0, clock() - t1
 
 
+def time_blocks(args):
+    """The fused step against the unfused steps, per --shapes (the module's first table)."""
+    clock = time.thread_time if args.threads == 1 else time.perf_counter
+    rng = np.random.default_rng(0)
+    print(f"load {os.getloadavg()[0]:.2f}; batch {args.batch}, cout {args.cout}, "
+          f"{args.threads} thread(s), {'wall' if args.threads > 1 else 'cpu'} ms, medians of "
+          f"{args.repeats}, need_dx={args.dx}")
+    print(f"{'cin x k':>8} {'K':>4} {'unfused fwd':>12} {'bwd':>7} {'fused fwd':>10} {'bwd':>7} "
+          f"{'fused/unfused':>14}")
+    with blas_threads(1):
+        for shape in args.shapes:
+            cin, k = (int(v) for v in shape.split("x"))
+            F, side = args.cout, 28 - k + 1
+            x = rng.normal(size=(args.batch, 28, 28, cin)).astype(np.float32)
+            w = (rng.uniform(-1, 1, size=(k, k, cin, F)) / k / np.sqrt(cin)).astype(np.float32)
+            bn = (np.ones(F, np.float32), np.zeros(F, np.float32), np.zeros(F, np.float32),
+                  np.ones(F, np.float32))
+            R = rng.normal(size=(args.batch, side, side, F)).astype(np.float32)
+            runs = {unfused_step: [], fused_step: []}
+            for r in range(args.repeats + 1):  # the first round is a warm-up
+                for step, times in runs.items():
+                    t = time_block(step, (x, w, bn, R, args.dx, args.threads), clock)
+                    if r:
+                        times.append(t)
+            (uf, ub), (ff, fb) = (np.median(np.array(v), axis=0) * 1e3 for v in runs.values())
+            print(f"{shape:>8} {k * k * cin:>4} {uf:12.2f} {ub:7.2f} {ff:10.2f} {fb:7.2f} "
+                  f"{(ff + fb) / (uf + ub):14.2f}")
+    print(f"load {os.getloadavg()[0]:.2f}")
+
+
+
 def time_relu(args):
     """np.maximum(a, 0) in place on a (batch, 26*26*cout) map: with a scalar, with a row of
     zeros, with a whole array of zeros (medians of this thread's CPU time, interleaved)."""
@@ -106,12 +137,31 @@ def before(fn, *a):
         Ff.K_MAX, Fu.relu_inplace = saved
 
 
+def train_step(m, x, y, rng, clock, probe=None):
+    """One training step of Model m through its plan (no optimizer step) -> (per plan step
+    [fwd s, bwd s, fwd probe, bwd probe], whole s); probe() is a counter read around each."""
+    from pipeline.nn.losses import softmax_cross_entropy_backward as loss_bwd
+    from pipeline.nn.losses import softmax_cross_entropy_forward as loss_fwd
+
+    probe = probe or (lambda: 0)
+    rows, caches, h, t0 = [], [], x, clock()
+    for st in m.plan:
+        f, t = probe(), clock()
+        h, cache = st.forward(h, **st.P, train=True, rng=rng, **st.settings)
+        rows.append([clock() - t, 0.0, probe() - f, 0])
+        caches.append(cache)
+    d = loss_bwd(loss_fwd(h, y)[1])
+    for k in range(len(m.plan) - 1, -1, -1):
+        st, f, t = m.plan[k], probe(), clock()
+        d = st.backward(d, caches[k], st.G, st.first > m.first_trained)
+        rows[k][1], rows[k][3] = clock() - t, probe() - f
+    return rows, clock() - t0
+
+
 def count_faults(args):
     """Per plan step of a default-cnn training step: minor page faults and CPU ms (medians)."""
     import resource
 
-    from pipeline.nn.losses import softmax_cross_entropy_backward as loss_bwd
-    from pipeline.nn.losses import softmax_cross_entropy_forward as loss_fwd
     from pipeline.nn.model import Model
     from pipeline.nn.models import DEFAULTS, build_spec
 
@@ -120,38 +170,17 @@ def count_faults(args):
     rng = np.random.default_rng(0)
     x = rng.normal(size=(args.batch, 28, 28, 1)).astype(np.float32)
     y = rng.integers(0, 10, args.batch)
-    rows = {st.name: [] for st in m.plan}  # (fwd faults, bwd faults, fwd s, bwd s) per round
-
-    def faults():
-        return resource.getrusage(resource.RUSAGE_THREAD).ru_minflt
-
     with blas_threads(1):
-        for r in range(args.repeats + 2):  # two warm-up rounds
-            h, caches, got = x, [], {}
-            for st in m.plan:
-                f, t = faults(), time.thread_time()
-                h, cache = st.forward(h, **st.P, train=True, rng=rng, **st.settings)
-                got[st.name] = [faults() - f, 0, time.thread_time() - t, 0.0]
-                caches.append(cache)
-            d = loss_bwd(loss_fwd(h, y)[1])
-            for k in range(len(m.plan) - 1, -1, -1):
-                st = m.plan[k]
-                f, t = faults(), time.thread_time()
-                d = st.backward(d, caches[k], st.G, st.first > m.first_trained)
-                got[st.name][1], got[st.name][3] = faults() - f, time.thread_time() - t
-            if r >= 2:
-                for name, v in got.items():
-                    rows[name].append(v)
+        rounds = [train_step(m, x, y, rng, time.thread_time,
+                             lambda: resource.getrusage(resource.RUSAGE_THREAD).ru_minflt)[0]
+                  for _ in range(args.repeats + 2)][2:]  # two warm-up rounds
+    med = np.median(np.array(rounds), axis=0)  # (steps, 4)
     print(f"load {os.getloadavg()[0]:.2f}; default cnn training step, batch {args.batch}, one "
           f"thread, medians of {args.repeats}; GLIBC_TUNABLES={os.environ.get('GLIBC_TUNABLES')}")
     print(f"{'step':<14} {'faults fwd':>10} {'bwd':>6} {'cpu ms fwd':>10} {'bwd':>7}")
-    total = np.zeros(4)
-    for name, v in rows.items():
-        med = np.median(np.array(v), axis=0)
-        total += med
-        print(f"{name:<14} {med[0]:10.0f} {med[1]:6.0f} {med[2] * 1e3:10.2f} {med[3] * 1e3:7.2f}")
-    print(f"{'sum':<14} {total[0]:10.0f} {total[1]:6.0f} {total[2] * 1e3:10.2f} "
-          f"{total[3] * 1e3:7.2f}")
+    for name, (tf, tb, ff, fb) in zip([st.name for st in m.plan] + ["sum"],
+                                      [*med, med.sum(axis=0)]):
+        print(f"{name:<14} {ff:10.0f} {fb:6.0f} {tf * 1e3:10.2f} {tb * 1e3:7.2f}")
 
 
 def time_eval(args):
@@ -189,8 +218,6 @@ def time_model(args):
     from benchlib.twin import import_torch, torch_optimizer, torch_twin
 
     from pipeline.data import read_competition
-    from pipeline.nn.losses import softmax_cross_entropy_backward as loss_bwd
-    from pipeline.nn.losses import softmax_cross_entropy_forward as loss_fwd
     from pipeline.nn.model import Model
     from pipeline.nn.models import build_spec
     from pipeline.nn.optim import Optimizer
@@ -214,24 +241,11 @@ def time_model(args):
         m.rng = np.random.default_rng(1)  # dropout's draws
         m.opt = Optimizer(hp["optimizer"], m.theta.size, m.n_decay,
                           weight_decay=hp["weight_decay"])
-    def ours(m, c1_steps):
-        fwd = bwd = 0.0
+    def ours(m, c1_steps):  # -> (step s, c1 steps' fwd s, bwd s)
         t0 = clock()
-        h, caches = xb, []
-        for k, st in enumerate(m.plan):
-            t = clock()
-            h, cache = st.forward(h, **st.P, train=True, rng=m.rng, **st.settings)
-            fwd += (clock() - t) if k < c1_steps else 0.0
-            caches.append(cache)
-        _, lc = loss_fwd(h, yb)
-        d = loss_bwd(lc)
-        for k in range(len(m.plan) - 1, -1, -1):
-            st = m.plan[k]
-            t = clock()
-            d = st.backward(d, caches[k], st.G, st.first > m.first_trained)
-            bwd += (clock() - t) if k < c1_steps else 0.0
+        rows, _ = train_step(m, xb, yb, m.rng, clock)
         m.opt.step(m.theta, m.grad, 1e-4)
-        return clock() - t0, fwd, bwd
+        return clock() - t0, *np.sum(np.array(rows)[:c1_steps, :2], axis=0)
 
     torch = import_torch()
     if torch is not None:
@@ -295,41 +309,8 @@ def main() -> None:
     ap.add_argument("--relu", action="store_true",
                     help="only time an in-place ReLU of the first layer's output, three ways")
     args = ap.parse_args()
-    if args.relu:
-        return time_relu(args)
-    if args.model:
-        return time_model(args)
-    if args.eval:
-        return time_eval(args)
-    if args.faults:
-        return count_faults(args)
-    clock = time.thread_time if args.threads == 1 else time.perf_counter
-    rng = np.random.default_rng(0)
-    print(f"load {os.getloadavg()[0]:.2f}; batch {args.batch}, cout {args.cout}, "
-          f"{args.threads} thread(s), {'wall' if args.threads > 1 else 'cpu'} ms, medians of "
-          f"{args.repeats}, need_dx={args.dx}")
-    print(f"{'cin x k':>8} {'K':>4} {'unfused fwd':>12} {'bwd':>7} {'fused fwd':>10} {'bwd':>7} "
-          f"{'fused/unfused':>14}")
-    with blas_threads(1):
-        for shape in args.shapes:
-            cin, k = (int(v) for v in shape.split("x"))
-            F, side = args.cout, 28 - k + 1
-            x = rng.normal(size=(args.batch, 28, 28, cin)).astype(np.float32)
-            w = (rng.uniform(-1, 1, size=(k, k, cin, F)) / k / np.sqrt(cin)).astype(np.float32)
-            bn = (np.ones(F, np.float32), np.zeros(F, np.float32), np.zeros(F, np.float32),
-                  np.ones(F, np.float32))
-            R = rng.normal(size=(args.batch, side, side, F)).astype(np.float32)
-            runs = {unfused_step: [], fused_step: []}
-            for r in range(args.repeats + 1):  # the first round is a warm-up
-                for step, times in runs.items():
-                    t = time_block(step, (x, w, bn, R, args.dx, args.threads), clock)
-                    if r:
-                        times.append(t)
-            (uf, ub), (ff, fb) = (np.median(np.array(v), axis=0) * 1e3 for v in runs.values())
-            print(f"{shape:>8} {k * k * cin:>4} {uf:12.2f} {ub:7.2f} {ff:10.2f} {fb:7.2f} "
-                  f"{(ff + fb) / (uf + ub):14.2f}")
-    print(f"load {os.getloadavg()[0]:.2f}")
-
+    modes = {"relu": time_relu, "model": time_model, "eval": time_eval, "faults": count_faults}
+    next((fn for name, fn in modes.items() if getattr(args, name)), time_blocks)(args)
 
 if __name__ == "__main__":
     main()
