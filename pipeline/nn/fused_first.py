@@ -36,10 +36,10 @@ import numpy as np
 from pipeline.nn.fused import _chunk, in_parts, relu_inplace
 from pipeline.nn.layers import BN_EPS, colsum, conv_input_grad, put
 
-K_MAX = 32  # im2col depths up to which the step is used. Fused / unfused time of a training
+K_MAX = 32  # im2col depths up to which the steps are used. Fused / unfused time of a training
 # step's block at batch 128, 32 filters, one thread (python scripts/fused_first_bench.py
-# [--dx], 2026-12-02, load 1.4): K = 9 0.40 (0.72 with the input gradient), 25 0.62 (0.93),
-# 27 0.70 (0.89), 36 0.87 (0.86), 45 (1.02), 49 0.93 (1.10), 72 1.06 (1.27)
+# [--dx], 2026-12-02 02:42 UTC, load 1.0): K = 9 0.38 (0.73 with the input gradient), 18 0.47,
+# 25 0.57 (0.90), 27 0.64 (0.91), 36 0.75 (0.96), 45 0.75 (0.99), 49 0.81 (1.12), 72 1.08
 
 
 def fused_length(layers):
