@@ -80,9 +80,10 @@ def test_conv_pool_float32_matches_to_rounding(rng, c):
                                rtol=1e-5, atol=1e-5)
 
 
-@pytest.mark.parametrize("shape", [(6, 4), (3, 4, 4, 2)])
+@pytest.mark.parametrize("shape", [(6, 4), (3, 4, 4, 2), (1, 3), (7, 5)])
 def test_bn_relu_equals_bn_then_relu(rng, shape):
     # BatchNorm -> ReLU fused: output, running stats, dx, dgamma, dbeta equal the two layers
+    # (its rows in two parts, a single row in one)
     C = shape[-1]
     x, gamma, beta = rng.normal(size=shape), rng.normal(size=C), rng.normal(size=C)
     R = rng.normal(size=shape)
@@ -100,6 +101,24 @@ def test_bn_relu_equals_bn_then_relu(rng, shape):
     ye, _ = L.batchnorm_forward(x, gamma, beta, m1, v1, False)
     np.testing.assert_allclose(Fu.bn_relu_forward(x, gamma, beta, m2, v2, False)[0],
                                np.maximum(ye, 0), rtol=1e-12, atol=1e-12)
+
+
+def test_bn_relu_on_two_threads_gives_the_same_bytes(rng):
+    # the rows' parts on one or two threads: identical output, running stats, gradients, dx;
+    # no dx asked, none (float32, the size of a training batch's 12x12x32 map)
+    x = rng.normal(size=(128, 12, 12, 32)).astype(np.float32)
+    gamma, beta = rng.normal(size=32).astype(np.float32), rng.normal(size=32).astype(np.float32)
+    R = rng.normal(size=x.shape).astype(np.float32)
+    runs = []
+    for threads in (1, 2):
+        mean, var = np.zeros(32, np.float32), np.ones(32, np.float32)
+        a, cache = Fu.bn_relu_forward(x, gamma, beta, mean, var, True, threads=threads)
+        g = {}
+        dx = Fu.bn_relu_backward(R, cache, g)
+        assert Fu.bn_relu_backward(R, cache, {}, need_dx=False) is None
+        runs.append((a, mean, var, dx, g["gamma"], g["beta"]))
+    for one, two in zip(*runs):
+        assert one.dtype == np.float32 and np.array_equal(one, two)
 
 
 def test_plan_fuses_the_default_cnn():

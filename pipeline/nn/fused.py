@@ -23,7 +23,14 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
-from pipeline.nn.layers import BN_EPS, batchnorm_dx, colsum, conv_input_grad, put
+from pipeline.nn.layers import (
+    BN_EPS,
+    batchnorm_input_grad,
+    batchnorm_sums,
+    colsum,
+    conv_input_grad,
+    put,
+)
 
 OFFSETS = ((0, 0), (0, 1), (1, 0), (1, 1))  # pool window offsets (row, col), in tie order
 CHUNK_BYTES = 1 << 20  # columns per chunk: of 256K, 1M, 4M and all, 1M was fastest for c3
@@ -190,9 +197,12 @@ def in_parts(fn, n, threads=1):
     return [first, *(f.result() for f in later)]
 
 
-def bn_relu_forward(x, gamma, beta, mean, var, train=True, rng=None, momentum=0.1, eps=BN_EPS):
+def bn_relu_forward(x, gamma, beta, mean, var, train=True, rng=None, momentum=0.1, eps=BN_EPS,
+                    threads=1):
     """x (..., C) -> relu(batchnorm(x)) (..., C); the running stats update as in
-    layers.batchnorm_forward."""
+    layers.batchnorm_forward. In training the rows go through in the PARTS fixed parts, on
+    `threads` threads: the column sums are added part by part in order, so any thread count
+    gives the same bytes."""
     C = x.shape[-1]
     x2 = x.reshape(-1, C)  # (M, C)
     if not train:
@@ -202,22 +212,59 @@ def bn_relu_forward(x, gamma, beta, mean, var, train=True, rng=None, momentum=0.
         np.maximum(y, 0.0, out=y)
         return y.reshape(x.shape), None
     M = x2.shape[0]
-    mu = colsum(x2) * (1.0 / M)  # (C,)
-    xc = x2 - mu  # (M, C) centred, as layers.batchnorm_forward
-    var_b = np.einsum("mc,mc->c", xc, xc) * (1.0 / M)  # (C,) biased variance
+    mu = _sum_parts(lambda s, e: colsum(x2[s:e]), M, threads) * (1.0 / M)  # (C,)
+    xc = np.empty_like(x2)  # (M, C) centred, as layers.batchnorm_forward
+
+    def centre(s, e):
+        np.subtract(x2[s:e], mu, out=xc[s:e])
+        return np.einsum("mc,mc->c", xc[s:e], xc[s:e])
+
+    var_b = _sum_parts(centre, M, threads) * (1.0 / M)  # (C,) biased variance
     rstd = 1.0 / np.sqrt(var_b + eps)  # (C,)
-    y = xc * (gamma * rstd)  # (M, C) = xhat * gamma
-    y += beta
-    np.maximum(y, 0.0, out=y)
+    scale = gamma * rstd
+    y = np.empty_like(x2)
+
+    def normalize(s, e):  # y = xhat * gamma + beta, then the ReLU
+        np.multiply(xc[s:e], scale, out=y[s:e])
+        y[s:e] += beta
+        np.maximum(y[s:e], 0.0, out=y[s:e])
+
+    in_parts(normalize, M, threads)
     mean *= 1.0 - momentum
     mean += momentum * mu
     var *= 1.0 - momentum
     var += (momentum * M / max(M - 1, 1)) * var_b
-    return y.reshape(x.shape), (xc, y, gamma, rstd, x.shape)
+    return y.reshape(x.shape), (xc, y, gamma, rstd, x.shape, threads)
 
 
 def bn_relu_backward(da, cache, grads=None, need_dx=True):
-    """da (..., C) -> dx (..., C); fills grads["gamma"], grads["beta"]."""
-    xc, y, gamma, rstd, shape = cache
-    dy = da.reshape(xc.shape) * (y > 0)  # (M, C) through the ReLU
-    return batchnorm_dx(dy, xc, gamma, rstd, grads).reshape(shape)
+    """da (..., C) -> dx (..., C); fills grads["gamma"], grads["beta"]: layers.batchnorm_dx
+    on rows masked by the ReLU, in the forward pass's parts."""
+    xc, y, gamma, rstd, shape, threads = cache
+    M = xc.shape[0]
+    da2 = da.reshape(xc.shape)
+    dy = np.empty_like(xc)  # (M, C) through the ReLU
+
+    def mask(s, e):
+        np.multiply(da2[s:e], y[s:e] > 0, out=dy[s:e])
+        return np.stack(batchnorm_sums(dy[s:e], xc[s:e]))
+
+    dbeta, dgamma = _sum_parts(mask, M, threads)  # (C,) each: sum(dy), sum(dy * xc)
+    dgamma *= rstd  # sum(dy * xhat)
+    put(grads, "beta", dbeta)
+    put(grads, "gamma", dgamma)
+    if not need_dx:
+        return None
+    dx = np.empty_like(xc)
+    in_parts(lambda s, e: batchnorm_input_grad(dy[s:e], xc[s:e], gamma, rstd, dbeta, dgamma, M,
+                                               out=dx[s:e]), M, threads)
+    return dx.reshape(shape)
+
+
+def _sum_parts(fn, n, threads):
+    """sum of in_parts(fn, n, threads), added in part order (the same for any thread count)."""
+    parts = in_parts(fn, n, threads)
+    total = parts[0].copy()
+    for p in parts[1:]:
+        total += p
+    return total

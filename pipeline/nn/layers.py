@@ -212,15 +212,24 @@ def batchnorm_backward(dy, cache, grads=None, need_dx=True):
 
 def batchnorm_dx(dy, xc, gamma, rstd, grads=None):
     """The BatchNorm backward on rows: dy (M, C), xc (M, C) the centred input -> dx (M, C);
-    fills grads "gamma", "beta". Shared with the fused BatchNorm + ReLU (nn/fused.py), which
-    masks dy first."""
-    M = xc.shape[0]
-    dbeta = colsum(dy)  # (C,)
-    dgamma = np.einsum("mc,mc->c", dy, xc) * rstd  # (C,) = sum(dy * xhat)
+    fills grads "gamma", "beta". Its two halves are shared with the fused BatchNorm + ReLU
+    (nn/fused.py), which masks dy first and runs them on parts of the rows."""
+    dbeta, dsum = batchnorm_sums(dy, xc)
+    dgamma = dsum * rstd  # (C,) = sum(dy * xhat)
     put(grads, "beta", dbeta)
     put(grads, "gamma", dgamma)
-    # dx = gamma*rstd * (dy - mean(dy) - xhat*mean(dy*xhat)), xhat = xc*rstd
-    dx = xc * (-rstd * dgamma / M)  # (M, C)
+    return batchnorm_input_grad(dy, xc, gamma, rstd, dbeta, dgamma, xc.shape[0])
+
+
+def batchnorm_sums(dy, xc):
+    """-> (sum(dy), sum(dy * xc)) over rows, (C,) each: what the BatchNorm backward needs."""
+    return colsum(dy), np.einsum("mc,mc->c", dy, xc)
+
+
+def batchnorm_input_grad(dy, xc, gamma, rstd, dbeta, dgamma, M, out=None):
+    """dx (M', C) of the rows given, from the sums over all M rows (into `out` when given):
+    dx = gamma*rstd * (dy - mean(dy) - xhat*mean(dy*xhat)), xhat = xc*rstd."""
+    dx = np.multiply(xc, -rstd * dgamma / M, out=out)  # (M', C)
     dx += dy
     dx -= dbeta / M
     dx *= gamma * rstd
