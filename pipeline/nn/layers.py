@@ -15,6 +15,9 @@ running stats).
 
 from __future__ import annotations
 
+import math
+from functools import lru_cache
+
 import numpy as np
 
 
@@ -71,7 +74,15 @@ def im2col(xp, kh, kw):
 def colsum(x2):
     """x2 (M, C) -> (C,) sums over rows as a matrix-vector product (several times faster than
     x2.sum(axis=0), which numpy reduces with a strided inner loop)."""
-    return np.ones(x2.shape[0], dtype=x2.dtype) @ x2
+    return _ones(x2.shape[0], x2.dtype) @ x2
+
+
+@lru_cache(maxsize=32)
+def _ones(n, dtype):
+    """A read-only (n,) vector of ones, made once per length: colsum runs a few times a step."""
+    ones = np.ones(n, dtype=dtype)
+    ones.flags.writeable = False
+    return ones
 
 
 def col2im(dblocks, Hp, Wp, out=None):
@@ -251,8 +262,8 @@ def dropout_backward(dout, mask, grads=None, need_dx=True):
 
 
 def flatten_forward(x, train=True, rng=None):
-    """x (N, ...) -> (N, D)."""
-    return x.reshape(x.shape[0], int(np.prod(x.shape[1:]))), x.shape
+    """x (N, ...) -> (N, D), a view when x is contiguous."""
+    return x.reshape(x.shape[0], math.prod(x.shape[1:])), x.shape
 
 
 def flatten_backward(dout, shape, grads=None, need_dx=True):
@@ -264,7 +275,9 @@ def flatten_backward(dout, shape, grads=None, need_dx=True):
 
 
 def relu_forward(x):
-    a = np.maximum(x, 0.0)
+    # max(x, 0) against a row of zeros broadcast down x: the same values as np.maximum(x, 0.0),
+    # but numpy's maximum against a scalar skips its SIMD loop (2.4x slower at (128, 256))
+    a = np.maximum(x, np.zeros(x.shape[-1:], dtype=x.dtype))
     return a, a
 
 
