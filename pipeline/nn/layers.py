@@ -282,7 +282,9 @@ def relu_forward(x):
 
 
 def relu_backward(da, a):
-    return da * (a > 0)
+    dx = (a > 0).astype(da.dtype)  # = da * (a > 0) to the bit: a 0/1 mask in da's type, so
+    dx *= da  # the product needs no bool -> float cast inside the ufunc (buffered, slower)
+    return dx
 
 
 def leaky_relu_forward(x, slope=0.01):

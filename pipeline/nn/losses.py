@@ -41,11 +41,11 @@ def softmax_cross_entropy_forward(z, y, smoothing=0.0):
     N, K = z.shape
     logp = log_softmax(z)  # (N, K)
     rows = np.arange(N)
+    nll = -logp[rows, y]  # (N,)
     if smoothing:
-        nll = -logp[rows, y]  # (N,)
         loss = (1.0 - smoothing) * nll.mean() - smoothing * logp.mean(axis=1).mean()
-    else:  # = (-logp[rows, y]).mean() to the bit, without mean()'s Python layers
-        loss = -(np.add.reduce(logp[rows, y]) / N)
+    else:
+        loss = np.add.reduce(nll) / N  # = nll.mean() to the bit, without its Python layers
     return float(loss), (logp, rows, y, smoothing)
 
 
