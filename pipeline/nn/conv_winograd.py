@@ -1,188 +1,277 @@
-"""Convolution -> 2x2 max pool by Winograd's minimal filtering F(2x2, kxk): the same mathematics
-as `fused.conv_pool_*` (and so as `layers.conv2d_*` then `layers.maxpool_*`) with 2.8x fewer
-multiplications for a 5x5 kernel, for the layers with many input channels.
+"""Convolution -> 2x2 max pool, and convolution alone, by Winograd's minimal filtering
+F(m x m, k x k): the same mathematics as `fused.conv_pool_*` (and so as `layers.conv2d_*` then
+`layers.maxpool_*`), and as `layers.conv2d_*`, with fewer multiplications (F(2x2, 5x5): 2.8x,
+F(2x2, 3x3): 2.25x, F(4x4, 3x3): 4x), for the layers with many input channels.
 
-Each 2x2 block of conv outputs at even positions, the block one pooled pixel takes its maximum
-of, is one Winograd tile: it reads the (k+1) x (k+1) input window at (2a, 2b), and
+Each m x m block of conv outputs at (m a, m b) is one tile: it reads the n x n input window
+there (n = m + k - 1), and
 
     Y = A^T [ sum_c (G g_c G^T) * (B^T d_c B) ] A      (* elementwise, per output channel)
 
-with the (k+1)-point Toom-Cook matrices of `winograd_matrices` (points 0, 1, -1, 2, -1/2, inf).
-Laid out as matrix products over the whole batch (n = k+1, T tiles, C in, F out channels):
-the input transform V = kron(B^T, B^T) @ D, (n*n, n*n) @ (n*n, T*C); the n*n products
-V[e] (T, C) @ U[e] (C, F) with U = kron(G, G) @ w; the output transform kron(A^T, A^T) @ M,
-(4, n*n) @ (n*n, T*F), whose four rows are the conv outputs at the four pool offsets (the order
-of fused.OFFSETS). The backward pass runs the same products transposed; the input gradient of a
-tile is scattered back by (k+1)^2 stride-2 slice-adds (a col2im with 36 small blocks instead of
-im2col's 25 large ones).
+with the n-point Toom-Cook matrices of `winograd_matrices` (points 0, 1, -1, 2, -1/2, inf).
+Laid out as matrix products over the whole batch (T tiles, C in, F out channels): the input
+transform V = kron(B^T, B^T) @ D, (n*n, n*n) @ (n*n, T*C); the n*n products V[e] (T, C) @
+U[e] (C, F) with U = kron(G, G) @ w; the output transform kron(A^T, A^T) @ M, (m*m, n*n) @
+(n*n, T*F), whose rows are the conv outputs at the m*m offsets in the tile. With a pool (m
+even), each 2x2 block of a tile is one pooled pixel: the maximum of four of those rows (the
+offsets in the order of fused.OFFSETS); without one, the rows are put back in their places.
+3x3 kernels use 4x4 tiles where the output side is a multiple of 4 (`TILE`, `tile_side`),
+else 2x2. The backward pass runs the same products transposed; the input gradient of a tile is
+scattered back by n*n stride-m slice-adds (a col2im of small blocks).
 
-Exact in exact arithmetic; in float32 the transforms round a little more than the direct sum
-(about 1e-6 relative, rms, against 2.5e-7 for the direct sum; tests/test_nn_winograd.py
-holds it to 2e-5 of the scale). Ties in the max pool
-go to the first offset as in fused.py, but a tie the direct sum makes exactly (identical input
-windows) may be broken by rounding here: either is a valid gradient of the max.
+Exact in exact arithmetic; in float32 the six-point transforms (F(2x2, 5x5), F(4x4, 3x3))
+round a little more than the direct sum (about 1e-6 relative, rms, against 2.5e-7 for the
+direct sum; tests/test_nn_winograd.py holds it to 2e-5 of the scale; `python scripts/bench.py
+--profile kernels` prints it). Ties in the max pool go to the first offset as in fused.py, but
+a tie the direct sum makes exactly (identical input windows) may be broken by rounding here:
+either is a valid gradient of the max.
 """
 
 from __future__ import annotations
 
 import functools
+import threading
 
 import numpy as np
 
-from pipeline.nn.fused import in_parts
-from pipeline.nn.layers import colsum, put
+from pipeline.nn.fused import OFFSETS, in_parts
+from pipeline.nn.layers import colsum, conv2d_backward, conv2d_forward, put
 
 # the finite interpolation points, then infinity: -1/2 rounds less in float32 than -2 (python
 # scripts/bench.py --profile kernels prints both; docs/bench-notes.md)
 POINTS = (0.0, 1.0, -1.0, 2.0, -0.5)
-KERNELS = (3, 5)  # kernel sides with a Winograd form here (k + 1 <= len(POINTS) + 1 points)
-CHUNK_BYTES = 2 << 20  # per chunk of images, the largest of its transformed arrays
+KERNELS = (3, 5)  # kernel sides with a Winograd form here
+# the output tile side m of F(m x m, k x k) per kernel side, when the conv's output side is a
+# multiple of it (else 2): n = m + k - 1 points, at most len(POINTS) + 1 = 6
+TILE = {3: 4, 5: 2}
+CHUNK_BYTES = 4 << 20  # per chunk of images, the largest of its transformed arrays
 
 
 @functools.cache
-def winograd_matrices(k, points=POINTS):
-    """-> (AT (2, n), G (n, k), BT (n, n)) in float64, n = k + 1, for the 1-D correlation
-    y_i = sum_j d_{i+j} g_j (i = 0, 1) as y = AT @ ((G @ g) * (BT @ d)), from the first k
+def winograd_matrices(k, m=2, points=POINTS):
+    """-> (AT (m, n), G (n, k), BT (n, n)) in float64, n = m + k - 1, for the 1-D correlation
+    y_i = sum_j d_{i+j} g_j (i = 0..m-1) as y = AT @ ((G @ g) * (BT @ d)), from the first n-1
     of `points` and infinity.
 
-    Toom-Cook: with V_m the n x m matrix of the points' powers 0..m-1 (the point at infinity
-    picks the leading coefficient), convolution by g is V_n^-1 diag(V_k g) V_2, and correlation
-    is its transpose: AT = V_2^T, G = V_k, BT = V_n^-T."""
-    n = k + 1
-    if k not in KERNELS:
-        raise ValueError(f"Winograd F(2x2, kxk) is implemented for k in {KERNELS}, got {k}")
+    Toom-Cook: with V_j the n x j matrix of the points' powers 0..j-1 (the point at infinity
+    picks the leading coefficient), convolution by g is V_n^-1 diag(V_k g) V_m, and correlation
+    is its transpose: AT = V_m^T, G = V_k, BT = V_n^-T."""
+    n = m + k - 1
+    if k not in KERNELS or m not in (2, 4) or n > len(POINTS) + 1:
+        raise ValueError(
+            f"Winograd F(m x m, k x k) is implemented for k in {KERNELS} and m in (2, 4) with "
+            f"m + k - 1 <= {len(POINTS) + 1}, got k={k}, m={m}"
+        )
     points = tuple(points)[: n - 1]
 
-    def powers(m):  # (n, m)
-        rows = [[p**e for e in range(m)] for p in points] + [[0.0] * (m - 1) + [1.0]]
+    def powers(j):  # (n, j)
+        rows = [[p**e for e in range(j)] for p in points] + [[0.0] * (j - 1) + [1.0]]
         return np.array(rows)
 
-    mats = powers(2).T, powers(k), np.linalg.inv(powers(n)).T
-    for m in mats:
-        m.flags.writeable = False  # cached: shared by every caller
+    mats = powers(m).T, powers(k), np.linalg.inv(powers(n)).T
+    for mat in mats:
+        mat.flags.writeable = False  # cached: shared by every caller
     return mats
 
 
-def _kron(k, dtype):
-    """-> (KA (4, n*n), KG (n*n, k*k), KB (n*n, n*n)) in `dtype`: the 2-D transforms."""
-    return _kron_of(k, np.dtype(dtype).str, tuple(POINTS))
+def _kron(k, m, dtype):
+    """-> (KA (m*m, n*n), KG (n*n, k*k), KB (n*n, n*n)) in `dtype`: the 2-D transforms."""
+    return _kron_of(k, m, np.dtype(dtype).str, tuple(POINTS))
 
 
 @functools.cache
-def _kron_of(k, dtype, points):
+def _kron_of(k, m, dtype, points):
     mats = []
-    for m in winograd_matrices(k, points):
-        K = np.kron(m, m).astype(dtype)
+    for mat in winograd_matrices(k, m, points):
+        K = np.kron(mat, mat).astype(dtype)
         K.flags.writeable = False  # shared by every call
         mats.append(K)
     return tuple(mats)
 
 
+def tile_side(k, Ho, Wo):
+    """The output tile side m for a k x k conv with an Ho x Wo output: TILE[k] where the output
+    divides into m x m tiles, else 2."""
+    m = TILE.get(k, 2)
+    return m if Ho % m == 0 and Wo % m == 0 else 2
+
+
+_SCRATCH = threading.local()  # per thread: name -> a flat buffer, grown as needed
+
+
+def _scratch(name, shape, dtype):
+    """A working array for the duration of one call on this thread, reused across calls and
+    layers (same name, same thread): no allocation, so no page faults and a buffer that stays
+    in cache. Never returned to the caller or kept in a cache."""
+    size = int(np.prod(shape)) * np.dtype(dtype).itemsize
+    bufs = _SCRATCH.__dict__
+    buf = bufs.get(name)
+    if buf is None or buf.size < size:
+        buf = bufs[name] = np.empty(size, dtype=np.uint8)
+    return buf[:size].view(dtype).reshape(shape)
+
+
 def _chunk(n, A, B, C, F, itemsize):
     """Images per chunk: a chunk's transformed tiles stay in the core's cache between the
-    products (CHUNK_BYTES: of 512K, 1M, 2M, 4M and a whole part, 2M ran fastest)."""
+    products (CHUNK_BYTES: of 1M, 2M, 4M and 8M, 4M ran fastest for the 3x3 default's three
+    Winograd convs, forward and backward; 2M for the 5x5 one's)."""
     return max(1, CHUNK_BYTES // (n * n * A * B * max(C, F) * itemsize))
 
 
 def wino_pool_forward(x, w, b=None, pad=0, train=True, rng=None, threads=1):
     """x (N, H, W, C), w (k, k, C, F), b (F,) or None -> out (N, Ho/2, Wo/2, F), as
     fused.conv_pool_forward (and split into the same fixed parts, on `threads` threads)."""
+    return _wino_forward(x, w, b, pad, train, threads, pool=True)
+
+
+def wino_conv_forward(x, w, b=None, pad=0, train=True, rng=None, threads=1):
+    """x (N, H, W, C), w (k, k, C, F), b (F,) or None -> z (N, Ho, Wo, F), as
+    layers.conv2d_forward: the same tiles and products as wino_pool_forward, each tile's
+    outputs put in their places instead of pooled. An odd output side has no tiling: that conv
+    runs as layers.conv2d_forward."""
+    Ho, Wo = x.shape[1] + 2 * pad - w.shape[0] + 1, x.shape[2] + 2 * pad - w.shape[1] + 1
+    if Ho % 2 or Wo % 2:
+        out, cache = conv2d_forward(x, w, b, pad, train)
+        return out, ("direct", cache)
+    return _wino_forward(x, w, b, pad, train, threads, pool=False)
+
+
+def _wino_forward(x, w, b, pad, train, threads, pool):
     N, H, W, C = x.shape
     k, _, _, F = w.shape
-    n = k + 1
     xp = np.pad(x, ((0, 0), (pad, pad), (pad, pad), (0, 0))) if pad else x  # (N, Hp, Wp, C)
     Ho, Wo = xp.shape[1] - k + 1, xp.shape[2] - k + 1
-    assert Ho % 2 == 0 and Wo % 2 == 0, f"max pool needs an even conv output, got {Ho}x{Wo}"
-    A, B = Ho // 2, Wo // 2
-    KA, KG, KB = _kron(k, x.dtype)
+    assert Ho % 2 == 0 and Wo % 2 == 0, f"2x2 tiles need an even conv output, got {Ho}x{Wo}"
+    m = tile_side(k, Ho, Wo)
+    n = m + k - 1
+    A, B = Ho // m, Wo // m  # tiles down and across
+    h = m // 2 if pool else m  # output pixels per tile side
+    KA, KG, KB = _kron(k, m, x.dtype)
     U = (KG @ w.reshape(k * k, C * F)).reshape(n * n, C, F)  # (n*n, C, F) transformed kernel
-    out = np.empty((N, A * B, F), dtype=x.dtype)  # (N, A*B, F)
-    arg = np.empty((N, A * B, F), dtype=np.uint8) if train else None
+    out = np.empty((N, A, h, B, h, F), dtype=x.dtype)  # the output's own layout
+    # which pool offset won, in the tiles' order (h, h, N, A, B, F): read back in that order
+    arg = np.empty((h, h, N, A, B, F), dtype=np.uint8) if train and pool else None
     nb = _chunk(n, A, B, C, F, x.dtype.itemsize)
-    # the tiles' input windows as one no-copy view: tiles[u, v, i, a, b] = xp[i, 2a+u, 2b+v]
+    # the tiles' input windows as one no-copy view: tiles[u, v, i, a, b] = xp[i, m a+u, m b+v]
     sN, sH, sW, sC = xp.strides
     tiles = np.lib.stride_tricks.as_strided(
-        xp, (n, n, N, A, B, C), (sH, sW, sN, 2 * sH, 2 * sW, sC), writeable=False
+        xp, (n, n, N, A, B, C), (sH, sW, sN, m * sH, m * sW, sC), writeable=False
     )  # (n, n, N, A, B, C)
 
-    def wino_pool_forward_part(s0, e0):
-        m = min(nb, e0 - s0)
-        D = np.empty((n, n, m, A, B, C), dtype=x.dtype)  # one chunk's tile windows
-        M = np.empty((n * n, m * A * B, F), dtype=x.dtype)
-        Y = np.empty((4, m * A * B * F), dtype=x.dtype)
-        # V (n*n, T, C), the transformed input: the part's whole, kept for the backward pass
-        V = np.empty((n * n, (e0 - s0 if train else m) * A * B, C), dtype=x.dtype)
+    def wino_forward_part(s0, e0):
+        c = min(nb, e0 - s0)
+        D = _scratch("D", (n, n, c, A, B, C), x.dtype)  # one chunk's tile windows
+        M = _scratch("M", (n * n, c * A * B, F), x.dtype)
+        Y = _scratch("Y", (m * m, c * A * B * F), x.dtype)
+        P = _scratch("P", (h, h, c, A, B, F), x.dtype) if pool and h > 1 else None
+        # V, the transformed input: the part's whole, kept for the backward pass, each chunk's
+        # (n*n, T, C) contiguous in it (written in one stream: 3x faster than one per row)
+        T0 = (e0 - s0 if train else c) * A * B
+        V = np.empty(T0 * n * n * C, x.dtype) if train else _scratch("V", T0 * n * n * C, x.dtype)
         for s in range(s0, e0, nb):
             e = min(s + nb, e0)
             T = (e - s) * A * B
             Dc = D[:, :, : e - s]
             np.copyto(Dc, tiles[:, :, s:e])
-            t0 = (s - s0) * A * B if train else 0
-            Vc = V[:, t0 : t0 + T]  # (n*n, T, C)
+            t0 = (s - s0) * A * B * n * n * C if train else 0
+            Vc = V[t0 : t0 + n * n * T * C].reshape(n * n, T, C)
             np.matmul(KB, Dc.reshape(n * n, T * C), out=Vc.reshape(n * n, T * C))
             Mc = M[:, :T]
             np.matmul(Vc, U, out=Mc)  # (n*n, T, F)
             Yc = Y[:, : T * F]
             np.matmul(KA, Mc.reshape(n * n, T * F), out=Yc)
-            Yc = Yc.reshape(4, e - s, A * B, F)  # the conv output at each pool offset
-            o = out[s:e]
-            np.maximum(Yc[0], Yc[1], out=o)
-            np.maximum(o, Yc[2], out=o)
-            np.maximum(o, Yc[3], out=o)
+            # Yc[i, j]: the conv output at (m a + i, m b + j) of every tile (a, b)
+            Yc = Yc.reshape(m, m, e - s, A, B, F)
+            o = out[s:e].transpose(2, 4, 0, 1, 3, 5)  # (h, h, e-s, A, B, F), a view
+            if not pool:  # each tile's outputs to their places
+                np.copyto(o, Yc)
+                continue
+            Y2 = Yc.reshape(h, 2, h, 2, e - s, A, B, F)
+            q = [Y2[:, i, :, j] for i, j in OFFSETS]  # (h, h, e-s, A, B, F) per pool offset
+            p = P[:, :, : e - s] if h > 1 else o  # contiguous passes, then one strided copy
+            np.maximum(q[0], q[1], out=p)
+            np.maximum(p, q[2], out=p)
+            np.maximum(p, q[3], out=p)
             if train:  # the winning offset, ties to the first (as fused.conv_pool_forward)
-                a = arg[s:e]
-                np.not_equal(Yc[2], o, out=a.view(bool))
+                a = arg[:, :, s:e]
+                np.not_equal(q[2], p, out=a.view(bool))
                 a += 1
-                a *= np.not_equal(Yc[1], o)
+                a *= np.not_equal(q[1], p)
                 a += 1
-                a *= np.not_equal(Yc[0], o)
+                a *= np.not_equal(q[0], p)
+            if h > 1:
+                np.copyto(o, p)
         return s0, (V if train else None)
 
-    Vs = dict(in_parts(wino_pool_forward_part, N, threads))  # part start -> its V
+    Vs = dict(in_parts(wino_forward_part, N, threads))  # part start -> its V
     if b is not None:
         out += b  # max(z + b) = max(z) + b
-    out = out.reshape(N, A, B, F)
+    out = out.reshape(N, A * h, B * h, F)
     if not train:
         return out, None
-    return out, (Vs, U, arg, w.shape, x.shape, pad, b is not None, threads)
+    return out, (Vs, U, arg, m, w.shape, x.shape, pad, b is not None, threads, pool)
 
 
 def wino_pool_backward(dout, cache, grads=None, need_dx=True):
     """dout (N, Ho/2, Wo/2, F) -> dx (N, H, W, C) or None; fills grads["w"] (and ["b"])."""
-    Vs, U, arg, w_shape, x_shape, pad, has_bias, threads = cache
-    N, A, B, F = dout.shape
+    return _wino_backward(dout, cache, grads, need_dx)
+
+
+def wino_conv_backward(dz, cache, grads=None, need_dx=True):
+    """dz (N, Ho, Wo, F) -> dx (N, H, W, C) or None; fills grads["w"] (and ["b"])."""
+    if cache[0] == "direct":
+        return conv2d_backward(dz, cache[1], grads, need_dx)
+    return _wino_backward(dz, cache, grads, need_dx)
+
+
+def _wino_backward(dout, cache, grads, need_dx):
+    Vs, U, arg, m, w_shape, x_shape, pad, has_bias, threads, pool = cache
+    N, F = dout.shape[0], dout.shape[-1]
     k, _, C, _ = w_shape
-    n = k + 1
+    n = m + k - 1
+    h = m // 2 if pool else m
+    A, B = dout.shape[1] // h, dout.shape[2] // h
     dt = dout.dtype
-    KA, KG, KB = _kron(k, dt)
-    d2 = dout.reshape(N, A * B, F)
+    KA, KG, KB = _kron(k, m, dt)
+    d6 = dout.reshape(N, A, h, B, h, F)
     Hp, Wp = x_shape[1] + 2 * pad, x_shape[2] + 2 * pad
     dx = np.empty(x_shape, dtype=dt) if need_dx else None
     Ut = np.ascontiguousarray(U.transpose(0, 2, 1))  # (n*n, F, C): 25% faster products
     nb = _chunk(n, A, B, C, F, dt.itemsize)
 
-    def wino_pool_backward_part(s0, e0):
-        m = min(nb, e0 - s0)
-        dY = np.empty((4, m, A * B, F), dtype=dt)  # conv output gradient by offset
-        won_buf = np.empty((m, A * B, F), dtype=bool)  # where offset q won (reused per q)
-        dM = np.empty((n * n, m * A * B, F), dtype=dt)
-        dV = np.empty((n * n, m * A * B, C), dtype=dt) if need_dx else None
-        dD = np.empty((n * n, m * A * B * C), dtype=dt) if need_dx else None
-        dxp = np.empty((m, Hp, Wp, C), dtype=dt) if need_dx and pad else None
-        dUt = np.empty((n * n, F, C), dtype=dt)  # (n*n, F, C), this part's share
-        more = np.empty_like(dUt)
+    def wino_backward_part(s0, e0):
+        c = min(nb, e0 - s0)
+        dY = _scratch("dY", (m * m, c * A * B * F), dt)  # the output gradient, by (i, j)
+        won_buf = _scratch("won", (h, h, c, A, B, F), bool) if pool else None  # offset q won
+        dP = _scratch("dP", (h, h, c, A, B, F), dt) if pool and h > 1 else None
+        dM = _scratch("dM", (n * n, c * A * B, F), dt)
+        dV = _scratch("dV", (n * n, c * A * B, C), dt) if need_dx else None
+        dD = _scratch("dD", (n * n, c * A * B * C), dt) if need_dx else None
+        dxp = _scratch("dxp", (c, Hp, Wp, C), dt) if need_dx and pad else None
+        dUt = np.empty((n * n, F, C), dtype=dt)  # (n*n, F, C), this part's share (returned)
+        more = _scratch("more", (n * n, F, C), dt)
         V = Vs[s0]
         for s in range(s0, e0, nb):
             e = min(s + nb, e0)
             T = (e - s) * A * B
-            dYc = dY[:, : e - s]
-            won = won_buf[: e - s]
-            for q in range(4):
-                np.equal(arg[s:e], np.uint8(q), out=won)
-                np.multiply(d2[s:e], won, out=dYc[q])
+            dYc = dY[:, : T * F]
+            Y6 = dYc.reshape(m, m, e - s, A, B, F)
+            g6 = d6[s:e].transpose(2, 4, 0, 1, 3, 5)  # (h, h, e-s, A, B, F), a view
+            if pool:
+                if h > 1:  # one strided copy, then contiguous passes
+                    np.copyto(dP[:, :, : e - s], g6)
+                    g6 = dP[:, :, : e - s]
+                won = won_buf[:, :, : e - s]
+                Y2 = Y6.reshape(h, 2, h, 2, e - s, A, B, F)
+                for q, (i, j) in enumerate(OFFSETS):  # the gradient goes to the offset that won
+                    np.equal(arg[:, :, s:e], np.uint8(q), out=won)
+                    np.multiply(g6, won, out=Y2[:, i, :, j])
+            else:  # each tile's output gradients, gathered from their places
+                np.copyto(Y6, g6)
             dMc = dM[:, :T]
-            np.matmul(KA.T, dYc.reshape(4, T * F), out=dMc.reshape(n * n, T * F))
-            Vc = V[:, (s - s0) * A * B : (e - s0) * A * B]  # (n*n, T, C)
+            np.matmul(KA.T, dYc, out=dMc.reshape(n * n, T * F))
+            t0 = (s - s0) * A * B * n * n * C
+            Vc = V[t0 : t0 + n * n * T * C].reshape(n * n, T, C)  # this chunk's, as forward
             np.matmul(dMc.transpose(0, 2, 1), Vc, out=dUt if s == s0 else more)
             if s > s0:  # in chunk order: a fixed sum
                 dUt += more
@@ -194,15 +283,21 @@ def wino_pool_backward(dout, cache, grads=None, need_dx=True):
             np.matmul(KB.T, dVc.reshape(n * n, T * C), out=dDc)
             dDc = dDc.reshape(n, n, e - s, A, B, C)  # each tile's input window gradient
             g = dxp[: e - s] if pad else dx[s:e]  # (e-s, Hp, Wp, C)
-            g[...] = 0
-            for u in range(n):  # back to its place in the image
+            # back to their places in the image: the first m x m offsets of the windows cover
+            # the first m*A rows and m*B columns once, so one copy puts them; the rest add on
+            core = g[:, : m * A, : m * B].reshape(e - s, A, m, B, m, C)  # a view
+            np.copyto(core, dDc[:m, :m].transpose(2, 3, 0, 4, 1, 5))
+            g[:, m * A :] = 0
+            g[:, : m * A, m * B :] = 0
+            for u in range(n):
                 for v in range(n):
-                    g[:, u : u + 2 * A : 2, v : v + 2 * B : 2] += dDc[u, v]
+                    if u >= m or v >= m:
+                        g[:, u : u + m * A : m, v : v + m * B : m] += dDc[u, v]
             if pad:
                 dx[s:e] = g[:, pad : pad + x_shape[1], pad : pad + x_shape[2]]
         return dUt
 
-    dUts = in_parts(wino_pool_backward_part, N, threads)
+    dUts = in_parts(wino_backward_part, N, threads)
     dUt = dUts[0]
     for more in dUts[1:]:  # in part order: the same sum for any thread count
         dUt += more
@@ -210,5 +305,5 @@ def wino_pool_backward(dout, cache, grads=None, need_dx=True):
     dw = np.ascontiguousarray(dwt.transpose(0, 1, 3, 2))  # (k, k, C, F)
     put(grads, "w", dw)
     if has_bias:
-        put(grads, "b", colsum(d2.reshape(-1, F)))  # (F,)
+        put(grads, "b", colsum(dout.reshape(-1, F)))  # (F,)
     return dx

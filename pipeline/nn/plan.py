@@ -7,6 +7,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import NamedTuple
 
+import numpy as np
+
 from pipeline.nn import conv_winograd as Wi
 from pipeline.nn import fused as Fu
 from pipeline.nn import layers as L
@@ -88,15 +90,39 @@ FUSED = {  # (kind, kind) -> the fused kernel pair; "act" only for ReLU
     ("conv", "pool"): (Fu.conv_pool_forward, Fu.conv_pool_backward),
     ("bn", "act"): (Fu.bn_relu_forward, Fu.bn_relu_backward),
 }
-WINOGRAD_MIN_CIN = 16  # conv+pool by Winograd from this many input channels: faster at 16 and
-# 32, slower or even at 1, 4 and 8, for 3x3 and 5x5 (python scripts/bench.py --profile kernels)
+WINOGRAD_MIN_CIN = 16  # convs (with or without a pool after them) by Winograd from this many
+# input channels: faster at 16 and up, slower or even at 1, 4 and 8, for 3x3 and 5x5
+# (python scripts/bench.py --profile kernels)
+
+
+def _winograd(ly):
+    return ly["cin"] >= WINOGRAD_MIN_CIN and ly["k"] in Wi.KERNELS
 
 
 def _fused_pair(pair, ly):
     """The kernel pair of a FUSED pair: conv+pool by Winograd (conv_winograd.py) where it pays."""
-    if pair == ("conv", "pool") and ly["cin"] >= WINOGRAD_MIN_CIN and ly["k"] in Wi.KERNELS:
+    if pair == ("conv", "pool") and _winograd(ly):
         return Wi.wino_pool_forward, Wi.wino_pool_backward
     return FUSED[pair]
+
+
+def conv_relu_forward(x, w, b=None, pad=0, train=True, rng=None, threads=1, winograd=False):
+    """conv (Winograd with winograd=True, else im2col) -> ReLU applied in place on the conv's
+    output: one array and one pass fewer than the two steps. The inference plan's conv ->
+    ReLU (BatchNorm folded into the conv), and a conv -> ReLU without BatchNorm in training."""
+    if winograd:
+        z, cache = Wi.wino_conv_forward(x, w, b, pad, train, rng, threads)
+    else:
+        z, cache = L.conv2d_forward(x, w, b, pad, train, rng)
+    np.maximum(z, 0.0, out=z)
+    return z, ((winograd, cache, z) if train else None)
+
+
+def conv_relu_backward(da, cache, grads=None, need_dx=True):
+    winograd, conv_cache, a = cache
+    dz = da * (a > 0)  # through the ReLU
+    backward = Wi.wino_conv_backward if winograd else L.conv2d_backward
+    return backward(dz, conv_cache, grads, need_dx)
 
 
 def make_plan(layers, P, G, fuse=True, threads=1):
@@ -112,11 +138,18 @@ def make_plan(layers, P, G, fuse=True, threads=1):
         if fuse and pair in FUSED and (pair[1] != "act" or nxt["fn"] == "relu"):
             fwd, bwd = _fused_pair(pair, ly)
             name, n = f"{ly['name']}+{nxt['name']}", 2
+        elif fuse and pair == ("conv", "act") and nxt["fn"] == "relu":
+            fwd, bwd = conv_relu_forward, conv_relu_backward
+            name, n = f"{ly['name']}+{nxt['name']}", 2
+        elif fuse and ly["type"] == "conv" and _winograd(ly):
+            fwd, bwd, name, n = Wi.wino_conv_forward, Wi.wino_conv_backward, ly["name"], 1
         else:
             fwd, bwd, name, n = kind.forward, kind.backward, ly["name"], 1
         settings = _settings(kind, ly)
-        if fwd in (Fu.conv_pool_forward, Wi.wino_pool_forward):
+        if fwd in (Fu.conv_pool_forward, Wi.wino_pool_forward, Wi.wino_conv_forward):
             settings["threads"] = threads
+        if fwd is conv_relu_forward:
+            settings.update(threads=threads, winograd=_winograd(ly))
         plan.append(Step(name, fwd, bwd, P[i], G[i], settings, i))
         i += n
     return plan

@@ -15,9 +15,10 @@ from pipeline.nn.losses import softmax_cross_entropy_backward, softmax_cross_ent
 from pipeline.nn.model import Model
 from pipeline.nn.models import build_spec
 from pipeline.nn.optim import Optimizer
+from pipeline.nn.threads import blas_threads
 from pipeline.params import TrainConfig
 from pipeline.predict import predict_proba
-from pipeline.train import hyperparameters, train
+from pipeline.train import TRAIN_THREADS, hyperparameters, train
 
 from .measure import WARMUP_ROWS, macs_per_sample, our_threads
 from .twin import import_torch, torch_optimizer, torch_twin
@@ -75,8 +76,9 @@ def profile_training(args, settings, x, y):
     model.threads = args.threads
     layers = model.spec["layers"]
     clock = time.thread_time if args.clock == "cpu" else time.perf_counter
-    fwd, bwd, shapes, rest = step_times(model, hp, x[:B], y[:B], np.random.default_rng(0),
-                                        clock=clock)
+    with blas_threads(TRAIN_THREADS):  # as train() runs: Python threads, one-thread BLAS
+        fwd, bwd, shapes, rest = step_times(model, hp, x[:B], y[:B], np.random.default_rng(0),
+                                            clock=clock)
     total = fwd.sum() + bwd.sum() + sum(rest.values())
     print(f"{args.profile} ({hp.get('plan') or list(hp['hidden'])}): one training step at batch "
           f"{B}, {args.threads} thread(s), {total * 1e3:.2f} ms {args.clock} time (medians of "
@@ -135,12 +137,39 @@ def torch_step_time(torch, settings, hp, xb, yb, threads, clock, repeats=20):
     return float(np.median(times[1:]))
 
 
+def eval_step_times(model, x, repeats=20, clock=time.thread_time):
+    """Median `clock` seconds of each step of the inference plan (BatchNorm folded, fused
+    pairs as one) on one chunk `x`, and each step's output shape."""
+    plan = model._eval_plan()
+    times = np.zeros((repeats + 1, len(plan)))
+    shapes = []
+    for r in range(repeats + 1):  # the first pass is a warm-up
+        h, shapes = x, []
+        for k, st in enumerate(plan):
+            t0 = clock()
+            h = st.forward(h, **st.P, train=False, **st.settings)[0]
+            times[r, k] = clock() - t0
+            shapes.append(h.shape)
+    return plan, np.median(times[1:], axis=0), shapes
+
+
 def profile_predict(args, settings, x_test):
-    """cProfile of predicting the test rows with a fresh model of `settings`, on --threads
-    threads (cProfile sees only the calling thread: use --threads 1 for a full breakdown)."""
+    """Per-step times of one inference chunk, then a cProfile of predicting the test rows with
+    a fresh model of `settings`, on --threads threads (cProfile sees only the calling thread:
+    use --threads 1 for a full breakdown)."""
     from pipeline import predict as predict_module
+    from pipeline.nn.model import EVAL_CHUNK
     model = Model(build_spec(settings["model"], hyperparameters(TrainConfig(**settings))),
                   rng=np.random.default_rng(args.seed))
+    plan, times, shapes = eval_step_times(model, x_test[:EVAL_CHUNK])
+    total = times.sum()
+    chunks = -(-len(x_test) // EVAL_CHUNK)
+    print(f"inference, one chunk of {EVAL_CHUNK} rows, 1 thread, CPU ms (medians of 20): "
+          f"{total * 1e3:.2f} ms; x {chunks} chunks = {total * chunks:.2f} s of CPU")
+    print(f"{'step':<14} {'output':<16} {'ms':>8} {'share':>6}")
+    for st, t, shape in zip(plan, times, shapes):
+        print(f"{st.name:<14} {str(shape[1:]):<16} {t * 1e3:8.3f} {t / total:6.1%}")
+    print()
     saved, predict_module.PREDICT_THREADS = predict_module.PREDICT_THREADS, args.threads
     try:
         predict_proba([model], x_test[:1000])
