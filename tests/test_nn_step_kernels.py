@@ -110,12 +110,15 @@ def test_flatten_is_a_view_and_colsum_reuses_read_only_ones():
     out, shape = L.flatten_forward(x)
     assert out.shape == (2, 12) and np.shares_memory(out, x) and shape == x.shape
     rng = np.random.default_rng(6)
-    for m, dtype in [(128, np.float32), (5, np.float64), (128, np.float64), (128, np.float32)]:
+    big = L.ONES_CACHED + 1  # past the cached lengths: a fresh vector, the same sums
+    for m, dtype in [(128, np.float32), (5, np.float64), (128, np.float64), (128, np.float32),
+                     (big, np.float32)]:
         x2 = rng.standard_normal((m, 7)).astype(dtype)
         got = L.colsum(x2)
         assert bits(got) == bits(np.ones(m, dtype=dtype) @ x2)
     ones = L._ones(128, np.dtype(np.float32))
     assert not ones.flags.writeable and ones.dtype == np.float32 and (ones == 1).all()
+    assert L._ones(128, np.dtype(np.float32)) is ones  # made once
 
 
 def test_batch_gather_equals_fancy_indexing_in_every_ring_buffer():
