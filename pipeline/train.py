@@ -131,8 +131,9 @@ def run_epoch(state: FitState, recipe: Recipe, rng, x, y, on_step=None) -> dict:
     # batch i+1 is gathered and augmented on a second thread during step i, from its own
     # generator (drawn from rng once per epoch, only with augmentation): the same batches
     aug_rng = epoch_aug_rng(rng, recipe.augment)
-    # the background value augmentation fills with; a pass over all of x (6 ms for the 42000
-    # rows, 1% of an MLP epoch), so only when there is augmentation
+    # the background value augmentation fills with; a pass over all of x (4-6 ms for the 42000
+    # rows, 1% of an MLP epoch: scripts/experiments/mlp_step_kernels.py), so only when there is
+    # augmentation
     fill = float(x.min()) if aug_rng is not None else None
     batches = Batches(x, y, perm, b, recipe.augment, aug_rng, fill, PREFETCH)
     for i, (xb, yb) in enumerate(batches):
