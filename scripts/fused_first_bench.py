@@ -108,22 +108,26 @@ def time_blocks(args):
 
 def time_relu(args):
     """np.maximum(a, 0) in place on a (batch, 26*26*cout) map: with a scalar, with a row of
-    zeros, with a whole array of zeros (medians of this thread's CPU time, interleaved)."""
+    zeros as long as an image's map, with a whole array of zeros, and fused.relu_inplace
+    (medians of this thread's CPU time, interleaved)."""
     a = np.random.default_rng(0).normal(size=(args.batch, 26 * 26 * args.cout))
     a = a.astype(np.float32)
-    ways = {"scalar 0.0": 0.0, "row of zeros": np.zeros(a.shape[1], np.float32),
-            "array of zeros": np.zeros_like(a)}
+    ways = {"scalar 0.0": 0.0, "image row of zeros": np.zeros(a.shape[1], np.float32),
+            "array of zeros": np.zeros_like(a), "relu_inplace": None}
     times = {k: [] for k in ways}
     for r in range(args.repeats + 1):
         for k, z in ways.items():
             t0 = time.thread_time()
-            np.maximum(a, z, out=a)
+            if z is None:
+                Fu.relu_inplace(a)  # rows of fused.ROW
+            else:
+                np.maximum(a, z, out=a)
             if r:
                 times[k].append(time.thread_time() - t0)
     print(f"load {os.getloadavg()[0]:.2f}; in-place ReLU of a {a.nbytes / 1e6:.1f} MB float32 "
           f"map, cpu ms, medians of {args.repeats}")
     for k, t in times.items():
-        print(f"{k:>16} {np.median(t) * 1e3:8.3f}")
+        print(f"{k:>18} {np.median(t) * 1e3:8.3f}")
 
 
 def before(fn, *a):

@@ -81,9 +81,10 @@ def test_conv_pool_float32_matches_to_rounding(rng, c):
                                rtol=1e-5, atol=1e-5)
 
 
-@pytest.mark.parametrize("shape", [(6, 4), (3, 4, 4, 2)])
+@pytest.mark.parametrize("shape", [(6, 4), (3, 4, 4, 2), (1, 3), (7, 5)])
 def test_bn_relu_equals_bn_then_relu(rng, shape):
     # BatchNorm -> ReLU fused: output, running stats, dx, dgamma, dbeta equal the two layers
+    # (its rows in two parts, a single row in one)
     C = shape[-1]
     x, gamma, beta = rng.normal(size=shape), rng.normal(size=C), rng.normal(size=C)
     R = rng.normal(size=shape)
@@ -101,6 +102,24 @@ def test_bn_relu_equals_bn_then_relu(rng, shape):
     ye, _ = L.batchnorm_forward(x, gamma, beta, m1, v1, False)
     np.testing.assert_allclose(Fu.bn_relu_forward(x, gamma, beta, m2, v2, False)[0],
                                np.maximum(ye, 0), rtol=1e-12, atol=1e-12)
+
+
+def test_bn_relu_on_two_threads_gives_the_same_bytes(rng):
+    # the rows' parts on one or two threads: identical output, running stats, gradients, dx;
+    # no dx asked, none (float32, the size of a training batch's 12x12x32 map)
+    x = rng.normal(size=(128, 12, 12, 32)).astype(np.float32)
+    gamma, beta = rng.normal(size=32).astype(np.float32), rng.normal(size=32).astype(np.float32)
+    R = rng.normal(size=x.shape).astype(np.float32)
+    runs = []
+    for threads in (1, 2):
+        mean, var = np.zeros(32, np.float32), np.ones(32, np.float32)
+        a, cache = Fu.bn_relu_forward(x, gamma, beta, mean, var, True, threads=threads)
+        g = {}
+        dx = Fu.bn_relu_backward(R, cache, g)
+        assert Fu.bn_relu_backward(R, cache, {}, need_dx=False) is None
+        runs.append((a, mean, var, dx, g["gamma"], g["beta"]))
+    for one, two in zip(*runs):
+        assert one.dtype == np.float32 and np.array_equal(one, two)
 
 
 def test_plan_fuses_the_default_cnn():
@@ -161,3 +180,19 @@ def test_training_step_on_two_threads_is_bit_identical(rng):
         m.backward(dz, caches)
         out.append((z, m.grad.copy()))
     assert np.array_equal(out[0][0], out[1][0]) and np.array_equal(out[0][1], out[1][1])
+
+
+@pytest.mark.parametrize("shape", [(3,), (5, 7), (2, Fu.ROW + 3), (3, Fu.ROW), (4, 6, 5, 9)])
+def test_relu_inplace_is_max_with_zero(rng, shape):
+    # relu_inplace in rows of ROW against its row of zeros: max(a, 0) in place for any size
+    # (a remainder shorter than ROW, an exact multiple, shorter than one row), float32 and
+    # float64; a strided view too, through the plain form
+    for dtype in (np.float32, np.float64):
+        a = rng.normal(size=shape).astype(dtype)
+        want = np.maximum(a, 0)
+        Fu.relu_inplace(a)
+        assert np.array_equal(a, want) and a.dtype == dtype
+    b = rng.normal(size=(6, 8))
+    view, want = b[:, ::2], np.maximum(b[:, ::2], 0)
+    Fu.relu_inplace(view)
+    assert np.array_equal(b[:, ::2], want) and (b[:, 1::2] < 0).any()

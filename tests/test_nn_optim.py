@@ -92,3 +92,70 @@ def test_schedules_shapes():
     )
     with pytest.raises(ValueError, match="'linear'"):
         make_schedule("linear", 0.1, n)
+
+
+def textbook_adam(theta0, grads, lr, wd, n_decay, decoupled, t0=0, m0=None, v0=None,
+                  b1=0.9, b2=0.999, eps=1e-8):
+    """Adam/AdamW in float64 as the papers write it, from step t0 + 1 and state (m0, v0)."""
+    th = theta0.astype(np.float64)
+    m = np.zeros_like(th) if m0 is None else m0.astype(np.float64)
+    v = np.zeros_like(th) if v0 is None else v0.astype(np.float64)
+    decay = np.zeros_like(th)
+    decay[:n_decay] = wd
+    for t, g in enumerate(grads, start=t0 + 1):
+        g = g.astype(np.float64)
+        if decoupled:
+            th = th * (1.0 - lr * decay)
+        else:
+            g = g + decay * th
+        m = b1 * m + (1.0 - b1) * g
+        v = b2 * v + (1.0 - b2) * g * g
+        th = th - lr * (m / (1.0 - b1**t)) / (np.sqrt(v / (1.0 - b2**t)) + eps)
+    return th
+
+
+def gradient_run(rng, n, steps):
+    """Gradients at many scales, the last 100 coordinates tiny (there eps matters) and one
+    coordinate always zero."""
+    scale = 10.0 ** rng.uniform(-3, 1, n)
+    scale[-100:] = 1e-7
+    scale[0] = 0.0
+    return [(rng.standard_normal(n) * scale).astype(np.float32) for _ in range(steps)]
+
+
+@pytest.mark.parametrize("name", ["adam", "adamw"])
+@pytest.mark.parametrize("wd", [0.0, 0.05])
+@pytest.mark.parametrize("t0", [0, 10**6])
+def test_adam_many_steps_within_float32_rounding_of_float64_textbook(name, wd, t0):
+    # 300 float32 steps (from t = 1, or from t = 10^6 with a random state: bias corrections at
+    # both ends) stay within a rounding bound of the float64 textbook; a wrong bias correction,
+    # eps or decay misses it by orders of magnitude
+    rng = np.random.default_rng(11)
+    n, steps, lr = 5000, 300, 1e-3
+    theta = rng.standard_normal(n).astype(np.float32)
+    theta0 = theta.copy()
+    grads = gradient_run(rng, n, steps)
+    opt = Optimizer(name, n, n_decay=3000, weight_decay=wd)
+    m0 = v0 = None
+    if t0:
+        m0 = (rng.standard_normal(n) * 1e-2).astype(np.float32)
+        v0 = (rng.uniform(0, 1e-4, n)).astype(np.float32)
+        opt.load_state_dict({"t": t0, "m": m0, "v": v0})
+    for g in grads:
+        opt.step(theta, g.copy(), lr)
+    want = textbook_adam(theta0, grads, lr, wd, 3000, name == "adamw", t0, m0, v0)
+    # per step: half an ulp of theta plus a few float32 roundings of an update of size <= ~lr
+    bound = steps * (2.0**-24 * np.abs(want) + 1e-5 * lr)
+    err = np.abs(theta - want)
+    assert (err <= bound).all(), f"worst {err.max():.3g} vs bound {bound[err.argmax()]:.3g}"
+    assert opt.t == t0 + steps
+
+
+def test_adam_first_step_is_lr_times_sign():
+    # t = 1: mhat = g, vhat = g^2, so the step is lr * g / (|g| + eps): about lr * sign(g)
+    rng = np.random.default_rng(12)
+    theta = rng.standard_normal(1000).astype(np.float32)
+    g = (rng.standard_normal(1000) * 10.0 ** rng.uniform(-4, 2, 1000)).astype(np.float32)
+    want = theta.astype(np.float64) - 0.01 * g / (np.abs(g.astype(np.float64)) + 1e-8)
+    Optimizer("adam", 1000).step(theta, g.copy(), 0.01)
+    np.testing.assert_allclose(theta, want, rtol=0, atol=2e-7)

@@ -23,7 +23,14 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
-from pipeline.nn.layers import BN_EPS, batchnorm_dx, colsum, conv_input_grad, put
+from pipeline.nn.layers import (
+    BN_EPS,
+    batchnorm_input_grad,
+    batchnorm_sums,
+    colsum,
+    conv_input_grad,
+    put,
+)
 
 OFFSETS = ((0, 0), (0, 1), (1, 0), (1, 1))  # pool window offsets (row, col), in tie order
 CHUNK_BYTES = 1 << 20  # columns per chunk: of 256K, 1M, 4M and all, 1M was fastest for c3
@@ -191,52 +198,102 @@ def in_parts(fn, n, threads=1):
 
 
 def relu_inplace(a):
-    """a (n, D) -> max(a, 0) in place, against a row of D zeros: numpy's maximum with a scalar
-    runs 3-4x slower than with an array operand (its fast loop wants two contiguous inputs);
-    one cached row reads less than a whole array of zeros (an 11 MB map, numpy 2.4: 0.96 ms
-    with 0.0, 0.28 ms with the row; python scripts/fused_first_bench.py --relu)."""
-    np.maximum(a, _zeros(a.shape[-1], a.dtype), out=a)
+    """a (contiguous, any shape) -> max(a, 0) in place, in rows of ROW against one cached row
+    of zeros: numpy's maximum with a scalar runs 3-4x slower than with an array operand (its
+    fast loop wants two contiguous inputs), and one short row reads less than a whole array of
+    zeros (an 11 MB map, numpy 2.4: 0.96 ms with 0.0, 0.28 ms with a row; python
+    scripts/fused_first_bench.py --relu)."""
+    if not a.flags.c_contiguous:  # the plain form
+        np.maximum(a, 0.0, out=a)
+        return
+    flat = a.reshape(-1)  # a view
+    zeros = _zeros(a.dtype)
+    n = flat.size - flat.size % ROW
+    if n:
+        np.maximum(flat[:n].reshape(-1, ROW), zeros, out=flat[:n].reshape(-1, ROW))
+    np.maximum(flat[n:], zeros[: flat.size - n], out=flat[n:])
 
 
-def _zeros(n, dtype):  # read-only, one per length and dtype
-    z = _ZEROS.get((n, dtype))
+ROW = 32768  # floats per row of relu_inplace, 128 KB of zeros (the 11 MB map: 0.33 ms; 4096: 0.63)
+_ZEROS = {}
+
+
+def _zeros(dtype):  # read-only, one per dtype
+    z = _ZEROS.get(dtype)
     if z is None:
-        z = _ZEROS[(n, dtype)] = np.zeros(n, dtype=dtype)
+        z = _ZEROS[dtype] = np.zeros(ROW, dtype=dtype)
         z.flags.writeable = False
     return z
 
 
-_ZEROS = {}
-
-
-def bn_relu_forward(x, gamma, beta, mean, var, train=True, rng=None, momentum=0.1, eps=BN_EPS):
+def bn_relu_forward(x, gamma, beta, mean, var, train=True, rng=None, momentum=0.1, eps=BN_EPS,
+                    threads=1):
     """x (..., C) -> relu(batchnorm(x)) (..., C); the running stats update as in
-    layers.batchnorm_forward."""
+    layers.batchnorm_forward. In training the rows go through in the PARTS fixed parts, on
+    `threads` threads: the column sums are added part by part in order, so any thread count
+    gives the same bytes."""
     C = x.shape[-1]
     x2 = x.reshape(-1, C)  # (M, C)
     if not train:
         scale = gamma / np.sqrt(var + eps)  # (C,)
         y = x2 * scale
         y += beta - mean * scale
-        relu_inplace(y.reshape(len(x), -1) if len(x) else y)
+        relu_inplace(y)
         return y.reshape(x.shape), None
     M = x2.shape[0]
-    mu = colsum(x2) * (1.0 / M)  # (C,)
-    xc = x2 - mu  # (M, C) centred, as layers.batchnorm_forward
-    var_b = np.einsum("mc,mc->c", xc, xc) * (1.0 / M)  # (C,) biased variance
+    mu = _sum_parts(lambda s, e: colsum(x2[s:e]), M, threads) * (1.0 / M)  # (C,)
+    xc = np.empty_like(x2)  # (M, C) centred, as layers.batchnorm_forward
+
+    def centre(s, e):
+        np.subtract(x2[s:e], mu, out=xc[s:e])
+        return np.einsum("mc,mc->c", xc[s:e], xc[s:e])
+
+    var_b = _sum_parts(centre, M, threads) * (1.0 / M)  # (C,) biased variance
     rstd = 1.0 / np.sqrt(var_b + eps)  # (C,)
-    y = xc * (gamma * rstd)  # (M, C) = xhat * gamma
-    y += beta
-    relu_inplace(y.reshape(len(x), -1) if len(x) else y)
+    scale = gamma * rstd
+    y = np.empty_like(x2)
+
+    def normalize(s, e):  # y = xhat * gamma + beta, then the ReLU
+        np.multiply(xc[s:e], scale, out=y[s:e])
+        y[s:e] += beta
+        relu_inplace(y[s:e])
+
+    in_parts(normalize, M, threads)
     mean *= 1.0 - momentum
     mean += momentum * mu
     var *= 1.0 - momentum
     var += (momentum * M / max(M - 1, 1)) * var_b
-    return y.reshape(x.shape), (xc, y, gamma, rstd, x.shape)
+    return y.reshape(x.shape), (xc, y, gamma, rstd, x.shape, threads)
 
 
 def bn_relu_backward(da, cache, grads=None, need_dx=True):
-    """da (..., C) -> dx (..., C); fills grads["gamma"], grads["beta"]."""
-    xc, y, gamma, rstd, shape = cache
-    dy = da.reshape(xc.shape) * (y > 0)  # (M, C) through the ReLU
-    return batchnorm_dx(dy, xc, gamma, rstd, grads).reshape(shape)
+    """da (..., C) -> dx (..., C); fills grads["gamma"], grads["beta"]: layers.batchnorm_dx
+    on rows masked by the ReLU, in the forward pass's parts."""
+    xc, y, gamma, rstd, shape, threads = cache
+    M = xc.shape[0]
+    da2 = da.reshape(xc.shape)
+    dy = np.empty_like(xc)  # (M, C) through the ReLU
+
+    def mask(s, e):
+        np.multiply(da2[s:e], y[s:e] > 0, out=dy[s:e])
+        return np.stack(batchnorm_sums(dy[s:e], xc[s:e]))
+
+    dbeta, dgamma = _sum_parts(mask, M, threads)  # (C,) each: sum(dy), sum(dy * xc)
+    dgamma *= rstd  # sum(dy * xhat)
+    put(grads, "beta", dbeta)
+    put(grads, "gamma", dgamma)
+    if not need_dx:
+        return None
+    dx = np.empty_like(xc)
+    in_parts(lambda s, e: batchnorm_input_grad(dy[s:e], xc[s:e], gamma, rstd, dbeta, dgamma, M,
+                                               out=dx[s:e]), M, threads)
+    return dx.reshape(shape)
+
+
+def _sum_parts(fn, n, threads):
+    """sum of in_parts(fn, n, threads), added in part order (the same for any thread count)."""
+    parts = in_parts(fn, n, threads)
+    total = parts[0].copy()
+    for p in parts[1:]:
+        total += p
+    return total

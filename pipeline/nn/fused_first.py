@@ -109,7 +109,7 @@ def _affine_relu(cols, nb, wf, N, Ho, Wo, threads):
             e = min(s + nb, e0)
             o = out[s:e]
             np.matmul(cols[s].reshape(wf.shape[0], -1).T, wf, out=o.reshape(-1, F))
-            relu_inplace(o.reshape(e - s, -1))
+            relu_inplace(o)
 
     in_parts(output_part, N, threads)
     return out.reshape(N, Ho, Wo, F)

@@ -157,7 +157,8 @@ def make_plan(layers, P, G, fuse=True, threads=1):
         else:
             fwd, bwd, name, n = kind.forward, kind.backward, ly["name"], 1
         settings = _settings(kind, ly)
-        if fwd in (Fu.conv_pool_forward, Wi.wino_pool_forward, Wi.wino_conv_forward):
+        if fwd in (Fu.conv_pool_forward, Wi.wino_pool_forward, Wi.wino_conv_forward,
+                   Fu.bn_relu_forward):
             settings["threads"] = threads
         if fwd is conv_relu_forward:
             settings.update(threads=threads, winograd=_winograd(ly))
