@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from pipeline.nn import fused as Fu
+from pipeline.nn import fused_first as Ff
 from pipeline.nn import layers as L
 from pipeline.nn.model import Model
 from pipeline.nn.models import DEFAULTS, build_spec
@@ -122,16 +123,19 @@ def test_bn_relu_on_two_threads_gives_the_same_bytes(rng):
 
 
 def test_plan_fuses_the_default_cnn():
-    # the default cnn's training plan runs conv+pool and bn+relu pairs as single steps
+    # the default cnn's training plan runs conv+pool and bn+relu pairs as single steps (those
+    # after a first-layer conv inside its conv+bn+relu step, tests/test_nn_fused_first.py)
     m = Model(build_spec("cnn", {**DEFAULTS["cnn"], "model": "cnn"}))
     names = [st.name for st in m._train_plan]
     layers = m.spec["layers"]
-    pairs = [(a, b) for a, b in zip(layers, layers[1:])
-             if (a["type"], b["type"]) in (("conv", "pool"), ("bn", "act"))]
+    trios = [i for i in range(len(layers)) if Ff.fused_length(layers[i : i + 3]) == 3]
+    inside = {j for i in trios for j in (i + 1, i + 2)}
+    pairs = [(a, b) for i, (a, b) in enumerate(zip(layers, layers[1:]))
+             if (a["type"], b["type"]) in (("conv", "pool"), ("bn", "act")) and i not in inside]
     assert any(a["type"] == "conv" for a, _ in pairs)  # the default pools after a conv
     for a, b in pairs:  # every such pair of the default's layers runs as one step
         assert f"{a['name']}+{b['name']}" in names, (a["name"], names)
-    assert len(names) == len(layers) - len(pairs)
+    assert len(names) == len(layers) - len(pairs) - 2 * len(trios)
 
 
 def test_fused_training_step_matches_layer_by_layer(rng):
@@ -176,3 +180,19 @@ def test_training_step_on_two_threads_is_bit_identical(rng):
         m.backward(dz, caches)
         out.append((z, m.grad.copy()))
     assert np.array_equal(out[0][0], out[1][0]) and np.array_equal(out[0][1], out[1][1])
+
+
+@pytest.mark.parametrize("shape", [(3,), (5, 7), (2, Fu.ROW + 3), (3, Fu.ROW), (4, 6, 5, 9)])
+def test_relu_inplace_is_max_with_zero(rng, shape):
+    # relu_inplace in rows of ROW against its row of zeros: max(a, 0) in place for any size
+    # (a remainder shorter than ROW, an exact multiple, shorter than one row), float32 and
+    # float64; a strided view too, through the plain form
+    for dtype in (np.float32, np.float64):
+        a = rng.normal(size=shape).astype(dtype)
+        want = np.maximum(a, 0)
+        Fu.relu_inplace(a)
+        assert np.array_equal(a, want) and a.dtype == dtype
+    b = rng.normal(size=(6, 8))
+    view, want = b[:, ::2], np.maximum(b[:, ::2], 0)
+    Fu.relu_inplace(view)
+    assert np.array_equal(b[:, ::2], want) and (b[:, 1::2] < 0).any()

@@ -9,6 +9,7 @@ import pytest
 
 from pipeline.nn import conv_winograd as Wi
 from pipeline.nn import fused as Fu
+from pipeline.nn import fused_first as Ff
 from pipeline.nn import layers as L
 from pipeline.nn import reference as R
 from pipeline.nn.gradcheck import numgrad, rel_error
@@ -278,11 +279,9 @@ def test_the_default_runs_its_unpooled_wide_convs_by_winograd():
     c4 = [st for st in model.plan if st.name == "c4"]
     assert c4 and c4[0].forward is Wi.wino_conv_forward
     evals = {st.name: st for st in model._eval_plan()}
-    for name in ("c1", "c4"):
-        st = evals[f"{name}+{name}a"]
-        assert st.forward is conv_relu_forward
-        assert st.settings["winograd"] == (by_name[name]["cin"] >= WINOGRAD_MIN_CIN)
-    assert evals["c4+c4a"].settings["winograd"] and not evals["c1+c1a"].settings["winograd"]
+    assert by_name["c4"]["cin"] >= WINOGRAD_MIN_CIN > by_name["c1"]["cin"]
+    assert evals["c4+c4a"].forward is conv_relu_forward and evals["c4+c4a"].settings["winograd"]
+    assert evals["c1+c1a"].forward is Ff.conv_relu_forward  # K = 9: fused_first.py's step
 
 
 @pytest.mark.parametrize("winograd", [True, False])

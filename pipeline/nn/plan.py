@@ -11,6 +11,7 @@ import numpy as np
 
 from pipeline.nn import conv_winograd as Wi
 from pipeline.nn import fused as Fu
+from pipeline.nn import fused_first as Ff
 from pipeline.nn import layers as L
 
 # ----------------------------------------------------------------------------------------------
@@ -133,6 +134,16 @@ def make_plan(layers, P, G, fuse=True, threads=1):
     while i < len(layers):
         ly = layers[i]
         kind = LAYER_KINDS[ly["type"]]
+        n = Ff.fused_length(layers[i : i + 3]) if fuse else 0  # conv [-> bn] -> relu, short K
+        if n:  # one step of fused_first.py (the ReLU has no settings or parameters)
+            settings = {"threads": threads}
+            for lay in layers[i : i + n - 1]:
+                settings.update(_settings(LAYER_KINDS[lay["type"]], lay))
+            plan.append(Step("+".join(lay["name"] for lay in layers[i : i + n]), *Ff.STEPS[n],
+                             {k: v for p in P[i : i + n] for k, v in p.items()},
+                             {k: v for g in G[i : i + n] for k, v in g.items()}, settings, i))
+            i += n
+            continue
         nxt = layers[i + 1] if i + 1 < len(layers) else None
         pair = (ly["type"], nxt["type"]) if nxt else None
         if fuse and pair in FUSED and (pair[1] != "act" or nxt["fn"] == "relu"):
