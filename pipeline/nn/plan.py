@@ -115,7 +115,7 @@ def conv_relu_forward(x, w, b=None, pad=0, train=True, rng=None, threads=1, wino
         z, cache = Wi.wino_conv_forward(x, w, b, pad, train, rng, threads)
     else:
         z, cache = L.conv2d_forward(x, w, b, pad, train, rng)
-    np.maximum(z, 0.0, out=z)
+    Fu.relu_inplace(z)
     return z, ((winograd, cache, z) if train else None)
 
 
