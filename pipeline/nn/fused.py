@@ -226,6 +226,11 @@ def _zeros(dtype):  # read-only, one per dtype
     return z
 
 
+THREADED_MIN = 1 << 18  # values from which BatchNorm + ReLU uses the step's threads: at 128 x
+# 4 x 4 x 64 and 128 x 128 a second thread made it slower, at 128 x 12 x 12 x 32 faster
+# (python scripts/bench.py --profile cnn --threads 2 --clock wall)
+
+
 def bn_relu_forward(x, gamma, beta, mean, var, train=True, rng=None, momentum=0.1, eps=BN_EPS,
                     threads=1):
     """x (..., C) -> relu(batchnorm(x)) (..., C); the running stats update as in
@@ -241,6 +246,7 @@ def bn_relu_forward(x, gamma, beta, mean, var, train=True, rng=None, momentum=0.
         relu_inplace(y)
         return y.reshape(x.shape), None
     M = x2.shape[0]
+    threads = threads if x2.size >= THREADED_MIN else 1  # small maps: one thread is faster
     mu = _sum_parts(lambda s, e: colsum(x2[s:e]), M, threads) * (1.0 / M)  # (C,)
     xc = np.empty_like(x2)  # (M, C) centred, as layers.batchnorm_forward
 

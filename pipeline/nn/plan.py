@@ -7,8 +7,6 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import NamedTuple
 
-import numpy as np
-
 from pipeline.nn import conv_winograd as Wi
 from pipeline.nn import fused as Fu
 from pipeline.nn import fused_first as Ff
