@@ -44,7 +44,7 @@ KERNELS = (3, 5)  # kernel sides with a Winograd form here
 # the output tile side m of F(m x m, k x k) per kernel side, when the conv's output side is a
 # multiple of it (else 2): n = m + k - 1 points, at most len(POINTS) + 1 = 6
 TILE = {3: 4, 5: 2}
-CHUNK_BYTES = 4 << 20  # per chunk of images, the largest of its transformed arrays
+CHUNK_BYTES = 2 << 20  # per chunk of images, the largest of its transformed arrays
 
 
 @functools.cache
@@ -113,8 +113,10 @@ def _scratch(name, shape, dtype):
 
 def _chunk(n, A, B, C, F, itemsize):
     """Images per chunk: a chunk's transformed tiles stay in the core's cache between the
-    products (CHUNK_BYTES: of 1M, 2M, 4M and 8M, 4M ran fastest for the 3x3 default's three
-    Winograd convs, forward and backward; 2M for the 5x5 one's)."""
+    products. CHUNK_BYTES 2M against 3M and 4M (python scripts/experiments/wino_chunks.py,
+    2026-12-02 03:07 UTC, quiet): the 3x3 default's training step 66.5 / 71.7 / 70.8 ms on one
+    thread, 44.5 / 48.4 / 47.0 ms on two; predicting 8192 rows on two threads 0.88 / 0.96 /
+    1.01 s."""
     return max(1, CHUNK_BYTES // (n * n * A * B * max(C, F) * itemsize))
 
 
