@@ -34,7 +34,7 @@ import threading
 
 import numpy as np
 
-from pipeline.nn.fused import OFFSETS, in_parts
+from pipeline.nn.fused import OFFSETS, in_parts, sum_in_parts
 from pipeline.nn.layers import colsum, conv2d_backward, conv2d_forward, put
 
 # the finite interpolation points, then infinity: -1/2 rounds less in float32 than -2 (python
@@ -299,10 +299,7 @@ def _wino_backward(dout, cache, grads, need_dx):
                 dx[s:e] = g[:, pad : pad + x_shape[1], pad : pad + x_shape[2]]
         return dUt
 
-    dUts = in_parts(wino_backward_part, N, threads)
-    dUt = dUts[0]
-    for more in dUts[1:]:  # in part order: the same sum for any thread count
-        dUt += more
+    dUt = sum_in_parts(wino_backward_part, N, threads)  # in part order
     dwt = (KG.T @ dUt.reshape(n * n, F * C)).reshape(k, k, F, C)
     dw = np.ascontiguousarray(dwt.transpose(0, 1, 3, 2))  # (k, k, C, F)
     put(grads, "w", dw)

@@ -162,10 +162,7 @@ def conv_pool_backward(dout, cache, grads=None, need_dx=True):
                 conv_input_grad(g, w, (e - s, *x_shape[1:]), pad, out=dx[s:e])
         return dw
 
-    dws = in_parts(conv_pool_backward_part, N, threads)
-    dw = dws[0]
-    for more in dws[1:]:  # in part order: the same sum for any thread count
-        dw += more
+    dw = sum_in_parts(conv_pool_backward_part, N, threads)
     put(grads, "w", dw.reshape(kh, kw, C, F))
     if has_bias:
         put(grads, "b", colsum(d2.reshape(-1, F)))  # (F,)
@@ -195,6 +192,16 @@ def in_parts(fn, n, threads=1):
     later = [pool.submit(fn, s, e) for s, e in parts[1:]]
     first = fn(*parts[0])  # the calling thread takes the first part
     return [first, *(f.result() for f in later)]
+
+
+def sum_in_parts(fn, n, threads=1):
+    """The sum of in_parts(fn, n, threads), each part's result (a new array) added to the first
+    in part order: the same sum for any thread count."""
+    parts = in_parts(fn, n, threads)
+    total = parts[0]
+    for more in parts[1:]:
+        total += more
+    return total
 
 
 def relu_inplace(a):
@@ -247,14 +254,14 @@ def bn_relu_forward(x, gamma, beta, mean, var, train=True, rng=None, momentum=0.
         return y.reshape(x.shape), None
     M = x2.shape[0]
     threads = threads if x2.size >= THREADED_MIN else 1  # small maps: one thread is faster
-    mu = _sum_parts(lambda s, e: colsum(x2[s:e]), M, threads) * (1.0 / M)  # (C,)
+    mu = sum_in_parts(lambda s, e: colsum(x2[s:e]), M, threads) * (1.0 / M)  # (C,)
     xc = np.empty_like(x2)  # (M, C) centred, as layers.batchnorm_forward
 
     def centre(s, e):
         np.subtract(x2[s:e], mu, out=xc[s:e])
         return np.einsum("mc,mc->c", xc[s:e], xc[s:e])
 
-    var_b = _sum_parts(centre, M, threads) * (1.0 / M)  # (C,) biased variance
+    var_b = sum_in_parts(centre, M, threads) * (1.0 / M)  # (C,) biased variance
     rstd = 1.0 / np.sqrt(var_b + eps)  # (C,)
     scale = gamma * rstd
     y = np.empty_like(x2)
@@ -284,7 +291,7 @@ def bn_relu_backward(da, cache, grads=None, need_dx=True):
         np.multiply(da2[s:e], y[s:e] > 0, out=dy[s:e])
         return np.stack(batchnorm_sums(dy[s:e], xc[s:e]))
 
-    dbeta, dgamma = _sum_parts(mask, M, threads)  # (C,) each: sum(dy), sum(dy * xc)
+    dbeta, dgamma = sum_in_parts(mask, M, threads)  # (C,) each: sum(dy), sum(dy * xc)
     dgamma *= rstd  # sum(dy * xhat)
     put(grads, "beta", dbeta)
     put(grads, "gamma", dgamma)
@@ -294,12 +301,3 @@ def bn_relu_backward(da, cache, grads=None, need_dx=True):
     in_parts(lambda s, e: batchnorm_input_grad(dy[s:e], xc[s:e], gamma, rstd, dbeta, dgamma, M,
                                                out=dx[s:e]), M, threads)
     return dx.reshape(shape)
-
-
-def _sum_parts(fn, n, threads):
-    """sum of in_parts(fn, n, threads), added in part order (the same for any thread count)."""
-    parts = in_parts(fn, n, threads)
-    total = parts[0].copy()
-    for p in parts[1:]:
-        total += p
-    return total

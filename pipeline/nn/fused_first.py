@@ -33,7 +33,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from pipeline.nn.fused import _chunk, in_parts, relu_inplace
+from pipeline.nn.fused import _chunk, in_parts, relu_inplace, sum_in_parts
 from pipeline.nn.layers import BN_EPS, colsum, conv_input_grad, put
 
 K_MAX = 32  # im2col depths up to which the steps are used. Fused / unfused time of a training
@@ -90,13 +90,10 @@ def _columns(x, w_shape, pad, shift, threads, moments):
                 gram += c2 @ c2.T  # (K+1, K+1)
         return gram
 
-    grams = in_parts(columns_part, N, threads)
-    gram = None
     if moments:
-        gram = grams[0]
-        for more in grams[1:]:  # in part order
-            gram += more
-    return cols, nb, Ho, Wo, gram
+        return cols, nb, Ho, Wo, sum_in_parts(columns_part, N, threads)  # in part order
+    in_parts(columns_part, N, threads)
+    return cols, nb, Ho, Wo, None
 
 
 def _affine_relu(cols, nb, wf, N, Ho, Wo, threads):
@@ -141,11 +138,7 @@ def _products(da, y, cols, nb, threads):
             acc = more.astype(np.float64) if acc is None else acc + more
         return acc
 
-    accs = in_parts(products_part, y.shape[0], threads)
-    acc = accs[0]
-    for more in accs[1:]:  # in part order
-        acc += more
-    return acc
+    return sum_in_parts(products_part, y.shape[0], threads)  # in part order
 
 
 def _input_grad(da, y, cols, nb, w, x_shape, pad, threads, V=None, sd=None):
