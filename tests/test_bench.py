@@ -9,6 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from tests.conftest import make_competition_zip
@@ -144,3 +145,34 @@ def test_package_never_imports_torch():
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                           timeout=120, cwd=REPO)
     assert proc.returncode == 0, proc.stderr[-2000:]
+
+
+def test_step_table_is_timed_inside_train_and_leaves_it_as_it_was():
+    # --profile's table times every plan step, the loss and the optimizer as train() calls them,
+    # and the wrappers are gone afterwards: a later train() runs the package's own functions
+    sys.path.insert(0, str(REPO / "scripts"))
+    try:
+        from benchlib import profile
+    finally:
+        sys.path.remove(str(REPO / "scripts"))
+    from pipeline import train as train_module
+    from pipeline.nn import model as model_module
+    from pipeline.nn.optim import Optimizer
+    before = (model_module.make_plan, Optimizer.step,
+              train_module.softmax_cross_entropy_forward,
+              train_module.softmax_cross_entropy_backward)
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((384, 28, 28, 1), dtype=np.float32)
+    y = rng.integers(0, 10, 384)
+    settings = dict(model="mlp", hidden=(32,), batch_size=128, augment="none")
+    model, fwd, bwd, shapes, rest, step = profile.step_times(settings, x, y, 0, 1)
+    assert before == (model_module.make_plan, Optimizer.step,
+                      train_module.softmax_cross_entropy_forward,
+                      train_module.softmax_cross_entropy_backward)
+    names = [st.name for st in model.plan]
+    assert len(fwd) == len(names) and (fwd > 0).all()  # every step's forward was timed
+    assert bwd[names.index("fc1")] > 0 and bwd[names.index("out")] > 0
+    assert shapes[0] == (128, 28, 28, 1) and shapes[-1] == (128, 10)
+    assert all(t > 0 for name, t in rest.items() if not name.startswith("the rest"))
+    *timed, remainder = rest.values()  # the last row: what no wrapper timed, of a whole step
+    assert remainder == pytest.approx(max(0.0, step - fwd.sum() - bwd.sum() - sum(timed)))

@@ -1,88 +1,123 @@
-"""Where the time goes: per-step forward/backward times of one training step of our model (the
-steps as the model runs them, fused pairs as one), then a cProfile of a short train() epoch or
-of predicting the test rows."""
+"""Where the time goes: per-step forward/backward times of our model's training steps (the
+steps as the model runs them, fused pairs as one), timed inside a real train() epoch, then a
+cProfile of a short train() epoch or of predicting the test rows."""
 
 from __future__ import annotations
 
+import contextlib
 import cProfile
 import io
 import pstats
 import time
+from collections import defaultdict
 
 import numpy as np
 
-from pipeline.nn.losses import softmax_cross_entropy_backward, softmax_cross_entropy_forward
+from pipeline import train as train_module
+from pipeline.nn import model as model_module
 from pipeline.nn.model import Model
 from pipeline.nn.models import build_spec
 from pipeline.nn.optim import Optimizer
-from pipeline.nn.threads import blas_threads
 from pipeline.params import TrainConfig
 from pipeline.predict import predict_proba
-from pipeline.train import TRAIN_THREADS, hyperparameters, train
+from pipeline.train import hyperparameters, train
 
 from .measure import WARMUP_ROWS, macs_per_sample, our_threads
 from .twin import import_torch, torch_optimizer, torch_twin
 
 
-def step_times(model, hp, xb, yb, rng, repeats=20, clock=time.perf_counter):
-    """Median seconds of each plan step's forward and backward in one training step, the
-    output shape of each, and the rest of the step (gather, loss, optimizer). `clock`:
-    time.perf_counter (wall) or time.thread_time (this thread's CPU time: steadier under load,
-    and the whole story on one thread)."""
-    plan, first = model.plan, model.first_trained
-    opt = Optimizer(hp["optimizer"], model.theta.size, model.n_decay,
-                    weight_decay=hp["weight_decay"])
-    fwd = np.zeros((repeats + 1, len(plan)))
-    bwd = np.zeros((repeats + 1, len(plan)))
-    loss_s, step_s, gather_s = [], [], []
-    idx = np.arange(len(xb))
-    for r in range(repeats + 1):  # the first pass is a warm-up
-        t0 = clock()
-        h = xb[idx]
-        gather_s.append(clock() - t0)
-        shapes, caches = [h.shape], []
-        for k, st in enumerate(plan):
-            t0 = clock()
-            h, cache = st.forward(h, **st.P, train=True, rng=rng, **st.settings)
-            fwd[r, k] = clock() - t0
-            shapes.append(h.shape)
-            caches.append(cache)
-        t0 = clock()
-        _, lcache = softmax_cross_entropy_forward(h, yb)
-        d = softmax_cross_entropy_backward(lcache)
-        loss_s.append(clock() - t0)
-        for k in range(len(plan) - 1, -1, -1):
-            st = plan[k]
-            if st.first < first:
-                break
-            t0 = clock()
-            d = st.backward(d, caches[k], st.G, st.first > first)
-            bwd[r, k] = clock() - t0
-        t0 = clock()
-        opt.step(model.theta, model.grad, 1e-4)
-        step_s.append(clock() - t0)
-    rest = {"batch gather x[idx]": np.median(gather_s[1:]),
-            "loss forward + backward": np.median(loss_s[1:]),
-            f"optimizer step ({hp['optimizer']}, {model.theta.size} params)": np.median(step_s[1:])}
-    return np.median(fwd[1:], axis=0), np.median(bwd[1:], axis=0), shapes, rest
+class StepTimer:
+    """While `installed()`, every plan step's forward and backward, the loss and the optimizer
+    step record their `clock` seconds (and each forward its output shape) as train() calls
+    them. Timing inside train() measures the code path users run, with its memory state: a
+    hand-rolled loop of the same steps took 7,700 page faults a step that train() does not
+    (2026-12-02), and so read 10% slow."""
+
+    def __init__(self, clock):
+        self.clock, self.times, self.shapes = clock, defaultdict(list), {}
+
+    def _wrap(self, key, f, shaped=False):
+        def timed(*args, **kw):
+            t0 = self.clock()
+            out = f(*args, **kw)
+            self.times[key].append(self.clock() - t0)
+            if shaped:
+                self.shapes.setdefault(key[0], out[0].shape)
+            return out
+        return timed
+
+    @contextlib.contextmanager
+    def installed(self):
+        make_plan, opt_step = model_module.make_plan, Optimizer.step
+        losses = (train_module.softmax_cross_entropy_forward,
+                  train_module.softmax_cross_entropy_backward)
+
+        def timed_plan(*args, **kw):
+            return [st._replace(forward=self._wrap((st.name, "fwd"), st.forward, True),
+                                backward=self._wrap((st.name, "bwd"), st.backward))
+                    for st in make_plan(*args, **kw)]
+
+        model_module.make_plan = timed_plan
+        Optimizer.step = self._wrap(("optimizer", ""), opt_step)
+        train_module.softmax_cross_entropy_forward = self._wrap(("loss", "fwd"), losses[0])
+        train_module.softmax_cross_entropy_backward = self._wrap(("loss", "bwd"), losses[1])
+        try:
+            yield self
+        finally:
+            model_module.make_plan, Optimizer.step = make_plan, opt_step
+            (train_module.softmax_cross_entropy_forward,
+             train_module.softmax_cross_entropy_backward) = losses
+
+    def median(self, key):
+        """Median seconds of `key` over the steps after the first (0.0 if never called)."""
+        t = self.times.get(key, [])
+        return float(np.median(t[1:] if len(t) > 1 else t)) if t else 0.0
+
+
+def step_times(settings, x, y, seed, threads, clock=time.perf_counter):
+    """Train one epoch of `settings` on (x, y) (after a warm-up epoch) on `threads` threads,
+    timing its steps -> (model, fwd, bwd, shapes, rest, step): medians over the steps of each
+    plan step's forward and backward seconds, the output shapes (shapes[0] the batch's), the
+    rest of a step (loss, optimizer, and what no step timed: the batch gather, the loop) and a
+    whole step (the epoch's seconds / its steps). `clock`: time.perf_counter (wall) or
+    time.thread_time (the calling thread's CPU: steadier under load, the whole story on one
+    thread)."""
+    cfg = TrainConfig(**settings, epochs=1, seed=seed)
+    with our_threads(threads):
+        train(cfg, x[:WARMUP_ROWS], y[:WARMUP_ROWS], progress=False)
+        timer = StepTimer(clock)
+        with timer.installed():
+            result = train(cfg, x, y, progress=False)
+    model, hp = result.model, hyperparameters(cfg)
+    B = min(hp["batch_size"] or len(x), len(x))
+    steps = -(-len(x) // B)
+    fwd = np.array([timer.median((st.name, "fwd")) for st in model.plan])
+    bwd = np.array([timer.median((st.name, "bwd")) for st in model.plan])
+    shapes = [(B, *x.shape[1:])] + [timer.shapes[st.name] for st in model.plan]
+    step = result.history[0]["seconds"] / steps
+    loss = timer.median(("loss", "fwd")) + timer.median(("loss", "bwd"))
+    rest = {"loss forward + backward": loss,
+            f"optimizer step ({hp['optimizer']}, {model.theta.size} params)":
+                timer.median(("optimizer", ""))}
+    rest["the rest (batch gather, the loop)"] = max(
+        0.0, step - fwd.sum() - bwd.sum() - sum(rest.values()))
+    return model, fwd, bwd, shapes, rest, step
 
 
 def profile_training(args, settings, x, y):
-    """Print the per-step table of one training step, then a cProfile of a short epoch."""
+    """Print the per-step table of a training step, then a cProfile of a short epoch."""
     hp = hyperparameters(TrainConfig(**settings))
     rows = args.rows or (8192 if args.profile == "mlp" else 2048)
     B = hp["batch_size"]
-    model = Model(build_spec(settings["model"], hp), rng=np.random.default_rng(args.seed))
-    model.threads = args.threads
-    layers = model.spec["layers"]
     clock = time.thread_time if args.clock == "cpu" else time.perf_counter
-    with blas_threads(TRAIN_THREADS):  # as train() runs: Python threads, one-thread BLAS
-        fwd, bwd, shapes, rest = step_times(model, hp, x[:B], y[:B], np.random.default_rng(0),
-                                            clock=clock)
+    model, fwd, bwd, shapes, rest, step = step_times(settings, x[:rows], y[:rows], args.seed,
+                                                     args.threads, clock)
+    layers = model.spec["layers"]
     total = fwd.sum() + bwd.sum() + sum(rest.values())
-    print(f"{args.profile} ({hp.get('plan') or list(hp['hidden'])}): one training step at batch "
-          f"{B}, {args.threads} thread(s), {total * 1e3:.2f} ms {args.clock} time (medians of "
-          f"20)")
+    print(f"{args.profile} ({hp.get('plan') or list(hp['hidden'])}): a training step at batch "
+          f"{B} inside a train() epoch of {rows} rows, {args.threads} thread(s), "
+          f"{total * 1e3:.2f} ms {args.clock} time (medians over its steps; the whole step by "
+          f"wall time {step * 1e3:.2f} ms)")
     print(f"{'step':<14} {'output':<16} {'fwd ms':>8} {'bwd ms':>8} {'share':>6} "
           f"{'fwd GF/s':>9} {'bwd GF/s':>9}")
     for k, st in enumerate(model.plan):
@@ -105,7 +140,6 @@ def profile_training(args, settings, x, y):
               f"{args.clock} time; ours / torch = {total / t:.3f}")
     cfg = TrainConfig(**settings, epochs=1, seed=args.seed)
     with our_threads(args.threads):
-        train(cfg, x[:WARMUP_ROWS], y[:WARMUP_ROWS], progress=False)
         prof = cProfile.Profile()
         prof.enable()
         result = train(cfg, x[:rows], y[:rows], progress=False)
