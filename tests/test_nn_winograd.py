@@ -17,8 +17,8 @@ from pipeline.nn.model import Model
 from pipeline.nn.models import DEFAULTS, build_spec
 from pipeline.nn.plan import (
     WINOGRAD_MIN_CIN,
-    conv_relu_backward,
-    conv_relu_forward,
+    conv_inplace_relu_backward,
+    conv_inplace_relu_forward,
     layer_backward,
     make_plan,
     run_forward,
@@ -280,7 +280,8 @@ def test_the_default_runs_its_unpooled_wide_convs_by_winograd():
     assert c4 and c4[0].forward is Wi.wino_conv_forward
     evals = {st.name: st for st in model._eval_plan()}
     assert by_name["c4"]["cin"] >= WINOGRAD_MIN_CIN > by_name["c1"]["cin"]
-    assert evals["c4+c4a"].forward is conv_relu_forward and evals["c4+c4a"].settings["winograd"]
+    assert evals["c4+c4a"].forward is conv_inplace_relu_forward
+    assert evals["c4+c4a"].settings["winograd"]
     assert evals["c1+c1a"].forward is Ff.conv_relu_forward  # K = 9: fused_first.py's step
 
 
@@ -292,13 +293,13 @@ def test_conv_relu_equals_conv_then_relu(rng, winograd):
     z, zc = L.conv2d_forward(x, w, b, 1)
     a, ac = L.relu_forward(z)
     assert (z < 0).any() and (z > 0).any()
-    out, cache = conv_relu_forward(x, w, b, 1, winograd=winograd)
+    out, cache = conv_inplace_relu_forward(x, w, b, 1, winograd=winograd)
     np.testing.assert_allclose(out, a, rtol=1e-11, atol=1e-11)
-    np.testing.assert_allclose(conv_relu_forward(x, w, b, 1, train=False, winograd=winograd)[0],
-                               a, rtol=1e-11, atol=1e-11)
+    inference = conv_inplace_relu_forward(x, w, b, 1, train=False, winograd=winograd)[0]
+    np.testing.assert_allclose(inference, a, rtol=1e-11, atol=1e-11)
     da = rng.normal(size=a.shape)
     g, rg = {}, {}
-    dx = conv_relu_backward(da, cache, g)
+    dx = conv_inplace_relu_backward(da, cache, g)
     rdx = L.conv2d_backward(L.relu_backward(da, ac), zc, rg)
     np.testing.assert_allclose(dx, rdx, rtol=1e-11, atol=1e-11)
     for key in ("w", "b"):

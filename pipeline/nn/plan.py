@@ -105,10 +105,12 @@ def _fused_pair(pair, ly):
     return FUSED[pair]
 
 
-def conv_relu_forward(x, w, b=None, pad=0, train=True, rng=None, threads=1, winograd=False):
+def conv_inplace_relu_forward(x, w, b=None, pad=0, train=True, rng=None, threads=1,
+                              winograd=False):
     """conv (Winograd with winograd=True, else im2col) -> ReLU applied in place on the conv's
-    output: one array and one pass fewer than the two steps. The inference plan's conv ->
-    ReLU (BatchNorm folded into the conv), and a conv -> ReLU without BatchNorm in training."""
+    output: one array and one pass fewer than the two steps. The inference plan's conv -> ReLU
+    (BatchNorm folded into the conv), and a conv -> ReLU without BatchNorm in training. Not
+    fused_first.conv_relu_forward: the short-K first layer's step, ReLU written from columns."""
     if winograd:
         z, cache = Wi.wino_conv_forward(x, w, b, pad, train, rng, threads)
     else:
@@ -117,7 +119,7 @@ def conv_relu_forward(x, w, b=None, pad=0, train=True, rng=None, threads=1, wino
     return z, ((winograd, cache, z) if train else None)
 
 
-def conv_relu_backward(da, cache, grads=None, need_dx=True):
+def conv_inplace_relu_backward(da, cache, grads=None, need_dx=True):
     winograd, conv_cache, a = cache
     dz = da * (a > 0)  # through the ReLU
     backward = Wi.wino_conv_backward if winograd else L.conv2d_backward
@@ -148,7 +150,7 @@ def make_plan(layers, P, G, fuse=True, threads=1):
             fwd, bwd = _fused_pair(pair, ly)
             name, n = f"{ly['name']}+{nxt['name']}", 2
         elif fuse and pair == ("conv", "act") and nxt["fn"] == "relu":
-            fwd, bwd = conv_relu_forward, conv_relu_backward
+            fwd, bwd = conv_inplace_relu_forward, conv_inplace_relu_backward
             name, n = f"{ly['name']}+{nxt['name']}", 2
         elif fuse and ly["type"] == "conv" and _winograd(ly):
             fwd, bwd, name, n = Wi.wino_conv_forward, Wi.wino_conv_backward, ly["name"], 1
@@ -158,7 +160,7 @@ def make_plan(layers, P, G, fuse=True, threads=1):
         if fwd in (Fu.conv_pool_forward, Wi.wino_pool_forward, Wi.wino_conv_forward,
                    Fu.bn_relu_forward):
             settings["threads"] = threads
-        if fwd is conv_relu_forward:
+        if fwd is conv_inplace_relu_forward:
             settings.update(threads=threads, winograd=_winograd(ly))
         plan.append(Step(name, fwd, bwd, P[i], G[i], settings, i))
         i += n
