@@ -77,3 +77,45 @@ def test_parse_augment():
     for bad, msg in [("spin=3", "spin"), ("shift=x", "'x'"), ("shift=-1", "-1"), ("zoom=1", "1")]:
         with pytest.raises(ValueError, match=msg):
             parse_augment(bad)
+
+
+def reference_bilinear(x, src_r, src_c, fill):
+    """Pixel by pixel, in float64: the four corners around each source point, weighted by
+    distance; a corner outside the image (or a NaN source) counts as `fill`."""
+    N, H, W, _ = x.shape
+    out = np.empty((N, H, W))
+    for i, r_, c_ in np.ndindex(N, H, W):
+        r, c = float(src_r[i, r_, c_]), float(src_c[i, r_, c_])
+        if np.isnan(r) or np.isnan(c):
+            out[i, r_, c_] = fill
+            continue
+        r0, c0 = int(np.floor(r)), int(np.floor(c))
+        total = 0.0
+        for rr, wr in ((r0, 1 - (r - r0)), (r0 + 1, r - r0)):
+            for cc, wc in ((c0, 1 - (c - c0)), (c0 + 1, c - c0)):
+                inside = 0 <= rr < H and 0 <= cc < W
+                total += wr * wc * (float(x[i, rr, cc, 0]) if inside else fill)
+        out[i, r_, c_] = total
+    return out[..., None]
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_bilinear_sample_matches_a_pixel_by_pixel_reference(seed):
+    # sources inside, on the border, one pixel out, far out, on whole pixels, and NaN: every
+    # output is the distance-weighted sum of its four corners, corners outside counting as fill
+    from pipeline.nn.augment import bilinear_sample
+    rng = np.random.default_rng(seed)
+    N, H, W = 3, 9, 7
+    x = rng.normal(size=(N, H, W, 1)).astype(np.float32)
+    src_r = rng.uniform(-4, H + 4, size=(N, H, W)).astype(np.float32)
+    src_c = rng.uniform(-4, W + 4, size=(N, H, W)).astype(np.float32)
+    whole = rng.random((N, H, W)) < 0.2
+    src_r[whole] = np.round(src_r[whole])
+    src_c[whole] = np.round(src_c[whole])
+    src_r[0, 0, :3] = [-1, H - 1, H]
+    src_c[0, 1, :3] = [-1, W - 1, W]
+    src_r[1, 2, 2] = np.nan
+    out = bilinear_sample(x, src_r, src_c, -0.75)
+    assert out.shape == x.shape and out.dtype == np.float32
+    np.testing.assert_allclose(out, reference_bilinear(x, src_r, src_c, -0.75), atol=2e-6)
+    assert out[1, 2, 2, 0] == np.float32(-0.75)

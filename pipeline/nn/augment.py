@@ -52,28 +52,41 @@ def is_identity(aug):
 
 
 def bilinear_sample(x, src_r, src_c, fill):
-    """x (N, H, W, 1), src_r/src_c (N, H, W) source coordinates -> (N, H, W, 1) float32."""
+    """x (N, H, W, 1), src_r/src_c (N, H, W) float32 source coordinates -> (N, H, W, 1) float32.
+
+    The images sit in a frame of `fill` (one pixel above and left, two below and right), and
+    each coordinate is clipped to [-1, H] (or [-1, W]) first: a source further out than one
+    pixel reads the frame with all its weight, so it gets `fill`, as does every corner outside
+    the image (and a NaN coordinate). No masks: four gathers from the framed images and three
+    lerps, each in place."""
     N, H, W, _ = x.shape
-    flat = x.reshape(N * H * W)  # (N*H*W,)
-    base = (np.arange(N, dtype=np.int64) * (H * W))[:, None, None]  # (N, 1, 1)
-    r0 = np.floor(src_r)  # (N, H, W)
-    c0 = np.floor(src_c)
-    fr = (src_r - r0).astype(np.float32)  # (N, H, W) weights of the lower-right corner
-    fc = (src_c - c0).astype(np.float32)
-    r0 = r0.astype(np.int64)
-    c0 = c0.astype(np.int64)
-    out = np.zeros((N, H, W), dtype=np.float32)
-    for dr, wr in ((0, 1.0 - fr), (1, fr)):
-        r = r0 + dr
-        rin = (r >= 0) & (r < H)
-        rc = np.clip(r, 0, H - 1) * W
-        for dc, wc in ((0, 1.0 - fc), (1, fc)):
-            c = c0 + dc
-            valid = rin & (c >= 0) & (c < W)  # (N, H, W)
-            v = flat[base + rc + np.clip(c, 0, W - 1)]  # (N, H, W) gathered corner values
-            v = np.where(valid, v, np.float32(fill))
-            out += wr * wc * v
-    return out[..., None]
+    Hf, Wf = H + 3, W + 3
+    framed = np.full((N, Hf, Wf), fill, dtype=np.float32)  # (N, H+3, W+3)
+    framed[:, 1 : H + 1, 1 : W + 1] = x[..., 0]
+    flat = framed.reshape(-1)
+    itype = np.int32 if flat.size < 2**31 - 2 * Wf else np.int64
+    # fmax/fmin, not clip: a NaN coordinate becomes -1 (the frame) rather than a wild index
+    r = np.fmin(np.fmax(src_r, np.float32(-1)), np.float32(H))  # (N, H, W)
+    c = np.fmin(np.fmax(src_c, np.float32(-1)), np.float32(W))
+    r0, c0 = np.floor(r), np.floor(c)
+    r -= r0  # the fractions: the weights of the lower and right corners
+    c -= c0
+    # the flat index of each upper-left corner in the framed images (+1: the frame's offset)
+    idx = (np.arange(N, dtype=itype) * (Hf * Wf) + Wf + 1)[:, None, None] + r0.astype(itype) * Wf
+    idx += c0.astype(itype)
+    top, right = flat.take(idx), flat.take(idx + 1)
+    right -= top
+    right *= c
+    top += right  # the upper row, across
+    idx += Wf
+    bottom, right = flat.take(idx), flat.take(idx + 1)
+    right -= bottom
+    right *= c
+    bottom += right  # the lower row, across
+    bottom -= top
+    bottom *= r
+    top += bottom  # down
+    return top[..., None]
 
 
 def affine(x, angle, scale, tx, ty, fill, disp=None):
