@@ -12,6 +12,7 @@ import os
 import numpy as np
 
 from pipeline.config import N_CLASSES, UserError
+from pipeline.nn.heap import keep_freed_memory
 from pipeline.nn.losses import softmax
 from pipeline.nn.threads import blas_threads
 
@@ -45,6 +46,7 @@ def predict_proba(models, x, *, batch_size=1000, tta=False) -> np.ndarray:
 
     Runs on PREDICT_THREADS threads (the cores available), each with one BLAS thread; the
     result does not depend on the thread count."""
+    keep_freed_memory()
     with blas_threads(1):
         proba = _predict_proba(models, x, batch_size, tta)
     bad = ~np.isfinite(proba).all(axis=1)  # (N,)

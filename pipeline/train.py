@@ -39,6 +39,7 @@ from pipeline.config import IMAGE_SIDE, N_CLASSES, UserError, asdict
 from pipeline.nn.augment import parse_augment
 from pipeline.nn.averaging import WeightEMA, load_average
 from pipeline.nn.batches import Batches, epoch_aug_rng
+from pipeline.nn.heap import keep_freed_memory
 from pipeline.nn.losses import (
     softmax,
     softmax_cross_entropy_backward,
@@ -218,7 +219,9 @@ def train(cfg, x_train, y_train, x_dev=None, y_dev=None, *, progress="bar",
     `progress`: "bar" (a terminal), "lines" (one line per epoch, for logs), None or False.
     Runs with one OpenBLAS thread (TRAIN_THREADS): the batch-sized matrix products gain little
     from a second thread, and on two cores shared with other processes two threads made a
-    training step up to 30x slower (docs/bench-notes.md)."""
+    training step up to 30x slower (docs/bench-notes.md). Freed working arrays stay in the
+    process for the next step (heap.keep_freed_memory)."""
+    keep_freed_memory()
     with blas_threads(TRAIN_THREADS):
         return _train(cfg, x_train, y_train, x_dev, y_dev, progress, checkpoint, resume, label)
 
