@@ -28,7 +28,10 @@ STEPS = textwrap.dedent("""
 """)
 
 
-def faults(mode, env=None):
+def faults(mode, **settings):
+    """Run STEPS in a fresh process with none of glibc's malloc variables but `settings` (a
+    dask nanny, for one, leaves MALLOC_TRIM_THRESHOLD_ in this process's environment)."""
+    env = {k: v for k, v in os.environ.items() if k not in heap.USER_SETTINGS} | settings
     out = subprocess.run([sys.executable, "-c", STEPS, mode], capture_output=True, text=True,
                          check=True, env=env).stdout.split()
     return out[0], int(out[1])
@@ -47,9 +50,7 @@ def test_freed_working_arrays_are_reused_not_faulted_in_again(monkeypatch):
 
 
 def test_the_users_own_malloc_settings_are_left_alone():
-    env = dict(os.environ)
-    env["MALLOC_TRIM_THRESHOLD_"] = "0"  # trim everything: the user asked for it
-    applied, _ = faults("keep", env)
+    applied, _ = faults("keep", MALLOC_TRIM_THRESHOLD_="0")  # trim everything: the user's wish
     assert applied == "False"
 
 
