@@ -74,9 +74,17 @@ def phases(name, H, C, F, m, pool, rng):
     return scaled
 
 
+def sgemm_gflops(n=2048):
+    """The one-thread float32 rate of an (n x n) @ (n x n) product, best of three."""
+    a = np.random.default_rng(1).random((n, n), dtype=np.float32)
+    return 2 * n**3 / (min(timed_ms(lambda: a @ a, 3) for _ in range(3)) * 1e-3) / 1e9
+
+
 def main():
     rng = np.random.default_rng(0)
     with threadpool_limits(1):
+        print(f"sgemm {sgemm_gflops():.0f} GFLOP/s on this thread, measured now (the machine's "
+              "speed moves: compare the UV rates with this, not with another run's)")
         rows = [phases("c2+p3", 26, 32, 32, 4, True, rng), phases("c4", 12, 32, 64, 2, False, rng),
                 phases("c5+p6", 10, 64, 64, 4, True, rng)]
     chunks = -(-TEST_ROWS // EVAL_CHUNK)
