@@ -3,11 +3,11 @@
 A step allocates a few dozen working arrays of 1-12 MB and frees them all at its end. With
 glibc's default settings the freed block at the top of the heap is larger than its trim
 threshold, so malloc hands it back to the kernel, and the next step takes every page of it again
-as a page fault: in `digits train` (the stage; the same train() called from a short script
-faulted 20 times less, depending on what the process allocated before) about 6,300 faults a
-step, 10-11 s of system time in a 40-45 s epoch of the default cnn. Fixed thresholds keep those
-pages: 1.9 million faults an epoch become 45 thousand, and the epoch went from 44-45 s to 38-40
-s with glibc's own variables set the same way (docs/bench-notes.md, fifth round).
+as a page fault: in `digits train` (the stage; the bench's own train() calls did not show it)
+about 6,300 faults a step, 10-11 s of system time in a 40-45 s epoch of the default cnn. Fixed
+thresholds keep those pages: 1.9 million faults an epoch become 45 thousand, and the epoch went
+from 44-45 s to 38-40 s with glibc's own variables set the same way (docs/bench-notes.md, fifth
+round).
 
 glibc only (Linux); elsewhere, or when the user has set glibc's own variables for this
 (MALLOC_MMAP_THRESHOLD_, MALLOC_TRIM_THRESHOLD_, GLIBC_TUNABLES), nothing is changed. Peak

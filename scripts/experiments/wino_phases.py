@@ -9,26 +9,26 @@ test rows is a floor for predict_proba with this network on this BLAS.
 """
 
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
 from threadpoolctl import threadpool_limits
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+REPO = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "scripts"))
 
+from benchlib.measure import sgemm_gflops, timed  # noqa: E402
+
+from pipeline.config import N_TEST  # noqa: E402
 from pipeline.nn.conv_winograd import OFFSETS, _chunk, _kron  # noqa: E402
+from pipeline.nn.model import EVAL_CHUNK  # noqa: E402
 
-TEST_ROWS, EVAL_CHUNK = 28000, 128
+
 def timed_ms(f, repeats=30):
     """Median milliseconds of `repeats` calls of f, after one."""
     f()
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        f()
-        times.append(time.perf_counter() - t0)
-    return 1e3 * float(np.median(times))
+    return 1e3 * float(np.median([timed(f) for _ in range(repeats)]))
 
 
 def phases(name, H, C, F, m, pool, rng):
@@ -74,23 +74,17 @@ def phases(name, H, C, F, m, pool, rng):
     return scaled
 
 
-def sgemm_gflops(n=2048):
-    """The one-thread float32 rate of an (n x n) @ (n x n) product, best of three."""
-    a = np.random.default_rng(1).random((n, n), dtype=np.float32)
-    return 2 * n**3 / (min(timed_ms(lambda: a @ a, 3) for _ in range(3)) * 1e-3) / 1e9
-
-
 def main():
     rng = np.random.default_rng(0)
     with threadpool_limits(1):
-        print(f"sgemm {sgemm_gflops():.0f} GFLOP/s on this thread, measured now (the machine's "
+        print(f"sgemm {sgemm_gflops(2048):.0f} GFLOP/s on this thread, measured now (the machine's "
               "speed moves: compare the UV rates with this, not with another run's)")
         rows = [phases("c2+p3", 26, 32, 32, 4, True, rng), phases("c4", 12, 32, 64, 2, False, rng),
                 phases("c5+p6", 10, 64, 64, 4, True, rng)]
-    chunks = -(-TEST_ROWS // EVAL_CHUNK)
+    chunks = -(-N_TEST // EVAL_CHUNK)
     uv = sum(r["UV"] for r in rows) * chunks / 1e3
     total = sum(sum(r.values()) for r in rows) * chunks / 1e3
-    print(f"over the {TEST_ROWS} test rows, one thread: the three convs {total:.2f} s of CPU, "
+    print(f"over the {N_TEST} test rows, one thread: the three convs {total:.2f} s of CPU, "
           f"of which the UV products {uv:.2f} s (at best {uv / 2:.2f} s of wall time on two cores)")
 
 
