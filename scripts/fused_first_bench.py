@@ -19,6 +19,7 @@ one's per-step time, and the c1 steps' forward and backward.
     python scripts/fused_first_bench.py --model [--threads 1] [--repeats 15]
     python scripts/fused_first_bench.py --eval [--rows 2048] [--repeats 15]
     python scripts/fused_first_bench.py --faults [--repeats 15]
+    python scripts/fused_first_bench.py --gram [--batch 128] [--repeats 15]
 
 --eval: inference (Model.forward, one thread) of --rows rows of test.csv, "before" and "after"
 as for --model, interleaved; the inference plan's first step is then conv_relu.
@@ -128,6 +129,33 @@ def time_relu(args):
           f"map, cpu ms, medians of {args.repeats}")
     for k, t in times.items():
         print(f"{k:>18} {np.median(t) * 1e3:8.3f}")
+
+
+def time_gram(args):
+    """The moments of the first layer's column chunks ([X', 1]^T, (K+1, P) float32, K = 9, as
+    fused_first._columns makes them for a batch of --batch images): c @ c.T, which numpy runs
+    as a SYRK (one operand, transposed), against c[:K] @ c.T, a GEMM (K rows: the last row of
+    the moments is their column sums), medians of this thread's CPU time over the batch's
+    chunks, interleaved."""
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(args.batch, 28, 28, 1)).astype(np.float32)
+    cols = Ff._columns(x, (3, 3, 1, args.cout), 0, None, 1, False)[0]
+    chunks = [c.reshape(len(c), -1) for c in cols.values()]
+    K = len(chunks[0]) - 1
+    ways = {"c @ c.T (SYRK)": lambda c: c @ c.T, "c[:K] @ c.T (GEMM)": lambda c: c[:K] @ c.T}
+    times = {k: [] for k in ways}
+    for r in range(args.repeats + 1):
+        for k, f in ways.items():
+            t0 = time.thread_time()
+            for c in chunks:
+                f(c)
+            if r:
+                times[k].append(time.thread_time() - t0)
+    print(f"load {os.getloadavg()[0]:.2f}; moments of {len(chunks)} column chunks "
+          f"{chunks[0].shape} float32, cpu ms per batch of {args.batch}, medians of "
+          f"{args.repeats}")
+    for k, t in times.items():
+        print(f"{k:>20} {np.median(t) * 1e3:8.3f}")
 
 
 def before(fn, *a):
@@ -312,8 +340,11 @@ def main() -> None:
                     help="page faults and CPU ms of each step of the default cnn's training step")
     ap.add_argument("--relu", action="store_true",
                     help="only time an in-place ReLU of the first layer's output, three ways")
+    ap.add_argument("--gram", action="store_true",
+                    help="only time the first layer's column moments, SYRK against GEMM")
     args = ap.parse_args()
-    modes = {"relu": time_relu, "model": time_model, "eval": time_eval, "faults": count_faults}
+    modes = {"relu": time_relu, "gram": time_gram, "model": time_model, "eval": time_eval,
+             "faults": count_faults}
     next((fn for name, fn in modes.items() if getattr(args, name)), time_blocks)(args)
 
 if __name__ == "__main__":

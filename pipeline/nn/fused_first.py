@@ -85,9 +85,13 @@ def _columns(x, w_shape, pad, shift, threads, moments):
             c = cols[s] = np.empty((K + 1, e - s, Ho, Wo), dtype=dt)
             np.copyto(c[:K].reshape(kh, kw, C, e - s, Ho, Wo), win[:, :, :, s:e])
             c[K] = 1.0
-            if moments:
+            if moments:  # rows 0..K-1 of [X', 1]^T [X', 1]; the last is their column sums
                 c2 = c.reshape(K + 1, -1)  # (K+1, (e-s)*Ho*Wo)
-                gram += c2 @ c2.T  # (K+1, K+1)
+                gram[:K] += c2[:K] @ c2.T  # (K, K+1): a GEMM (c2 @ c2.T would be a SYRK, 3x
+                # slower at these shapes: python scripts/fused_first_bench.py --gram)
+        if moments:  # the ones row: the column sums of X' (as its products), and the count
+            gram[K, :K] = gram[:K, K]
+            gram[K, K] = (e0 - s0) * Ho * Wo
         return gram
 
     if moments:
