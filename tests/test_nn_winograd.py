@@ -19,6 +19,8 @@ from pipeline.nn.plan import (
     WINOGRAD_MIN_CIN,
     conv_inplace_relu_backward,
     conv_inplace_relu_forward,
+    conv_pool_inplace_relu_backward,
+    conv_pool_inplace_relu_forward,
     layer_backward,
     make_plan,
     run_forward,
@@ -306,15 +308,46 @@ def test_conv_relu_equals_conv_then_relu(rng, winograd):
         np.testing.assert_allclose(g[key], rg[key], rtol=1e-11, atol=1e-11)
 
 
-def test_inference_plan_equals_the_layers(rng):
+@pytest.mark.parametrize("winograd", [True, False])
+def test_conv_pool_relu_equals_conv_pool_then_relu(rng, winograd):
+    # the conv -> pool -> ReLU step: forward (train and eval), dx, dw, db equal layers.conv2d,
+    # layers.maxpool and layers' ReLU one after another (float64); both signs are pooled
+    x, w, b = rng.normal(size=(5, 10, 10, 16)), rng.normal(size=(3, 3, 16, 6)), rng.normal(size=6)
+    z, zc = L.conv2d_forward(x, w, b, 1)
+    p, pc = L.maxpool_forward(z)
+    a, ac = L.relu_forward(p)
+    assert (p < 0).any() and (p > 0).any()
+    out, cache = conv_pool_inplace_relu_forward(x, w, b, 1, winograd=winograd)
+    np.testing.assert_allclose(out, a, rtol=1e-10, atol=1e-10)
+    inference = conv_pool_inplace_relu_forward(x, w, b, 1, train=False, winograd=winograd)[0]
+    np.testing.assert_allclose(inference, a, rtol=1e-10, atol=1e-10)
+    da = rng.normal(size=a.shape)
+    g, rg = {}, {}
+    dx = conv_pool_inplace_relu_backward(da, cache, g)
+    rdx = L.conv2d_backward(L.maxpool_backward(L.relu_backward(da, ac), pc), zc, rg)
+    np.testing.assert_allclose(dx, rdx, rtol=1e-10, atol=1e-10)
+    for key in ("w", "b"):
+        np.testing.assert_allclose(g[key], rg[key], rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.parametrize("negative", [(), ("c2bn",), ("c2bn", "c5bn", "c4bn")])
+def test_inference_plan_equals_the_layers(rng, negative):
     # the default cnn in eval mode (BatchNorm folded, fused steps, Winograd) gives the logits of
-    # its layers run one by one with running statistics (float64 parameters and input)
+    # its layers run one by one with running statistics (float64 parameters and input). A
+    # BatchNorm after a pool folds into the conv before the pool only when all its scales are
+    # positive: with a negative gamma in the layers `negative` it runs as its own step
     model = Model(build_spec("cnn", {**DEFAULTS["cnn"], "model": "cnn"}), rng=rng)
     for k, v in model.params.items():  # non-trivial BatchNorm statistics and scales
         if k.endswith((".mean", ".beta")):
             v[...] = rng.normal(size=v.shape) * 0.1
         elif k.endswith((".var", ".gamma")):
             v[...] = rng.uniform(0.5, 1.5, size=v.shape)
+        if k.endswith(".gamma") and k.split(".")[0] in negative:
+            v[::3] *= -1.0
+    names = [st.name for st in model._eval_plan()]
+    assert ("c2+p3+c2a" in names) == ("c2bn" not in negative)
+    assert ("c5+p6+c5a" in names) == ("c5bn" not in negative)
+    assert "c4+c4a" in names  # no pool between: folded whatever the sign
     x = rng.normal(size=(9, 28, 28, 1)).astype(np.float32)
     got = model.forward(x)
     plain = make_plan(model.spec["layers"], model._P, model._G, fuse=False)

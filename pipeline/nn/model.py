@@ -30,6 +30,19 @@ FORMAT = "digits-nn-v1"
 EVAL_CHUNK = 128  # rows per inference pass: measured faster than 256 or 1000 (cache-sized)
 
 
+def _bn_scale(bn):
+    """A BatchNorm's per-channel scale in eval mode, gamma / sqrt(var + eps)."""
+    return bn["gamma"] / np.sqrt(bn["var"] + L.BN_EPS)
+
+
+def _fold_bn(p, bn):
+    """A conv/dense layer's parameters p ({"w", maybe "b"}) with the BatchNorm bn after it
+    folded in -> {"w": w * scale, "b": (b - mean) * scale + beta}."""
+    scale = _bn_scale(bn)  # (C,)
+    b = p["b"] if "b" in p else np.zeros_like(scale)
+    return {"w": p["w"] * scale, "b": (b - bn["mean"]) * scale + bn["beta"]}
+
+
 class ModelFileError(Exception):
     """A model file that cannot be read: missing, corrupt, or written by an incompatible version.
     Its message says what to do; the CLI shows it as one line (pipeline.nn imports nothing from
@@ -167,24 +180,30 @@ class Model:
         return np.concatenate(parts) if len(parts) > 1 else parts[0]
 
     def _eval_plan(self):
-        """-> [Step] for inference: conv/dense -> BatchNorm pairs merged into the conv/dense,
-        w' = w * gamma/sqrt(var+eps), b' = (b - mean) * gamma/sqrt(var+eps) + beta, then fused."""
+        """-> [Step] for inference: each BatchNorm merged into the conv/dense before it,
+        w' = w * gamma/sqrt(var+eps), b' = (b - mean) * gamma/sqrt(var+eps) + beta, also across
+        a max pool between them (conv -> pool -> bn, pool_first) when every channel's scale
+        is positive: max(s z + t) = s max(z) + t for s > 0 (exactly, in floats too: rounding
+        keeps the order), the pool then taking the folded conv's outputs; then fused."""
         layers, P = self.spec["layers"], self._P
         kept, params, i = [], [], 0
         while i < len(layers):
             ly = layers[i]
-            if ly["type"] in ("conv", "dense") and i + 1 < len(layers) and (
-                layers[i + 1]["type"] == "bn"
-            ):
-                bn = P[i + 1]
-                scale = bn["gamma"] / np.sqrt(bn["var"] + L.BN_EPS)  # (C,)
-                b = P[i]["b"] if "b" in P[i] else np.zeros_like(scale)
-                params.append({"w": P[i]["w"] * scale, "b": (b - bn["mean"]) * scale + bn["beta"]})
+            after = [lay["type"] for lay in layers[i + 1 : i + 3]]
+            if ly["type"] in ("conv", "dense") and after[:1] == ["bn"]:
+                params.append(_fold_bn(P[i], P[i + 1]))
+                kept.append(ly)
                 i += 2
+            elif ly["type"] == "conv" and after == ["pool", "bn"] and (
+                _bn_scale(P[i + 2]) > 0
+            ).all():
+                params += [_fold_bn(P[i], P[i + 2]), P[i + 1]]
+                kept += [ly, layers[i + 1]]
+                i += 3
             else:
                 params.append(P[i])
+                kept.append(ly)
                 i += 1
-            kept.append(ly)
         return make_plan(kept, params, [{}] * len(kept))
 
     def forward_train(self, x, rng):

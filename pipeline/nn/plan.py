@@ -126,6 +126,28 @@ def conv_inplace_relu_backward(da, cache, grads=None, need_dx=True):
     return backward(dz, conv_cache, grads, need_dx)
 
 
+def conv_pool_inplace_relu_forward(x, w, b=None, pad=0, train=True, rng=None, threads=1,
+                                   winograd=False):
+    """conv -> 2x2 max pool (Winograd with winograd=True, else fused.conv_pool_*) -> ReLU in
+    place on the pooled output: the inference plan's conv -> pool -> ReLU once the BatchNorm
+    after the pool is folded into the conv (model.Model._eval_plan), one step and no new
+    array for the ReLU."""
+    forward = Wi.wino_pool_forward if winograd else Fu.conv_pool_forward
+    out, cache = forward(x, w, b, pad, train, rng, threads)
+    Fu.relu_inplace(out)
+    return out, ((winograd, cache, out) if train else None)
+
+
+def conv_pool_inplace_relu_backward(da, cache, grads=None, need_dx=True):
+    winograd, pool_cache, a = cache
+    backward = Wi.wino_pool_backward if winograd else Fu.conv_pool_backward
+    return backward(da * (a > 0), pool_cache, grads, need_dx)
+
+
+def _is_relu(ly):
+    return ly is not None and ly["type"] == "act" and ly["fn"] == "relu"
+
+
 def make_plan(layers, P, G, fuse=True, threads=1):
     """-> [Step] running `layers` (with parameters P[i], gradient buffers G[i]); fuse=True
     merges each pair of FUSED into one step (a ReLU for ("bn", "act")); conv+pool steps split
@@ -145,8 +167,12 @@ def make_plan(layers, P, G, fuse=True, threads=1):
             i += n
             continue
         nxt = layers[i + 1] if i + 1 < len(layers) else None
+        third = layers[i + 2] if i + 2 < len(layers) else None
         pair = (ly["type"], nxt["type"]) if nxt else None
-        if fuse and pair in FUSED and (pair[1] != "act" or nxt["fn"] == "relu"):
+        if fuse and pair == ("conv", "pool") and _is_relu(third):
+            fwd, bwd = conv_pool_inplace_relu_forward, conv_pool_inplace_relu_backward
+            name, n = "+".join(lay["name"] for lay in (ly, nxt, third)), 3
+        elif fuse and pair in FUSED and (pair[1] != "act" or nxt["fn"] == "relu"):
             fwd, bwd = _fused_pair(pair, ly)
             name, n = f"{ly['name']}+{nxt['name']}", 2
         elif fuse and pair == ("conv", "act") and nxt["fn"] == "relu":
@@ -160,7 +186,7 @@ def make_plan(layers, P, G, fuse=True, threads=1):
         if fwd in (Fu.conv_pool_forward, Wi.wino_pool_forward, Wi.wino_conv_forward,
                    Fu.bn_relu_forward):
             settings["threads"] = threads
-        if fwd is conv_inplace_relu_forward:
+        if fwd in (conv_inplace_relu_forward, conv_pool_inplace_relu_forward):
             settings.update(threads=threads, winograd=_winograd(ly))
         plan.append(Step(name, fwd, bwd, P[i], G[i], settings, i))
         i += n
