@@ -1,7 +1,8 @@
 """Where a Winograd conv's inference time goes, phase by phase, on one thread: the gather of
-the tiles' input windows, the input transform (the kron product KB), the n*n products with the
-transformed kernel (UV: (T, C) @ (C, F) each), the output transform (KA) and the pool, for one
-chunk of images of each of the default cnn's three wide convs (c2+p3, c4, c5+p6), medians of 30.
+the tiles' input windows, the input transform (KB: kron(BT, BT) @ D, in conv_winograd's two 1-D
+passes), the n*n products with the transformed kernel (UV: (T, C) @ (C, F) each), the output
+transform (KA: kron(AT, AT) @ M, two passes too) and the pool, for one chunk of images of each
+of the default cnn's three wide convs (c2+p3, c4, c5+p6), medians of 30.
 The UV products are the part no rewrite of the transforms removes: their total over the 28000
 test rows is a floor for predict_proba with this network on this BLAS.
 
@@ -21,7 +22,7 @@ sys.path.insert(0, str(REPO / "scripts"))
 from benchlib.measure import sgemm_gflops, timed  # noqa: E402
 
 from pipeline.config import N_TEST  # noqa: E402
-from pipeline.nn.conv_winograd import OFFSETS, _chunk, _kron  # noqa: E402
+from pipeline.nn.conv_winograd import OFFSETS, _chunk, _factors, _kron, _transform  # noqa: E402
 from pipeline.nn.model import EVAL_CHUNK  # noqa: E402
 
 
@@ -38,7 +39,8 @@ def phases(name, H, C, F, m, pool, rng):
     n, A = m + k - 1, (H - k + 1) // m
     x = rng.random((EVAL_CHUNK, H, H, C), dtype=np.float32)
     w = rng.random((k, k, C, F), dtype=np.float32)
-    KA, KG, KB = _kron(k, m, np.float32)
+    _, KG, _ = _kron(k, m, np.float32)
+    AT, BT, _, _ = _factors(k, m, np.float32)
     U = (KG @ w.reshape(k * k, C * F)).reshape(n * n, C, F)
     c = _chunk(n, A, A, C, F, 4)  # images per chunk, as conv_winograd
     T = c * A * A
@@ -51,9 +53,9 @@ def phases(name, H, C, F, m, pool, rng):
     Y = np.empty((m * m, T * F), np.float32)
     ms = {
         "gather": timed_ms(lambda: np.copyto(D, tiles[:, :, :c])),
-        "KB": timed_ms(lambda: np.matmul(KB, D.reshape(n * n, T * C), out=V.reshape(n * n, -1))),
+        "KB": timed_ms(lambda: _transform(BT, D.reshape(n * n, T * C), V.reshape(n * n, -1))),
         "UV": timed_ms(lambda: np.matmul(V, U, out=M)),
-        "KA": timed_ms(lambda: np.matmul(KA, M.reshape(n * n, T * F), out=Y)),
+        "KA": timed_ms(lambda: _transform(AT, M.reshape(n * n, T * F), Y)),
     }
     if pool:
         h = m // 2

@@ -1,12 +1,12 @@
-"""Would the Winograd transforms be faster as two 1-D passes? conv_winograd applies each 2-D
-transform as one product with kron(M, M) (for F(4x4, 3x3): (36 x 36) @ (36, T*C)); applied down
-the tile and then across it, the same transform is two products with 6-row factors and 3x fewer
-multiply-adds. This runs real train() epochs (the bench's cnn settings) and predict_proba with
-the kron products and with the two passes, in turn, at a chosen chunk size, medians.
-
-The two-pass form is swapped in from here, without a switch in the package: conv_winograd's
-`np` is replaced, for the second variant, by a stand-in whose matmul takes the kron matrices
-(and their transposes) apart and hands every other product to numpy.
+"""How to apply the Winograd transforms: conv_winograd runs each 2-D transform kron(M, M) @ X
+(for F(4x4, 3x3)'s input: (36 x 36) @ (36, T*C)) as two 1-D passes (`_transform`: across the
+tile, a product per tile row, then down it, a product per tile column on strided rows), with 3x
+fewer multiply-adds. This runs real train() epochs (the bench's cnn settings) and predict_proba
+with that form ("two passes"), with the one kron product ("kron", the form before 2026-12-02),
+and with one (p, q*q*R) product down the tile first and then across ("down first", the two-pass
+form this script measured before: slower than kron on 2026-12-02 09:26 and 13:56 UTC), in turn,
+at a chosen chunk size, medians. The variants are swapped in from here (conv_winograd's
+`_transform` replaced), without a switch in the package.
 
     python scripts/experiments/wino_separable.py                    # 3 rounds, 8192 rows
     python scripts/experiments/wino_separable.py --rounds 5 --chunk-mb 2 0.5
@@ -33,35 +33,28 @@ from pipeline.predict import predict_proba  # noqa: E402
 from pipeline.preprocess import fit_normalizer, normalize  # noqa: E402
 
 CNN = dict(model="cnn", schedule="constant", augment="none")  # as scripts/bench.py
+TWO_PASSES = Wi._transform
+_KRONS = {}  # id of a 1-D factor -> kron(M, M)
 
 
-class TwoPassNumpy:
-    """numpy, but matmul(K2, X, out) with K2 = kron(M, M) (or its transpose) of conv_winograd
-    runs as M down the tile, then M across it: out[i, j] = sum_uv M[i, u] M[j, v] X[u, v]."""
+def kron_product(M, X, out):
+    """out = kron(M, M) @ X as one (p*p, q*q) product."""
+    K = _KRONS.get(id(M))
+    if K is None:
+        K = _KRONS[id(M)] = np.ascontiguousarray(np.kron(M, M))
+    return np.matmul(K, X, out=out)
 
-    def __init__(self):
-        self.factors = {}  # id of a kron matrix -> its 1-D factor
-        for k, m in ((3, 4), (3, 2), (5, 2)):
-            mats = Wi.winograd_matrices(k, m)
-            for K2, M in zip(Wi._kron(k, m, np.float32), mats):
-                self.factors[id(K2)] = M.astype(np.float32)
 
-    def __getattr__(self, name):
-        return getattr(np, name)
+def down_first(M, X, out):
+    """out = kron(M, M) @ X as one (p, q*q*R) product down the tile, then across it."""
+    p, q = M.shape
+    R = X.shape[-1]
+    tmp = np.matmul(M, X.reshape(q, q * R)).reshape(p, q, R)  # down the tile
+    np.matmul(M, tmp, out=out.reshape(p, p, R))  # across it
+    return out
 
-    def matmul(self, a, b, out=None, **kw):
-        M = self.factors.get(id(a))
-        if M is None and a.base is not None and id(a.base) in self.factors:  # K2.T, a view
-            M = self.factors[id(a.base)].T
-        if M is None or b.ndim != 2:
-            return np.matmul(a, b, out=out, **kw)
-        p, q = M.shape
-        R = b.shape[-1]
-        tmp = np.matmul(M, b.reshape(q, q * R)).reshape(p, q, R)  # down the tile
-        if out is None:
-            return np.matmul(M, tmp).reshape(p * p, R)  # across it
-        np.matmul(M, tmp, out=out.reshape(p, p, R))
-        return out
+
+FORMS = {"two passes": TWO_PASSES, "kron": kron_product, "down first": down_first}
 
 
 def main(argv=None):
@@ -74,12 +67,11 @@ def main(argv=None):
     norm = fit_normalizer(d.train_x)
     x, y = normalize(d.train_x[: a.rows], norm), d.train_y[: a.rows].astype(np.int64)
     xt = normalize(d.test_x[: a.rows], norm)
-    two_pass = TwoPassNumpy()
-    variants = {(form, mb): (np if form == "kron" else two_pass, int(mb * 2**20))
-                for mb in a.chunk_mb for form in ("kron", "two passes")}
+    variants = {(form, mb): (fn, int(mb * 2**20))
+                for mb in a.chunk_mb for form, fn in FORMS.items()}
 
     def use(v):
-        Wi.np, Wi.CHUNK_BYTES = variants[v]
+        Wi._transform, Wi.CHUNK_BYTES = variants[v]
 
     trainers = {}
     for v in variants:
@@ -102,7 +94,7 @@ def main(argv=None):
                 predict_proba([model], xt)
                 predicts[v].append((time.perf_counter() - t0) * 28000 / len(xt))
     finally:
-        Wi.np = np
+        Wi._transform = TWO_PASSES
     print(f"medians of {a.rounds} interleaved rounds, {a.rows} rows scaled to 42000 (epochs) "
           "and 28000 (predict_proba, two threads)")
     for (form, mb), threads in trainers:
