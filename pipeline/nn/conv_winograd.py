@@ -16,9 +16,9 @@ U[e] (C, F) with U = kron(G, G) @ w; the output transform kron(A^T, A^T) @ M, (m
 even), each 2x2 block of a tile is one pooled pixel: the maximum of four of those rows (the
 offsets in the order of fused.OFFSETS); without one, the rows are put back in their places.
 Each kron product runs as two 1-D passes with the 1-D matrix, across the tile and then down it
-(`_transform`): 3x fewer multiply-adds, and faster. 3x3 kernels use 4x4 tiles where the output
-side is a multiple of 4 (`TILE`, `tile_side`), else 2x2. The backward pass runs the same
-products transposed; the input gradient of a tile is
+(`_transform`): 3x fewer multiply-adds, faster on one thread. 3x3 kernels use 4x4 tiles
+where the output side is a multiple of 4 (`TILE`, `tile_side`), else 2x2. The backward pass
+runs the same products transposed; the input gradient of a tile is
 scattered back by n*n stride-m slice-adds (a col2im of small blocks).
 
 Exact in exact arithmetic; in float32 the six-point transforms (F(2x2, 5x5), F(4x4, 3x3))
@@ -106,9 +106,9 @@ def _transform(M, X, out):
     """out = kron(M, M) @ X, X (q*q, R) -> out (p*p, R) for M (p, q), as two 1-D passes: across
     the tile, one product per tile row (W[u] = M @ X[u]), then down it, one per tile column
     (out[:, j] = M @ W[:, j], strided rows). 3x fewer multiply-adds than the (p*p, q*q) kron
-    product, and 15-30% faster than it for every transform of the default cnn; one (p, q*q*R)
-    product down the tile first is slower than the kron product (python
-    scripts/experiments/wino_separable.py)."""
+    product: faster on one thread, even on two; one (p, q*q*R) product down the tile first,
+    then across, is slower than the kron product (python scripts/experiments/wino_separable.py;
+    docs/bench-notes.md)."""
     p, q = M.shape
     R = X.shape[-1]
     W = _scratch("half", (q, p, R), X.dtype)  # W[u, j]: row u of each tile, transformed across
