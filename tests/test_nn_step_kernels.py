@@ -1,13 +1,14 @@
-"""The sped-up pieces of a training step (loss, ReLU, flatten, colsum, the batch gather, Adam's
-square) give the very bits of the plain formulas they replaced, written out here as the
-reference; see tests/test_nn_optim.py for Adam against its float64 textbook."""
+"""The sped-up pieces of a training step (loss, ReLU, flatten, colsum, the batch gather) give
+the very bits of the plain formulas they replaced, written out here as the reference, and Adam's
+blocked step gives the same bits for any block size; see tests/test_nn_optim.py for Adam
+against its float64 textbook."""
 
-import math
 
 import numpy as np
 import pytest
 
 from pipeline.nn import layers as L
+from pipeline.nn import optim
 from pipeline.nn.batches import Batches
 from pipeline.nn.losses import (
     log_softmax,
@@ -133,34 +134,30 @@ def test_batch_gather_equals_fancy_indexing_in_every_ring_buffer():
         assert bits(xb) == bits(x[idx]) and bits(yb) == bits(y[idx])
 
 
-def plain_adam(theta, g, m, v, t, lr, b1=0.9, b2=0.999, eps=1e-8):
-    """Adam's float32 kernel as written before the speed-up (g * g where it now squares)."""
-    tmp = np.empty_like(theta)
-    np.subtract(g, m, out=tmp)
-    tmp *= 1.0 - b1
-    m += tmp
-    np.multiply(g, g, out=g)
-    g -= v
-    g *= 1.0 - b2
-    v += g
-    bc1, bc2 = 1.0 - b1**t, 1.0 - b2**t
-    np.sqrt(v, out=tmp)
-    tmp += eps * math.sqrt(bc2)
-    np.divide(m, tmp, out=tmp)
-    tmp *= lr * math.sqrt(bc2) / bc1
-    theta -= tmp
-
-
-def test_adam_kernel_is_the_plain_kernel_to_the_bit():
-    # 50 steps of the optimizer = 50 steps of the kernel as it was, bit for bit
+@pytest.mark.parametrize("name", ["adam", "adamw"])
+def test_adam_blocks_change_no_bit_and_the_state_round_trips(monkeypatch, name):
+    # the Adam step runs in blocks of ADAM_BLOCK: any block size (here one not dividing n, nor
+    # n_decay, the end of the decayed part) gives the same bits as one block; and the state
+    # saved mid-run (the textbook m, v) and loaded into a new optimizer continues bit for bit
     rng = np.random.default_rng(8)
     n = 3001
-    theta = rng.standard_normal(n).astype(np.float32)
-    ref, m, v = theta.copy(), np.zeros(n, np.float32), np.zeros(n, np.float32)
-    opt = Optimizer("adam", n)
-    for t in range(1, 51):
-        g = (rng.standard_normal(n) * 10.0 ** rng.integers(-6, 2)).astype(np.float32)
-        opt.step(theta, g.copy(), 1e-3)
-        plain_adam(ref, g, m, v, t, 1e-3)
-    assert bits(theta) == bits(ref)
-    assert bits(opt.state["m"]) == bits(m) and bits(opt.state["v"]) == bits(v)
+    theta0 = rng.standard_normal(n).astype(np.float32)
+    grads = [(rng.standard_normal(n) * 10.0 ** rng.integers(-6, 2)).astype(np.float32)
+             for _ in range(40)]
+
+    def run(block, resume_at=None):
+        monkeypatch.setattr(optim, "ADAM_BLOCK", block)
+        theta, opt = theta0.copy(), Optimizer(name, n, n_decay=1234, weight_decay=0.05)
+        for i, g in enumerate(grads):
+            if i == resume_at:
+                saved = opt.state_dict()
+                opt = Optimizer(name, n, n_decay=1234, weight_decay=0.05)
+                opt.load_state_dict(saved)
+            opt.step(theta, g.copy(), 1e-3)
+        return theta, opt.state_dict()
+
+    whole, state = run(1 << 20)
+    for got, got_state in (run(1000), run(1 << 20, resume_at=17)):
+        assert bits(got) == bits(whole)
+        assert all(bits(got_state[k]) == bits(state[k]) for k in ("M", "V"))
+    assert np.abs(whole - theta0).max() > 1e-3  # it moved
