@@ -87,7 +87,7 @@ def _columns(x, w_shape, pad, shift, threads, moments):
             c[K] = 1.0
             if moments:  # rows 0..K-1 of [X', 1]^T [X', 1]; the last is their column sums
                 c2 = c.reshape(K + 1, -1)  # (K+1, (e-s)*Ho*Wo)
-                gram[:K] += c2[:K] @ c2.T  # (K, K+1): a GEMM (c2 @ c2.T would be a SYRK, 3x
+                gram[:K] += np.dot(c2[:K], c2.T)  # (K, K+1): a GEMM (c2 @ c2.T would be a SYRK, 3x
                 # slower at these shapes: python scripts/fused_first_bench.py --gram)
         if moments:  # the ones row: the column sums of X' (as its products), and the count
             gram[K, :K] = gram[:K, K]
@@ -138,7 +138,9 @@ def _products(da, y, cols, nb, threads):
             e = min(s + nb, e0)
             d = _masked(da, y, s, e, dy, pos)
             c2 = cols[s].reshape(len(cols[s]), -1)  # (K+1, (e-s)*Ho*Wo)
-            more = c2 @ d.reshape(-1, F)  # (K+1, F)
+            # (K+1, F); np.dot, not @: two threads' few-row matmuls ran no faster than one's
+            # (python scripts/experiments/matmul_threads.py)
+            more = np.dot(c2, d.reshape(-1, F))
             acc = more.astype(np.float64) if acc is None else acc + more
         return acc
 

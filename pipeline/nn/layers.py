@@ -87,9 +87,11 @@ def im2col(xp, kh, kw):
 
 def colsum(x2):
     """x2 (M, C) -> (C,) sums over rows as a matrix-vector product (several times faster than
-    x2.sum(axis=0), which numpy reduces with a strided inner loop)."""
+    x2.sum(axis=0), which numpy reduces with a strided inner loop); np.dot, not @, whose vector
+    @ matrix on two threads at once ran slower than in turn (python
+    scripts/experiments/matmul_threads.py)."""
     n = x2.shape[0]
-    return (_ones(n, x2.dtype) if n <= ONES_CACHED else np.ones(n, dtype=x2.dtype)) @ x2
+    return np.dot(_ones(n, x2.dtype) if n <= ONES_CACHED else np.ones(n, dtype=x2.dtype), x2)
 
 
 ONES_CACHED = 1 << 16  # colsum keeps its ones for up to this many rows (32 lengths: <= 8 MB)
