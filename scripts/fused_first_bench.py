@@ -106,6 +106,18 @@ def time_blocks(args):
     print(f"load {os.getloadavg()[0]:.2f}")
 
 
+def interleaved_cpu_ms(ways, repeats):
+    """{name: median ms of this thread's CPU time} of the no-argument functions `ways`, run in
+    turn `repeats` times after one warm-up round."""
+    times = {k: [] for k in ways}
+    for r in range(repeats + 1):
+        for k, f in ways.items():
+            t0 = time.thread_time()
+            f()
+            if r:
+                times[k].append(time.thread_time() - t0)
+    return {k: np.median(t) * 1e3 for k, t in times.items()}
+
 
 def time_relu(args):
     """np.maximum(a, 0) in place on a (batch, 26*26*cout) map: with a scalar, with a row of
@@ -113,22 +125,15 @@ def time_relu(args):
     (medians of this thread's CPU time, interleaved)."""
     a = np.random.default_rng(0).normal(size=(args.batch, 26 * 26 * args.cout))
     a = a.astype(np.float32)
-    ways = {"scalar 0.0": 0.0, "image row of zeros": np.zeros(a.shape[1], np.float32),
-            "array of zeros": np.zeros_like(a), "relu_inplace": None}
-    times = {k: [] for k in ways}
-    for r in range(args.repeats + 1):
-        for k, z in ways.items():
-            t0 = time.thread_time()
-            if z is None:
-                Fu.relu_inplace(a)  # rows of fused.ROW
-            else:
-                np.maximum(a, z, out=a)
-            if r:
-                times[k].append(time.thread_time() - t0)
+    zeros = {"scalar 0.0": 0.0, "image row of zeros": np.zeros(a.shape[1], np.float32),
+             "array of zeros": np.zeros_like(a)}
+    ways = {k: (lambda z=z: np.maximum(a, z, out=a)) for k, z in zeros.items()}
+    ways["relu_inplace"] = lambda: Fu.relu_inplace(a)  # rows of fused.ROW
+    ms = interleaved_cpu_ms(ways, args.repeats)
     print(f"load {os.getloadavg()[0]:.2f}; in-place ReLU of a {a.nbytes / 1e6:.1f} MB float32 "
           f"map, cpu ms, medians of {args.repeats}")
-    for k, t in times.items():
-        print(f"{k:>18} {np.median(t) * 1e3:8.3f}")
+    for k, t in ms.items():
+        print(f"{k:>18} {t:8.3f}")
 
 
 def time_gram(args):
@@ -142,20 +147,14 @@ def time_gram(args):
     cols = Ff._columns(x, (3, 3, 1, args.cout), 0, None, 1, False)[0]
     chunks = [c.reshape(len(c), -1) for c in cols.values()]
     K = len(chunks[0]) - 1
-    ways = {"c @ c.T (SYRK)": lambda c: c @ c.T, "c[:K] @ c.T (GEMM)": lambda c: c[:K] @ c.T}
-    times = {k: [] for k in ways}
-    for r in range(args.repeats + 1):
-        for k, f in ways.items():
-            t0 = time.thread_time()
-            for c in chunks:
-                f(c)
-            if r:
-                times[k].append(time.thread_time() - t0)
+    ms = interleaved_cpu_ms({"c @ c.T (SYRK)": lambda: [c @ c.T for c in chunks],
+                             "c[:K] @ c.T (GEMM)": lambda: [c[:K] @ c.T for c in chunks]},
+                            args.repeats)
     print(f"load {os.getloadavg()[0]:.2f}; moments of {len(chunks)} column chunks "
           f"{chunks[0].shape} float32, cpu ms per batch of {args.batch}, medians of "
           f"{args.repeats}")
-    for k, t in times.items():
-        print(f"{k:>20} {np.median(t) * 1e3:8.3f}")
+    for k, t in ms.items():
+        print(f"{k:>20} {t:8.3f}")
 
 
 def before(fn, *a):

@@ -288,46 +288,30 @@ def test_the_default_runs_its_unpooled_wide_convs_by_winograd():
 
 
 @pytest.mark.parametrize("winograd", [True, False])
-def test_conv_relu_equals_conv_then_relu(rng, winograd):
-    # the conv -> ReLU step: forward (train and eval), dx, dw, db equal layers.conv2d then
-    # layers' ReLU (float64); the ReLU really is applied (negative conv outputs exist)
+@pytest.mark.parametrize("pool", [False, True])
+def test_conv_relu_steps_equal_their_layers(rng, winograd, pool):
+    # the conv -> ReLU and conv -> pool -> ReLU steps: forward (train and eval), dx, dw, db
+    # equal layers.conv2d (then layers.maxpool) then layers' ReLU (float64); the ReLU really
+    # is applied (negative values reach it)
+    fwd, bwd, tol = ((conv_pool_inplace_relu_forward, conv_pool_inplace_relu_backward, 1e-10)
+                     if pool else (conv_inplace_relu_forward, conv_inplace_relu_backward, 1e-11))
     x, w, b = rng.normal(size=(5, 10, 10, 16)), rng.normal(size=(3, 3, 16, 6)), rng.normal(size=6)
     z, zc = L.conv2d_forward(x, w, b, 1)
-    a, ac = L.relu_forward(z)
-    assert (z < 0).any() and (z > 0).any()
-    out, cache = conv_inplace_relu_forward(x, w, b, 1, winograd=winograd)
-    np.testing.assert_allclose(out, a, rtol=1e-11, atol=1e-11)
-    inference = conv_inplace_relu_forward(x, w, b, 1, train=False, winograd=winograd)[0]
-    np.testing.assert_allclose(inference, a, rtol=1e-11, atol=1e-11)
-    da = rng.normal(size=a.shape)
-    g, rg = {}, {}
-    dx = conv_inplace_relu_backward(da, cache, g)
-    rdx = L.conv2d_backward(L.relu_backward(da, ac), zc, rg)
-    np.testing.assert_allclose(dx, rdx, rtol=1e-11, atol=1e-11)
-    for key in ("w", "b"):
-        np.testing.assert_allclose(g[key], rg[key], rtol=1e-11, atol=1e-11)
-
-
-@pytest.mark.parametrize("winograd", [True, False])
-def test_conv_pool_relu_equals_conv_pool_then_relu(rng, winograd):
-    # the conv -> pool -> ReLU step: forward (train and eval), dx, dw, db equal layers.conv2d,
-    # layers.maxpool and layers' ReLU one after another (float64); both signs are pooled
-    x, w, b = rng.normal(size=(5, 10, 10, 16)), rng.normal(size=(3, 3, 16, 6)), rng.normal(size=6)
-    z, zc = L.conv2d_forward(x, w, b, 1)
-    p, pc = L.maxpool_forward(z)
+    p, pc = L.maxpool_forward(z) if pool else (z, None)
     a, ac = L.relu_forward(p)
     assert (p < 0).any() and (p > 0).any()
-    out, cache = conv_pool_inplace_relu_forward(x, w, b, 1, winograd=winograd)
-    np.testing.assert_allclose(out, a, rtol=1e-10, atol=1e-10)
-    inference = conv_pool_inplace_relu_forward(x, w, b, 1, train=False, winograd=winograd)[0]
-    np.testing.assert_allclose(inference, a, rtol=1e-10, atol=1e-10)
+    out, cache = fwd(x, w, b, 1, winograd=winograd)
+    np.testing.assert_allclose(out, a, rtol=tol, atol=tol)
+    inference = fwd(x, w, b, 1, train=False, winograd=winograd)[0]
+    np.testing.assert_allclose(inference, a, rtol=tol, atol=tol)
     da = rng.normal(size=a.shape)
     g, rg = {}, {}
-    dx = conv_pool_inplace_relu_backward(da, cache, g)
-    rdx = L.conv2d_backward(L.maxpool_backward(L.relu_backward(da, ac), pc), zc, rg)
-    np.testing.assert_allclose(dx, rdx, rtol=1e-10, atol=1e-10)
+    dx = bwd(da, cache, g)
+    dp = L.relu_backward(da, ac)
+    rdx = L.conv2d_backward(L.maxpool_backward(dp, pc) if pool else dp, zc, rg)
+    np.testing.assert_allclose(dx, rdx, rtol=tol, atol=tol)
     for key in ("w", "b"):
-        np.testing.assert_allclose(g[key], rg[key], rtol=1e-10, atol=1e-10)
+        np.testing.assert_allclose(g[key], rg[key], rtol=tol, atol=tol)
 
 
 @pytest.mark.parametrize("negative", [(), ("c2bn",), ("c2bn", "c5bn", "c4bn")])

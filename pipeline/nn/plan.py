@@ -115,15 +115,11 @@ def conv_inplace_relu_forward(x, w, b=None, pad=0, train=True, rng=None, threads
         z, cache = Wi.wino_conv_forward(x, w, b, pad, train, rng, threads)
     else:
         z, cache = L.conv2d_forward(x, w, b, pad, train, rng)
-    Fu.relu_inplace(z)
-    return z, ((winograd, cache, z) if train else None)
+    return _relu_in_place(z, cache, winograd, train)
 
 
 def conv_inplace_relu_backward(da, cache, grads=None, need_dx=True):
-    winograd, conv_cache, a = cache
-    dz = da * (a > 0)  # through the ReLU
-    backward = Wi.wino_conv_backward if winograd else L.conv2d_backward
-    return backward(dz, conv_cache, grads, need_dx)
+    return _through_relu(da, cache, grads, need_dx, L.conv2d_backward, Wi.wino_conv_backward)
 
 
 def conv_pool_inplace_relu_forward(x, w, b=None, pad=0, train=True, rng=None, threads=1,
@@ -134,14 +130,24 @@ def conv_pool_inplace_relu_forward(x, w, b=None, pad=0, train=True, rng=None, th
     array for the ReLU."""
     forward = Wi.wino_pool_forward if winograd else Fu.conv_pool_forward
     out, cache = forward(x, w, b, pad, train, rng, threads)
-    Fu.relu_inplace(out)
-    return out, ((winograd, cache, out) if train else None)
+    return _relu_in_place(out, cache, winograd, train)
 
 
 def conv_pool_inplace_relu_backward(da, cache, grads=None, need_dx=True):
-    winograd, pool_cache, a = cache
-    backward = Wi.wino_pool_backward if winograd else Fu.conv_pool_backward
-    return backward(da * (a > 0), pool_cache, grads, need_dx)
+    return _through_relu(da, cache, grads, need_dx, Fu.conv_pool_backward, Wi.wino_pool_backward)
+
+
+def _relu_in_place(z, cache, winograd, train):
+    """The ReLU of the two steps above, on their output z in place -> (z, their cache)."""
+    Fu.relu_inplace(z)
+    return z, ((winograd, cache, z) if train else None)
+
+
+def _through_relu(da, cache, grads, need_dx, direct_backward, winograd_backward):
+    """The backward of the two steps above: da through the ReLU, then the kernel's own."""
+    winograd, inner, a = cache
+    backward = winograd_backward if winograd else direct_backward
+    return backward(da * (a > 0), inner, grads, need_dx)
 
 
 def _is_relu(ly):
