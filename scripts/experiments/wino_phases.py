@@ -6,10 +6,19 @@ of the default cnn's three wide convs (c2+p3, c4, c5+p6), medians of 30.
 The UV products are the part no rewrite of the transforms removes: their total over the 28000
 test rows is a floor for predict_proba with this network on this BLAS.
 
+By default one chunk is timed over and over, so its input stays in cache. With --stream each
+timed pass walks the whole 128-row input chunk by chunk, as conv_winograd does, and each phase's
+time is summed over the chunks: the gather then reads its windows from memory, and the
+transforms find less of their data in the core's cache.
+
     python scripts/experiments/wino_phases.py
+    python scripts/experiments/wino_phases.py --stream --rounds 20
 """
 
+import argparse
+import functools
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -32,9 +41,10 @@ def timed_ms(f, repeats=30):
     return 1e3 * float(np.median([timed(f) for _ in range(repeats)]))
 
 
-def phases(name, H, C, F, m, pool, rng):
+def phases(name, H, C, F, m, pool, rng, stream=False, rounds=30):
     """-> {phase: ms per EVAL_CHUNK rows} for a 3x3 conv of an H x H x C map to F channels by
-    F(m x m, 3 x 3), one chunk of conv_winograd's size timed and scaled."""
+    F(m x m, 3 x 3): one chunk of conv_winograd's size timed and scaled, or with `stream` every
+    chunk of the EVAL_CHUNK rows in turn, each phase summed (medians of `rounds`)."""
     k = 3
     n, A = m + k - 1, (H - k + 1) // m
     x = rng.random((EVAL_CHUNK, H, H, C), dtype=np.float32)
@@ -51,6 +61,8 @@ def phases(name, H, C, F, m, pool, rng):
     V = np.empty((n * n, T, C), np.float32)
     M = np.empty((n * n, T, F), np.float32)
     Y = np.empty((m * m, T * F), np.float32)
+    if stream:
+        return streamed(name, H, C, F, m, pool, (tiles, D, V, M, Y, U, AT, BT, c), rounds)
     ms = {
         "gather": timed_ms(lambda: np.copyto(D, tiles[:, :, :c])),
         "KB": timed_ms(lambda: _transform(BT, D.reshape(n * n, T * C), V.reshape(n * n, -1))),
@@ -76,13 +88,68 @@ def phases(name, H, C, F, m, pool, rng):
     return scaled
 
 
-def main():
+def _tick(ms, key, t0):
+    """ms[key] += the milliseconds since t0; -> now."""
+    t = time.perf_counter()
+    ms[key] += 1e3 * (t - t0)
+    return t
+
+
+def streamed(name, H, C, F, m, pool, arrays, rounds):
+    """The phases of `phases` over every chunk of the EVAL_CHUNK rows in turn: -> {phase: ms}."""
+    tiles, D, V, M, Y, U, AT, BT, c = arrays
+    n, A = m + 2, (H - 2) // m
+    h = m // 2
+    P = np.empty((h, h, c, A, A, F), np.float32)
+    runs = []
+    for _ in range(rounds + 1):  # the first is a warm-up
+        ms = dict.fromkeys(["gather", "KB", "UV", "KA"] + (["pool"] if pool else []), 0.0)
+        tick = functools.partial(_tick, ms)
+        for s in range(0, EVAL_CHUNK, c):
+            e = min(s + c, EVAL_CHUNK)
+            T = (e - s) * A * A
+            t0 = time.perf_counter()
+            Dc = D[:, :, : e - s]
+            np.copyto(Dc, tiles[:, :, s:e])
+            t0 = tick("gather", t0)
+            Vc = V[:, :T]
+            _transform(BT, Dc.reshape(n * n, T * C), Vc.reshape(n * n, T * C))
+            t0 = tick("KB", t0)
+            Mc = M[:, :T]
+            np.matmul(Vc, U, out=Mc)
+            t0 = tick("UV", t0)
+            Yc = Y[:, : T * F]
+            _transform(AT, Mc.reshape(n * n, T * F), Yc)
+            t0 = tick("KA", t0)
+            if pool:
+                Y2 = Yc.reshape(h, 2, h, 2, e - s, A, A, F)
+                q = [Y2[:, i, :, j] for i, j in OFFSETS]
+                p = P[:, :, : e - s]
+                np.maximum(q[0], q[1], out=p)
+                np.maximum(p, q[2], out=p)
+                np.maximum(p, q[3], out=p)
+                tick("pool", t0)
+        runs.append(ms)
+    med = {key: float(np.median([r[key] for r in runs[1:]])) for key in runs[0]}
+    print(f"{name:6s} {H}x{H}x{C} -> {F}, F({m}x{m}, 3x3), chunks of {c} images, streamed; ms per "
+          f"{EVAL_CHUNK} rows: " + ", ".join(f"{key} {v:.2f}" for key, v in med.items()))
+    return med
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--stream", action="store_true",
+                    help="walk every chunk of the 128 rows in turn, as the kernel does")
+    ap.add_argument("--rounds", type=int, default=30, help="timed rounds (medians)")
+    a = ap.parse_args(argv)
     rng = np.random.default_rng(0)
     with threadpool_limits(1):
         print(f"sgemm {sgemm_gflops(2048):.0f} GFLOP/s on this thread, measured now (the machine's "
               "speed moves: compare the UV rates with this, not with another run's)")
-        rows = [phases("c2+p3", 26, 32, 32, 4, True, rng), phases("c4", 12, 32, 64, 2, False, rng),
-                phases("c5+p6", 10, 64, 64, 4, True, rng)]
+        kw = dict(stream=a.stream, rounds=a.rounds)
+        rows = [phases("c2+p3", 26, 32, 32, 4, True, rng, **kw),
+                phases("c4", 12, 32, 64, 2, False, rng, **kw),
+                phases("c5+p6", 10, 64, 64, 4, True, rng, **kw)]
     chunks = -(-N_TEST // EVAL_CHUNK)
     uv = sum(r["UV"] for r in rows) * chunks / 1e3
     total = sum(sum(r.values()) for r in rows) * chunks / 1e3
