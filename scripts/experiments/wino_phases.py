@@ -16,7 +16,6 @@ transforms find less of their data in the core's cache.
 """
 
 import argparse
-import functools
 import sys
 import time
 from pathlib import Path
@@ -43,10 +42,12 @@ def timed_ms(f, repeats=30):
 
 def phases(name, H, C, F, m, pool, rng, stream=False, rounds=30):
     """-> {phase: ms per EVAL_CHUNK rows} for a 3x3 conv of an H x H x C map to F channels by
-    F(m x m, 3 x 3): one chunk of conv_winograd's size timed and scaled, or with `stream` every
-    chunk of the EVAL_CHUNK rows in turn, each phase summed (medians of `rounds`)."""
+    F(m x m, 3 x 3): one chunk of conv_winograd's size timed over and over and scaled, or with
+    `stream` every chunk of the EVAL_CHUNK rows in turn, each phase summed (medians of
+    `rounds`)."""
     k = 3
     n, A = m + k - 1, (H - k + 1) // m
+    h = m // 2
     x = rng.random((EVAL_CHUNK, H, H, C), dtype=np.float32)
     w = rng.random((k, k, C, F), dtype=np.float32)
     _, KG, _ = _kron(k, m, np.float32)
@@ -61,25 +62,30 @@ def phases(name, H, C, F, m, pool, rng, stream=False, rounds=30):
     V = np.empty((n * n, T, C), np.float32)
     M = np.empty((n * n, T, F), np.float32)
     Y = np.empty((m * m, T * F), np.float32)
-    if stream:
-        return streamed(name, H, C, F, m, pool, (tiles, D, V, M, Y, U, AT, BT, c), rounds)
-    ms = {
-        "gather": timed_ms(lambda: np.copyto(D, tiles[:, :, :c])),
-        "KB": timed_ms(lambda: _transform(BT, D.reshape(n * n, T * C), V.reshape(n * n, -1))),
-        "UV": timed_ms(lambda: np.matmul(V, U, out=M)),
-        "KA": timed_ms(lambda: _transform(AT, M.reshape(n * n, T * F), Y)),
+    P = np.empty((h, h, c, A, A, F), np.float32)
+
+    # each phase on the chunk of images s:e (at most c of them), as conv_winograd runs it
+    def pool_max(s, e):
+        Y2 = Y[:, : (e - s) * A * A * F].reshape(h, 2, h, 2, e - s, A, A, F)
+        q = [Y2[:, i, :, j] for i, j in OFFSETS]
+        p = P[:, :, : e - s]
+        np.maximum(q[0], q[1], out=p)
+        np.maximum(p, q[2], out=p)
+        np.maximum(p, q[3], out=p)
+
+    steps = {
+        "gather": lambda s, e: np.copyto(D[:, :, : e - s], tiles[:, :, s:e]),
+        "KB": lambda s, e: _transform(BT, D[:, :, : e - s].reshape(n * n, -1),
+                                      V[:, : (e - s) * A * A].reshape(n * n, -1)),
+        "UV": lambda s, e: np.matmul(V[:, : (e - s) * A * A], U, out=M[:, : (e - s) * A * A]),
+        "KA": lambda s, e: _transform(AT, M[:, : (e - s) * A * A].reshape(n * n, -1),
+                                      Y[:, : (e - s) * A * A * F]),
     }
     if pool:
-        h = m // 2
-        Y2 = Y.reshape(h, 2, h, 2, c, A, A, F)
-        P = np.empty((h, h, c, A, A, F), np.float32)
-
-        def pool_max():
-            q = [Y2[:, i, :, j] for i, j in OFFSETS]
-            np.maximum(q[0], q[1], out=P)
-            np.maximum(P, q[2], out=P)
-            np.maximum(P, q[3], out=P)
-        ms["pool"] = timed_ms(pool_max)
+        steps["pool"] = pool_max
+    if stream:
+        return streamed(name, H, C, F, m, c, steps, rounds)
+    ms = {key: timed_ms(lambda f=f: f(0, c), rounds) for key, f in steps.items()}
     uv_rate = 2 * n * n * T * C * F / (ms["UV"] * 1e-3) / 1e9
     scaled = {key: v * EVAL_CHUNK / c for key, v in ms.items()}
     print(f"{name:6s} {H}x{H}x{C} -> {F}, F({m}x{m}, 3x3), chunks of {c} images; ms per "
@@ -88,49 +94,20 @@ def phases(name, H, C, F, m, pool, rng, stream=False, rounds=30):
     return scaled
 
 
-def _tick(ms, key, t0):
-    """ms[key] += the milliseconds since t0; -> now."""
-    t = time.perf_counter()
-    ms[key] += 1e3 * (t - t0)
-    return t
-
-
-def streamed(name, H, C, F, m, pool, arrays, rounds):
-    """The phases of `phases` over every chunk of the EVAL_CHUNK rows in turn: -> {phase: ms}."""
-    tiles, D, V, M, Y, U, AT, BT, c = arrays
-    n, A = m + 2, (H - 2) // m
-    h = m // 2
-    P = np.empty((h, h, c, A, A, F), np.float32)
+def streamed(name, H, C, F, m, c, steps, rounds):
+    """`steps` ({phase: f(s, e)}) over every chunk of c of the EVAL_CHUNK rows in turn, each
+    phase's time summed: -> {phase: ms per EVAL_CHUNK rows}, medians of `rounds`."""
     runs = []
     for _ in range(rounds + 1):  # the first is a warm-up
-        ms = dict.fromkeys(["gather", "KB", "UV", "KA"] + (["pool"] if pool else []), 0.0)
-        tick = functools.partial(_tick, ms)
+        ms = dict.fromkeys(steps, 0.0)
         for s in range(0, EVAL_CHUNK, c):
             e = min(s + c, EVAL_CHUNK)
-            T = (e - s) * A * A
-            t0 = time.perf_counter()
-            Dc = D[:, :, : e - s]
-            np.copyto(Dc, tiles[:, :, s:e])
-            t0 = tick("gather", t0)
-            Vc = V[:, :T]
-            _transform(BT, Dc.reshape(n * n, T * C), Vc.reshape(n * n, T * C))
-            t0 = tick("KB", t0)
-            Mc = M[:, :T]
-            np.matmul(Vc, U, out=Mc)
-            t0 = tick("UV", t0)
-            Yc = Y[:, : T * F]
-            _transform(AT, Mc.reshape(n * n, T * F), Yc)
-            t0 = tick("KA", t0)
-            if pool:
-                Y2 = Yc.reshape(h, 2, h, 2, e - s, A, A, F)
-                q = [Y2[:, i, :, j] for i, j in OFFSETS]
-                p = P[:, :, : e - s]
-                np.maximum(q[0], q[1], out=p)
-                np.maximum(p, q[2], out=p)
-                np.maximum(p, q[3], out=p)
-                tick("pool", t0)
+            for key, f in steps.items():
+                t0 = time.perf_counter()
+                f(s, e)
+                ms[key] += 1e3 * (time.perf_counter() - t0)
         runs.append(ms)
-    med = {key: float(np.median([r[key] for r in runs[1:]])) for key in runs[0]}
+    med = {key: float(np.median([r[key] for r in runs[1:]])) for key in steps}
     print(f"{name:6s} {H}x{H}x{C} -> {F}, F({m}x{m}, 3x3), chunks of {c} images, streamed; ms per "
           f"{EVAL_CHUNK} rows: " + ", ".join(f"{key} {v:.2f}" for key, v in med.items()))
     return med
