@@ -180,14 +180,33 @@ def _wino_forward(x, w, b, pad, train, threads, pool):
     AT, BT, _, _ = _factors(k, m, x.dtype)
     U = (KG @ w.reshape(k * k, C * F)).reshape(n * n, C, F)  # (n*n, C, F) transformed kernel
     out = np.empty((N, A, h, B, h, F), dtype=x.dtype)  # the output's own layout
-    # which pool offset won, in the tiles' order (h, h, N, A, B, F): read back in that order
-    arg = np.empty((h, h, N, A, B, F), dtype=np.uint8) if train and pool else None
     nb = _chunk(n, A, B, C, F, x.dtype.itemsize)
     # the tiles' input windows as one no-copy view: tiles[u, v, i, a, b] = xp[i, m a+u, m b+v]
     sN, sH, sW, sC = xp.strides
     tiles = np.lib.stride_tricks.as_strided(
         xp, (n, n, N, A, B, C), (sH, sW, sN, m * sH, m * sW, sC), writeable=False
     )  # (n, n, N, A, B, C)
+    o6 = out.transpose(2, 4, 0, 1, 3, 5)  # (h, h, N, A, B, F): the tiles' order, a view
+    if not train:
+
+        def wino_inference_part(s0, e0):
+            runs = {}  # chunk size -> its runner
+            for s in range(s0, e0, nb):
+                e = min(s + nb, e0)
+                run = runs.get(e - s)
+                if run is None:
+                    run = runs[e - s] = _inference_chunk(e - s, (A, B, C, F), (AT, BT, U), pool)
+                run(tiles[:, :, s:e], o6[:, :, s:e])
+
+        if threads > 1:
+            in_parts(wino_inference_part, N, threads)
+        else:  # one part: no remainder chunk in the middle
+            wino_inference_part(0, N)
+        if b is not None:
+            out += b  # max(z + b) = max(z) + b
+        return out.reshape(N, A * h, B * h, F), None
+    # which pool offset won, in the tiles' order (h, h, N, A, B, F): read back in that order
+    arg = np.empty((h, h, N, A, B, F), dtype=np.uint8) if pool else None
 
     def wino_forward_part(s0, e0):
         c = min(nb, e0 - s0)
@@ -197,14 +216,13 @@ def _wino_forward(x, w, b, pad, train, threads, pool):
         P = _scratch("P", (h, h, c, A, B, F), x.dtype) if pool and h > 1 else None
         # V, the transformed input: the part's whole, kept for the backward pass, each chunk's
         # (n*n, T, C) contiguous in it (written in one stream: 3x faster than one per row)
-        T0 = (e0 - s0 if train else c) * A * B
-        V = np.empty(T0 * n * n * C, x.dtype) if train else _scratch("V", T0 * n * n * C, x.dtype)
+        V = np.empty((e0 - s0) * A * B * n * n * C, x.dtype)
         for s in range(s0, e0, nb):
             e = min(s + nb, e0)
             T = (e - s) * A * B
             Dc = D[:, :, : e - s]
             np.copyto(Dc, tiles[:, :, s:e])
-            t0 = (s - s0) * A * B * n * n * C if train else 0
+            t0 = (s - s0) * A * B * n * n * C
             Vc = V[t0 : t0 + n * n * T * C].reshape(n * n, T, C)
             _transform(BT, Dc.reshape(n * n, T * C), Vc.reshape(n * n, T * C))
             Mc = M[:, :T]
@@ -213,7 +231,7 @@ def _wino_forward(x, w, b, pad, train, threads, pool):
             _transform(AT, Mc.reshape(n * n, T * F), Yc)
             # Yc[i, j]: the conv output at (m a + i, m b + j) of every tile (a, b)
             Yc = Yc.reshape(m, m, e - s, A, B, F)
-            o = out[s:e].transpose(2, 4, 0, 1, 3, 5)  # (h, h, e-s, A, B, F), a view
+            o = o6[:, :, s:e]  # (h, h, e-s, A, B, F), a view
             if not pool:  # each tile's outputs to their places
                 np.copyto(o, Yc)
                 continue
@@ -223,24 +241,74 @@ def _wino_forward(x, w, b, pad, train, threads, pool):
             np.maximum(q[0], q[1], out=p)
             np.maximum(p, q[2], out=p)
             np.maximum(p, q[3], out=p)
-            if train:  # the winning offset, ties to the first (as fused.conv_pool_forward)
-                a = arg[:, :, s:e]
-                np.not_equal(q[2], p, out=a.view(bool))
-                a += 1
-                a *= np.not_equal(q[1], p)
-                a += 1
-                a *= np.not_equal(q[0], p)
+            # the winning offset, ties to the first (as fused.conv_pool_forward)
+            a = arg[:, :, s:e]
+            np.not_equal(q[2], p, out=a.view(bool))
+            a += 1
+            a *= np.not_equal(q[1], p)
+            a += 1
+            a *= np.not_equal(q[0], p)
             if h > 1:
                 np.copyto(o, p)
-        return s0, (V if train else None)
+        return s0, V
 
     Vs = dict(in_parts(wino_forward_part, N, threads))  # part start -> its V
     if b is not None:
         out += b  # max(z + b) = max(z) + b
     out = out.reshape(N, A * h, B * h, F)
-    if not train:
-        return out, None
     return out, (Vs, U, arg, m, w.shape, x.shape, pad, b is not None, threads, pool)
+
+
+def _inference_chunk(c, sizes, mats, pool):
+    """-> run(src, o): one chunk of c images through the conv (and the pool), inference only:
+    src its tile windows (n, n, c, A, B, C), o its output (h, h, c, A, B, F), both views;
+    sizes (A, B, C, F) and mats (AT, BT, U) as in _wino_forward.
+    Every working view is made here, once per chunk size, so that a chunk costs its eleven
+    numpy calls and nothing more: with two threads each call's Python side slows the other
+    thread too. The arrays take turns in three of this thread's buffers: the windows, V (in
+    place) and the output transform's rows in one; the products, then the pooled rows in
+    another; the first 1-D pass of each transform (_transform) in the third."""
+    A, B, C, F = sizes  # tiles down and across, channels in and out
+    AT, BT, U = mats  # the 1-D transforms (m, n) and (n, n), the transformed kernel
+    (m, n), dt = AT.shape, U.dtype
+    h = m // 2 if pool else m
+    T = c * A * B
+    one = _scratch("D", (T * max(n * n * C, m * m * F),), dt)
+    two = _scratch("M", (n * n * T * F,), dt)
+    half = _scratch("half", (n * max(n * T * C, m * T * F),), dt)
+    D = one[: n * n * T * C].reshape(n, n, c, A, B, C)  # then V, in place
+    D3, V = D.reshape(n, n, T * C), D.reshape(n * n, T, C)
+    W1 = half[: n * n * T * C].reshape(n, n, T * C)  # W1[u, j]: tile row u, across
+    M = two.reshape(n * n, T, F)
+    W2 = half[: n * m * T * F].reshape(n, m, T * F)
+    Y = one[: m * m * T * F].reshape(m, m, c, A, B, F)  # Y[i, j]: the output at (m a+i, m b+j)
+    # the second pass of each transform runs down the tile: strided views, made once
+    W1t, V3t = W1.transpose(1, 0, 2), D3.transpose(1, 0, 2)
+    W2t, Y3t = W2.transpose(1, 0, 2), Y.reshape(m, m, T * F).transpose(1, 0, 2)
+    M3 = two.reshape(n, n, T * F)
+    if pool:
+        Y2 = Y.reshape(h, 2, h, 2, c, A, B, F)
+        q = [Y2[:, i, :, j] for i, j in OFFSETS]  # (h, h, c, A, B, F) per pool offset
+        P = two[: h * h * T * F].reshape(h, h, c, A, B, F)
+
+    def run(src, o):
+        np.copyto(D, src)
+        np.matmul(BT, D3, out=W1)  # V = kron(BT, BT) @ D in two 1-D passes, as _transform
+        np.matmul(BT, W1t, out=V3t)
+        np.matmul(V, U, out=M)  # (n*n, T, F)
+        np.matmul(AT, M3, out=W2)  # Y = kron(AT, AT) @ M
+        np.matmul(AT, W2t, out=Y3t)
+        if not pool:  # each tile's outputs to their places
+            np.copyto(o, Y)
+            return
+        p = P if h > 1 else o  # contiguous passes, then one strided copy
+        np.maximum(q[0], q[1], out=p)
+        np.maximum(p, q[2], out=p)
+        np.maximum(p, q[3], out=p)
+        if h > 1:
+            np.copyto(o, p)
+
+    return run
 
 
 def wino_pool_backward(dout, cache, grads=None, need_dx=True):
