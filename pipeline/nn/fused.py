@@ -177,6 +177,17 @@ PARTS = 2  # fixed, so that the sums (and so the results) do not depend on the t
 _POOLS = {}
 
 
+def worker_pool(workers, name="nn"):
+    """This process's pool of `workers` threads named `name`, made on first use and kept: its
+    threads, and the working buffers each keeps (conv_winograd._scratch), outlive the call. A
+    forked child makes pools of its own (its parent's worker threads do not exist in it)."""
+    key = (os.getpid(), name, workers)
+    pool = _POOLS.get(key)
+    if pool is None:
+        pool = _POOLS[key] = ThreadPoolExecutor(workers, thread_name_prefix=name)
+    return pool
+
+
 def in_parts(fn, n, threads=1):
     """[fn(s, e) for each of PARTS contiguous parts of range(n)], the parts on up to `threads`
     threads at once (numpy releases the GIL in matrix products and most ufuncs)."""
@@ -185,10 +196,7 @@ def in_parts(fn, n, threads=1):
     parts = list(zip(bounds[:-1], bounds[1:]))
     if threads <= 1 or k == 1:
         return [fn(s, e) for s, e in parts]
-    key = (os.getpid(), threads - 1)  # a forked child gets pools of its own: its parent's
-    pool = _POOLS.get(key)  # worker threads do not exist in it
-    if pool is None:
-        pool = _POOLS[key] = ThreadPoolExecutor(threads - 1, thread_name_prefix="nn")
+    pool = worker_pool(threads - 1)
     later = [pool.submit(fn, s, e) for s, e in parts[1:]]
     first = fn(*parts[0])  # the calling thread takes the first part
     return [first, *(f.result() for f in later)]

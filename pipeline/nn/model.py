@@ -12,11 +12,11 @@ from __future__ import annotations
 
 import json
 import os
-from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
 from pipeline.nn import layers as L
+from pipeline.nn.fused import worker_pool
 from pipeline.nn.init import INITS
 from pipeline.nn.plan import (  # layer_forward, layer_backward: re-exported for callers
     LAYER_KINDS,
@@ -170,8 +170,9 @@ class Model:
             return run_forward(plan, x[s : s + EVAL_CHUNK], False)[0]
 
         if threads > 1 and len(starts) > 1:
-            with ThreadPoolExecutor(threads) as pool:
-                parts = list(pool.map(chunk, starts))
+            # kept threads: a fresh pool per call would also start each thread's Winograd
+            # buffers anew (page faults) on every call
+            parts = list(worker_pool(threads, "eval").map(chunk, starts))
         else:
             parts = [chunk(s) for s in starts]
         if not parts:  # no rows
