@@ -272,38 +272,6 @@ def test_conv_alone_float32_threads_and_chunks(rng, monkeypatch, tile):
         np.testing.assert_allclose(chunked, one, rtol=1e-5, atol=1e-5 * np.abs(one).max())
 
 
-def test_inference_tiling_pads_the_output_where_fewer_points_result():
-    # 4x4 tiles on an output grown to a multiple of 4 when that transforms fewer points than
-    # 2x2 tiles of the exact output (10x10: 9 x 36 against 25 x 16); never for 5x5 kernels
-    assert Wi.inference_tiling(3, 10, 10) == (4, 12, 12)
-    assert Wi.inference_tiling(3, 12, 12) == (4, 12, 12)
-    assert Wi.inference_tiling(3, 2, 2) == (2, 2, 2)  # 1 x 36 points against 1 x 16
-    assert Wi.inference_tiling(3, 6, 10) == (4, 8, 12)  # 6 x 36 against 15 x 16
-    assert Wi.inference_tiling(5, 10, 10) == (2, 10, 10)
-
-
-@pytest.mark.parametrize("pad", [0, 1])
-def test_padded_inference_tiles_equal_the_direct_conv(rng, pad):
-    # an unpooled conv whose output side is no multiple of 4, in inference: float64 to 1e-11 of
-    # layers.conv2d, float32 within 2e-5 of the scale (on two threads too: inference chunks
-    # round by their size), a contiguous result of the exact shape, the input left as it was
-    x = rng.normal(size=(23, 12 - 2 * pad, 12 - 2 * pad, 32))
-    w, b = rng.normal(size=(3, 3, 32, 16)) * 0.05, rng.normal(size=16)
-    ref = L.conv2d_forward(x, w, b, pad, train=False)[0]
-    assert ref.shape[1:3] == (10, 10)
-    out = Wi.wino_conv_forward(x, w, b, pad, train=False)[0]
-    np.testing.assert_allclose(out, ref, rtol=1e-11, atol=1e-11)
-    f = np.float32
-    x32, w32, b32 = x.astype(f), w.astype(f), b.astype(f)
-    kept = x32.copy()
-    one = Wi.wino_conv_forward(x32, w32, b32, pad, train=False)[0]
-    two = Wi.wino_conv_forward(x32, w32, b32, pad, train=False, threads=2)[0]
-    assert one.dtype == np.float32 and one.flags.c_contiguous and one.shape == ref.shape
-    for got in (one, two):
-        assert np.abs(got - ref).max() < 2e-5 * np.abs(ref).max()
-    assert np.array_equal(x32, kept)
-
-
 def test_the_default_runs_its_unpooled_wide_convs_by_winograd():
     # every conv step of the default cnn without a pool after it: Winograd from WINOGRAD_MIN_CIN
     # input channels (the 10x10x64 c4), not below (the one-channel c1); in inference each such

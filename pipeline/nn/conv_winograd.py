@@ -124,23 +124,6 @@ def tile_side(k, Ho, Wo):
     return m if Ho % m == 0 and Wo % m == 0 else 2
 
 
-def inference_tiling(k, Ho, Wo):
-    """-> (m, Ho', Wo') for an unpooled k x k conv in inference (even Ho, Wo): TILE[k] on an
-    output grown to a multiple of it (Ho' >= Ho, the input padded below and to the right with
-    zeros, the extra outputs dropped) where that transforms fewer points than 2x2 tiles of the
-    exact output, else tile_side's tiles. The default's c4, 10x10 out: 9 tiles of 6x6 points
-    against 25 of 4x4, 324 against 400 points per channel. Training keeps tile_side's tiles
-    (its backward pass knows no padded output)."""
-    m = tile_side(k, Ho, Wo)
-    big = TILE.get(k, 2)
-    if m == big:
-        return m, Ho, Wo
-    H2, W2 = -(-Ho // big) * big, -(-Wo // big) * big
-    if (H2 // big) * (W2 // big) * (big + k - 1) ** 2 < (Ho // m) * (Wo // m) * (m + k - 1) ** 2:
-        return big, H2, W2
-    return m, Ho, Wo
-
-
 _SCRATCH = threading.local()  # per thread: name -> a flat buffer, grown as needed
 
 
@@ -186,17 +169,10 @@ def wino_conv_forward(x, w, b=None, pad=0, train=True, rng=None, threads=1):
 def _wino_forward(x, w, b, pad, train, threads, pool):
     N, H, W, C = x.shape
     k, _, _, F = w.shape
-    Ho, Wo = H + 2 * pad - k + 1, W + 2 * pad - k + 1  # the conv's output
+    xp = np.pad(x, ((0, 0), (pad, pad), (pad, pad), (0, 0))) if pad else x  # (N, Hp, Wp, C)
+    Ho, Wo = xp.shape[1] - k + 1, xp.shape[2] - k + 1
     assert Ho % 2 == 0 and Wo % 2 == 0, f"2x2 tiles need an even conv output, got {Ho}x{Wo}"
-    if train or pool:
-        m, H2, W2 = tile_side(k, Ho, Wo), Ho, Wo
-    else:
-        m, H2, W2 = inference_tiling(k, Ho, Wo)
-    if pad or H2 > Ho or W2 > Wo:  # (N, Hp, Wp, C): zeros around, and below and right to H2, W2
-        xp = np.pad(x, ((0, 0), (pad, pad + H2 - Ho), (pad, pad + W2 - Wo), (0, 0)))
-    else:
-        xp = x
-    Ho, Wo, Ho_kept, Wo_kept = H2, W2, Ho, Wo
+    m = tile_side(k, Ho, Wo)
     n = m + k - 1
     A, B = Ho // m, Wo // m  # tiles down and across
     h = m // 2 if pool else m  # output pixels per tile side
@@ -226,12 +202,9 @@ def _wino_forward(x, w, b, pad, train, threads, pool):
             in_parts(wino_inference_part, N, threads)
         else:  # one part: no remainder chunk in the middle
             wino_inference_part(0, N)
-        out = out.reshape(N, A * h, B * h, F)
-        if Ho_kept < Ho or Wo_kept < Wo:  # the padded output's extra rows and columns dropped
-            out = np.ascontiguousarray(out[:, :Ho_kept, :Wo_kept])
         if b is not None:
             out += b  # max(z + b) = max(z) + b
-        return out, None
+        return out.reshape(N, A * h, B * h, F), None
     # which pool offset won, in the tiles' order (h, h, N, A, B, F): read back in that order
     arg = np.empty((h, h, N, A, B, F), dtype=np.uint8) if pool else None
 
