@@ -30,7 +30,6 @@ from pipeline.nn.layers import (
     colsum,
     conv_input_grad,
     put,
-    widen,
 )
 
 OFFSETS = ((0, 0), (0, 1), (1, 0), (1, 1))  # pool window offsets (row, col), in tie order
@@ -257,10 +256,8 @@ def bn_relu_forward(x, gamma, beta, mean, var, train=True, rng=None, momentum=0.
     x2 = x.reshape(-1, C)  # (M, C)
     if not train:
         scale = gamma / np.sqrt(var + eps)  # (C,)
-        y = np.empty_like(x2)
-        (xw, yw), (sw, tw) = widen((x2, y), (scale, beta - mean * scale))
-        np.multiply(xw, sw, out=yw)
-        yw += tw
+        y = x2 * scale
+        y += beta - mean * scale
         relu_inplace(y)
         return y.reshape(x.shape), None
     M = x2.shape[0]
@@ -269,8 +266,7 @@ def bn_relu_forward(x, gamma, beta, mean, var, train=True, rng=None, momentum=0.
     xc = np.empty_like(x2)  # (M, C) centred, as layers.batchnorm_forward
 
     def centre(s, e):
-        (xw, cw), (mw,) = widen((x2[s:e], xc[s:e]), (mu,))
-        np.subtract(xw, mw, out=cw)
+        np.subtract(x2[s:e], mu, out=xc[s:e])
         return np.einsum("mc,mc->c", xc[s:e], xc[s:e])
 
     var_b = sum_in_parts(centre, M, threads) * (1.0 / M)  # (C,) biased variance
@@ -279,9 +275,8 @@ def bn_relu_forward(x, gamma, beta, mean, var, train=True, rng=None, momentum=0.
     y = np.empty_like(x2)
 
     def normalize(s, e):  # y = xhat * gamma + beta, then the ReLU
-        (cw, yw), (sw, bw) = widen((xc[s:e], y[s:e]), (scale, beta))
-        np.multiply(cw, sw, out=yw)
-        yw += bw
+        np.multiply(xc[s:e], scale, out=y[s:e])
+        y[s:e] += beta
         relu_inplace(y[s:e])
 
     in_parts(normalize, M, threads)

@@ -261,31 +261,11 @@ def batchnorm_sums(dy, xc):
 def batchnorm_input_grad(dy, xc, gamma, rstd, dbeta, dgamma, M, out=None):
     """dx (M', C) of the rows given, from the sums over all M rows (into `out` when given):
     dx = gamma*rstd * (dy - mean(dy) - xhat*mean(dy*xhat)), xhat = xc*rstd."""
-    dx = np.empty_like(xc) if out is None else out  # (M', C)
-    (xw, dyw, dxw), (a, b, c) = widen((xc, dy, dx), (-rstd * dgamma / M, dbeta / M, gamma * rstd))
-    np.multiply(xw, a, out=dxw)
-    dxw += dyw
-    dxw -= b
-    dxw *= c
+    dx = np.multiply(xc, -rstd * dgamma / M, out=out)  # (M', C)
+    dx += dy
+    dx -= dbeta / M
+    dx *= gamma * rstd
     return dx
-
-
-WIDE = 32  # rows of (M, C) that widen() makes one: a (C,) operand broadcast along rows of 32
-# floats runs numpy's inner loop once per row; over 32 rows at a time the same elementwise
-# pass takes 0.6-0.7 of the time (float32, 18432 x 32, one thread, 2026-12-04)
-
-
-def widen(arrays, vectors):
-    """arrays: (n, C) C-contiguous each, vectors: (C,) each -> (the arrays as (n/k, k*C) views,
-    the vectors tiled k times), k = gcd(n, WIDE): broadcasting a tiled vector along the wide rows
-    gives exactly the elementwise results of broadcasting the vector along the rows, with
-    k times longer inner loops. k = 1 (the arrays as they are) if one is not contiguous."""
-    n, C = arrays[0].shape
-    k = math.gcd(n, WIDE) if all(a.flags.c_contiguous for a in arrays) else 1
-    if k == 1:
-        return tuple(arrays), tuple(vectors)
-    return (tuple(a.reshape(n // k, k * C) for a in arrays),
-            tuple(np.tile(v, k) for v in vectors))
 
 
 # ----------------------------------------------------------------------------------------------
