@@ -1,8 +1,9 @@
-"""Winograd conv -> max pool and Winograd conv alone (pipeline/nn/conv_winograd.py): its matrices
-compute the 1-D correlation, the pair equals the direct conv+pool of fused.py (and so conv then
-pool) and the conv alone equals layers.conv2d forward and backward in float64, their gradients
-match finite differences and the plain reference convolution, float32 stays within float32
-rounding of float64, and a Model runs them on one or two threads with the same bytes."""
+"""Winograd conv -> max pool and Winograd conv alone (pipeline/nn/conv_winograd.py, on the matrices
+of pipeline/nn/winograd.py): its matrices compute the 1-D correlation, the pair equals the
+direct conv+pool of fused.py (and so conv then pool) and the conv alone equals layers.conv2d
+forward and backward in float64, their gradients match finite differences and the plain
+reference convolution, float32 stays within float32 rounding of float64, and a Model runs them
+on one or two threads with the same bytes."""
 
 import numpy as np
 import pytest
@@ -12,6 +13,7 @@ from pipeline.nn import fused as Fu
 from pipeline.nn import fused_first as Ff
 from pipeline.nn import layers as L
 from pipeline.nn import reference as R
+from pipeline.nn import winograd as Wn
 from pipeline.nn.gradcheck import numgrad, rel_error
 from pipeline.nn.model import Model
 from pipeline.nn.models import DEFAULTS, build_spec
@@ -35,7 +37,7 @@ def rng():
 @pytest.mark.parametrize("k,m", [(3, 2), (5, 2), (3, 4)])
 def test_matrices_compute_the_correlation(rng, k, m):
     # AT ((G g) * (BT d)) is y_i = sum_j d_{i+j} g_j for i = 0..m-1, for random d and g
-    AT, G, BT = Wi.winograd_matrices(k, m)
+    AT, G, BT = Wn.winograd_matrices(k, m)
     n = m + k - 1
     assert AT.shape == (m, n) and G.shape == (n, k) and BT.shape == (n, n)
     for _ in range(5):
@@ -48,21 +50,21 @@ def test_matrices_compute_the_correlation(rng, k, m):
 def test_unsupported_sizes_are_refused(k, m):
     # only the sizes with matrices here (at most 6 points); others are a programmer's error
     with pytest.raises(ValueError, match="k in"):
-        Wi.winograd_matrices(k, m)
+        Wn.winograd_matrices(k, m)
 
 
 @pytest.fixture(params=[2, 4], ids=["F2x2", "F4x4"])
 def tile(request, monkeypatch):
     """Run a test with 3x3 kernels on 2x2 and on 4x4 output tiles (where the output allows)."""
-    monkeypatch.setitem(Wi.TILE, 3, request.param)
+    monkeypatch.setitem(Wn.TILE, 3, request.param)
     return request.param
 
 
 def test_tile_side_follows_the_output():
     # 4x4 tiles for 3x3 where the output side is a multiple of 4, else 2x2; 5x5 always 2x2
-    assert Wi.tile_side(3, 24, 24) == 4 and Wi.tile_side(3, 8, 8) == 4
-    assert Wi.tile_side(3, 10, 10) == 2 and Wi.tile_side(3, 24, 10) == 2
-    assert Wi.tile_side(5, 8, 8) == 2
+    assert Wn.tile_side(3, 24, 24) == 4 and Wn.tile_side(3, 8, 8) == 4
+    assert Wn.tile_side(3, 10, 10) == 2 and Wn.tile_side(3, 24, 10) == 2
+    assert Wn.tile_side(5, 8, 8) == 2
 
 
 @pytest.mark.parametrize("n,size,pad,k,c,bias", [(5, 12, 0, 5, 3, True), (4, 8, 1, 3, 2, False),
@@ -126,7 +128,7 @@ def test_float32_within_rounding(rng, k, size):
     # on 2x2 tiles and 3x3 on 4x4 tiles (8x8 and 24x24 outputs), the six-point transforms
     x = rng.normal(size=(16, size, size, 32))
     w = rng.normal(size=(k, k, 32, 16)) * 0.05
-    assert Wi.tile_side(k, size - k + 1, size - k + 1) == (2 if k == 5 else 4)
+    assert Wn.tile_side(k, size - k + 1, size - k + 1) == (2 if k == 5 else 4)
     out64, c64 = Wi.wino_pool_forward(x, w)
     dout = rng.normal(size=out64.shape)
     g64 = {}
@@ -150,7 +152,7 @@ def test_model_uses_it_where_it_pays_and_two_threads_give_the_same_bytes(rng):
     assert pooled  # the default has conv+pool steps
     for st in pooled:  # Winograd exactly where the input has enough channels, else direct
         conv = by_name[st.name.split("+")[0]]
-        wants = conv["cin"] >= WINOGRAD_MIN_CIN and conv["k"] in Wi.KERNELS
+        wants = conv["cin"] >= WINOGRAD_MIN_CIN and conv["k"] in Wn.KERNELS
         assert st.forward is (Wi.wino_pool_forward if wants else Fu.conv_pool_forward), st.name
     assert any(st.forward is Wi.wino_pool_forward for st in pooled)
     c = WINOGRAD_MIN_CIN

@@ -16,7 +16,7 @@ U[e] (C, F) with U = kron(G, G) @ w; the output transform kron(A^T, A^T) @ M, (m
 even), each 2x2 block of a tile is one pooled pixel: the maximum of four of those rows (the
 offsets in the order of fused.OFFSETS); without one, the rows are put back in their places.
 Each kron product runs as two 1-D passes with the 1-D matrix, across the tile and then down it
-(`_transform`): 3x fewer multiply-adds, faster on one thread. 3x3 kernels use 4x4 tiles
+(`winograd.transform`): 3x fewer multiply-adds, faster on one thread. 3x3 kernels use 4x4 tiles
 where the output side is a multiple of 4 (`TILE`, `tile_side`), else 2x2. The backward pass
 runs the same products transposed; the input gradient of a tile is
 scattered back by n*n stride-m slice-adds (a col2im of small blocks).
@@ -29,114 +29,16 @@ a tie the direct sum makes exactly (identical input windows) may be broken by ro
 either is a valid gradient of the max.
 """
 
-from __future__ import annotations
 
-import functools
-import threading
+from __future__ import annotations
 
 import numpy as np
 
 from pipeline.nn.fused import OFFSETS, in_parts, sum_in_parts
 from pipeline.nn.layers import colsum, conv2d_backward, conv2d_forward, put
+from pipeline.nn.winograd import factors, kron_matrices, scratch, tile_side, transform
 
-# the finite interpolation points, then infinity: -1/2 rounds less in float32 than -2 (python
-# scripts/bench.py --profile kernels prints both; docs/bench-notes.md)
-POINTS = (0.0, 1.0, -1.0, 2.0, -0.5)
-KERNELS = (3, 5)  # kernel sides with a Winograd form here
-# the output tile side m of F(m x m, k x k) per kernel side, when the conv's output side is a
-# multiple of it (else 2): n = m + k - 1 points, at most len(POINTS) + 1 = 6
-TILE = {3: 4, 5: 2}
 CHUNK_BYTES = 2 << 20  # per chunk of images, the largest of its transformed arrays
-
-
-@functools.cache
-def winograd_matrices(k, m=2, points=POINTS):
-    """-> (AT (m, n), G (n, k), BT (n, n)) in float64, n = m + k - 1, for the 1-D correlation
-    y_i = sum_j d_{i+j} g_j (i = 0..m-1) as y = AT @ ((G @ g) * (BT @ d)), from the first n-1
-    of `points` and infinity.
-
-    Toom-Cook: with V_j the n x j matrix of the points' powers 0..j-1 (the point at infinity
-    picks the leading coefficient), convolution by g is V_n^-1 diag(V_k g) V_m, and correlation
-    is its transpose: AT = V_m^T, G = V_k, BT = V_n^-T."""
-    n = m + k - 1
-    if k not in KERNELS or m not in (2, 4) or n > len(POINTS) + 1:
-        raise ValueError(
-            f"Winograd F(m x m, k x k) is implemented for k in {KERNELS} and m in (2, 4) with "
-            f"m + k - 1 <= {len(POINTS) + 1}, got k={k}, m={m}"
-        )
-    points = tuple(points)[: n - 1]
-
-    def powers(j):  # (n, j)
-        rows = [[p**e for e in range(j)] for p in points] + [[0.0] * (j - 1) + [1.0]]
-        return np.array(rows)
-
-    mats = powers(m).T, powers(k), np.linalg.inv(powers(n)).T
-    for mat in mats:
-        mat.flags.writeable = False  # cached: shared by every caller
-    return mats
-
-
-def _kron(k, m, dtype):
-    """-> (KA (m*m, n*n), KG (n*n, k*k), KB (n*n, n*n)) in `dtype`: the 2-D transforms."""
-    return _kron_of(k, m, np.dtype(dtype).str, tuple(POINTS))
-
-
-@functools.cache
-def _kron_of(k, m, dtype, points):
-    mats = []
-    for mat in winograd_matrices(k, m, points):
-        K = np.kron(mat, mat).astype(dtype)
-        K.flags.writeable = False  # shared by every call
-        mats.append(K)
-    return tuple(mats)
-
-
-@functools.cache
-def _factors(k, m, dtype):
-    """-> (AT (m, n), BT (n, n)) of `winograd_matrices(k, m)` in `dtype`, contiguous, with
-    their transposes (contiguous too): the 1-D factors `_transform` applies."""
-    AT, _, BT = winograd_matrices(k, m)
-    mats = tuple(np.ascontiguousarray(M.astype(dtype)) for M in (AT, BT, AT.T, BT.T))
-    for M in mats:
-        M.flags.writeable = False  # shared by every call
-    return mats
-
-
-def _transform(M, X, out):
-    """out = kron(M, M) @ X, X (q*q, R) -> out (p*p, R) for M (p, q), as two 1-D passes: across
-    the tile, one product per tile row (W[u] = M @ X[u]), then down it, one per tile column
-    (out[:, j] = M @ W[:, j], strided rows). 3x fewer multiply-adds than the (p*p, q*q) kron
-    product: faster on one thread, even on two; one (p, q*q*R) product down the tile first,
-    then across, is slower than the kron product (python scripts/experiments/wino_separable.py;
-    docs/bench-notes.md)."""
-    p, q = M.shape
-    R = X.shape[-1]
-    W = _scratch("half", (q, p, R), X.dtype)  # W[u, j]: row u of each tile, transformed across
-    np.matmul(M, X.reshape(q, q, R), out=W)
-    np.matmul(M, W.transpose(1, 0, 2), out=out.reshape(p, p, R).transpose(1, 0, 2))
-    return out
-
-
-def tile_side(k, Ho, Wo):
-    """The output tile side m for a k x k conv with an Ho x Wo output: TILE[k] where the output
-    divides into m x m tiles, else 2."""
-    m = TILE.get(k, 2)
-    return m if Ho % m == 0 and Wo % m == 0 else 2
-
-
-_SCRATCH = threading.local()  # per thread: name -> a flat buffer, grown as needed
-
-
-def _scratch(name, shape, dtype):
-    """A working array for the duration of one call on this thread, reused across calls and
-    layers (same name, same thread): no allocation, so no page faults and a buffer that stays
-    in cache. Never returned to the caller or kept in a cache."""
-    size = int(np.prod(shape)) * np.dtype(dtype).itemsize
-    bufs = _SCRATCH.__dict__
-    buf = bufs.get(name)
-    if buf is None or buf.size < size:
-        buf = bufs[name] = np.empty(size, dtype=np.uint8)
-    return buf[:size].view(dtype).reshape(shape)
 
 
 def _chunk(n, A, B, C, F, itemsize):
@@ -176,8 +78,8 @@ def _wino_forward(x, w, b, pad, train, threads, pool):
     n = m + k - 1
     A, B = Ho // m, Wo // m  # tiles down and across
     h = m // 2 if pool else m  # output pixels per tile side
-    _, KG, _ = _kron(k, m, x.dtype)
-    AT, BT, _, _ = _factors(k, m, x.dtype)
+    _, KG, _ = kron_matrices(k, m, x.dtype)
+    AT, BT, _, _ = factors(k, m, x.dtype)
     U = (KG @ w.reshape(k * k, C * F)).reshape(n * n, C, F)  # (n*n, C, F) transformed kernel
     out = np.empty((N, A, h, B, h, F), dtype=x.dtype)  # the output's own layout
     nb = _chunk(n, A, B, C, F, x.dtype.itemsize)
@@ -210,10 +112,10 @@ def _wino_forward(x, w, b, pad, train, threads, pool):
 
     def wino_forward_part(s0, e0):
         c = min(nb, e0 - s0)
-        D = _scratch("D", (n, n, c, A, B, C), x.dtype)  # one chunk's tile windows
-        M = _scratch("M", (n * n, c * A * B, F), x.dtype)
-        Y = _scratch("Y", (m * m, c * A * B * F), x.dtype)
-        P = _scratch("P", (h, h, c, A, B, F), x.dtype) if pool and h > 1 else None
+        D = scratch("D", (n, n, c, A, B, C), x.dtype)  # one chunk's tile windows
+        M = scratch("M", (n * n, c * A * B, F), x.dtype)
+        Y = scratch("Y", (m * m, c * A * B * F), x.dtype)
+        P = scratch("P", (h, h, c, A, B, F), x.dtype) if pool and h > 1 else None
         # V, the transformed input: the part's whole, kept for the backward pass, each chunk's
         # (n*n, T, C) contiguous in it (written in one stream: 3x faster than one per row)
         V = np.empty((e0 - s0) * A * B * n * n * C, x.dtype)
@@ -224,11 +126,11 @@ def _wino_forward(x, w, b, pad, train, threads, pool):
             np.copyto(Dc, tiles[:, :, s:e])
             t0 = (s - s0) * A * B * n * n * C
             Vc = V[t0 : t0 + n * n * T * C].reshape(n * n, T, C)
-            _transform(BT, Dc.reshape(n * n, T * C), Vc.reshape(n * n, T * C))
+            transform(BT, Dc.reshape(n * n, T * C), Vc.reshape(n * n, T * C))
             Mc = M[:, :T]
             np.matmul(Vc, U, out=Mc)  # (n*n, T, F)
             Yc = Y[:, : T * F]
-            _transform(AT, Mc.reshape(n * n, T * F), Yc)
+            transform(AT, Mc.reshape(n * n, T * F), Yc)
             # Yc[i, j]: the conv output at (m a + i, m b + j) of every tile (a, b)
             Yc = Yc.reshape(m, m, e - s, A, B, F)
             o = o6[:, :, s:e]  # (h, h, e-s, A, B, F), a view
@@ -267,15 +169,15 @@ def _inference_chunk(c, sizes, mats, pool):
     numpy calls and nothing more: with two threads each call's Python side slows the other
     thread too. The arrays take turns in three of this thread's buffers: the windows, V (in
     place) and the output transform's rows in one; the products, then the pooled rows in
-    another; the first 1-D pass of each transform (_transform) in the third."""
+    another; the first 1-D pass of each transform (winograd.transform) in the third."""
     A, B, C, F = sizes  # tiles down and across, channels in and out
     AT, BT, U = mats  # the 1-D transforms (m, n) and (n, n), the transformed kernel
     (m, n), dt = AT.shape, U.dtype
     h = m // 2 if pool else m
     T = c * A * B
-    one = _scratch("D", (T * max(n * n * C, m * m * F),), dt)
-    two = _scratch("M", (n * n * T * F,), dt)
-    half = _scratch("half", (n * max(n * T * C, m * T * F),), dt)
+    one = scratch("D", (T * max(n * n * C, m * m * F),), dt)
+    two = scratch("M", (n * n * T * F,), dt)
+    half = scratch("half", (n * max(n * T * C, m * T * F),), dt)
     D = one[: n * n * T * C].reshape(n, n, c, A, B, C)  # then V, in place
     D3, V = D.reshape(n, n, T * C), D.reshape(n * n, T, C)
     W1 = half[: n * n * T * C].reshape(n, n, T * C)  # W1[u, j]: tile row u, across
@@ -293,7 +195,7 @@ def _inference_chunk(c, sizes, mats, pool):
 
     def run(src, o):
         np.copyto(D, src)
-        np.matmul(BT, D3, out=W1)  # V = kron(BT, BT) @ D in two 1-D passes, as _transform
+        np.matmul(BT, D3, out=W1)  # V = kron(BT, BT) @ D in two 1-D passes, as transform
         np.matmul(BT, W1t, out=V3t)
         np.matmul(V, U, out=M)  # (n*n, T, F)
         np.matmul(AT, M3, out=W2)  # Y = kron(AT, AT) @ M
@@ -331,8 +233,8 @@ def _wino_backward(dout, cache, grads, need_dx):
     h = m // 2 if pool else m
     A, B = dout.shape[1] // h, dout.shape[2] // h
     dt = dout.dtype
-    _, KG, _ = _kron(k, m, dt)
-    _, _, A_, B_ = _factors(k, m, dt)  # AT.T, BT.T: the transposed transforms
+    _, KG, _ = kron_matrices(k, m, dt)
+    _, _, A_, B_ = factors(k, m, dt)  # AT.T, BT.T: the transposed transforms
     d6 = dout.reshape(N, A, h, B, h, F)
     Hp, Wp = x_shape[1] + 2 * pad, x_shape[2] + 2 * pad
     dx = np.empty(x_shape, dtype=dt) if need_dx else None
@@ -341,15 +243,15 @@ def _wino_backward(dout, cache, grads, need_dx):
 
     def wino_backward_part(s0, e0):
         c = min(nb, e0 - s0)
-        dY = _scratch("dY", (m * m, c * A * B * F), dt)  # the output gradient, by (i, j)
-        won_buf = _scratch("won", (h, h, c, A, B, F), bool) if pool else None  # offset q won
-        dP = _scratch("dP", (h, h, c, A, B, F), dt) if pool and h > 1 else None
-        dM = _scratch("dM", (n * n, c * A * B, F), dt)
-        dV = _scratch("dV", (n * n, c * A * B, C), dt) if need_dx else None
-        dD = _scratch("dD", (n * n, c * A * B * C), dt) if need_dx else None
-        dxp = _scratch("dxp", (c, Hp, Wp, C), dt) if need_dx and pad else None
+        dY = scratch("dY", (m * m, c * A * B * F), dt)  # the output gradient, by (i, j)
+        won_buf = scratch("won", (h, h, c, A, B, F), bool) if pool else None  # offset q won
+        dP = scratch("dP", (h, h, c, A, B, F), dt) if pool and h > 1 else None
+        dM = scratch("dM", (n * n, c * A * B, F), dt)
+        dV = scratch("dV", (n * n, c * A * B, C), dt) if need_dx else None
+        dD = scratch("dD", (n * n, c * A * B * C), dt) if need_dx else None
+        dxp = scratch("dxp", (c, Hp, Wp, C), dt) if need_dx and pad else None
         dUt = np.empty((n * n, F, C), dtype=dt)  # (n*n, F, C), this part's share (returned)
-        more = _scratch("more", (n * n, F, C), dt)
+        more = scratch("more", (n * n, F, C), dt)
         V = Vs[s0]
         for s in range(s0, e0, nb):
             e = min(s + nb, e0)
@@ -369,7 +271,7 @@ def _wino_backward(dout, cache, grads, need_dx):
             else:  # each tile's output gradients, gathered from their places
                 np.copyto(Y6, g6)
             dMc = dM[:, :T]
-            _transform(A_, dYc, dMc.reshape(n * n, T * F))  # kron(AT, AT).T @ dY
+            transform(A_, dYc, dMc.reshape(n * n, T * F))  # kron(AT, AT).T @ dY
             t0 = (s - s0) * A * B * n * n * C
             Vc = V[t0 : t0 + n * n * T * C].reshape(n * n, T, C)  # this chunk's, as forward
             np.matmul(dMc.transpose(0, 2, 1), Vc, out=dUt if s == s0 else more)
@@ -380,7 +282,7 @@ def _wino_backward(dout, cache, grads, need_dx):
             dVc = dV[:, :T]
             np.matmul(dMc, Ut, out=dVc)  # (n*n, T, C)
             dDc = dD[:, : T * C]
-            _transform(B_, dVc.reshape(n * n, T * C), dDc)  # kron(BT, BT).T @ dV
+            transform(B_, dVc.reshape(n * n, T * C), dDc)  # kron(BT, BT).T @ dV
             dDc = dDc.reshape(n, n, e - s, A, B, C)  # each tile's input window gradient
             g = dxp[: e - s] if pad else dx[s:e]  # (e-s, Hp, Wp, C)
             # back to their places in the image: the first m x m offsets of the windows cover

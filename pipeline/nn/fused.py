@@ -179,7 +179,7 @@ _POOLS = {}
 
 def worker_pool(workers, name="nn"):
     """This process's pool of `workers` threads named `name`, made on first use and kept: its
-    threads, and the working buffers each keeps (conv_winograd._scratch), outlive the call. A
+    threads, and the working buffers each keeps (winograd.scratch), outlive the call. A
     forked child makes pools of its own (its parent's worker threads do not exist in it)."""
     key = (os.getpid(), name, workers)
     pool = _POOLS.get(key)

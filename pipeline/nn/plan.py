@@ -11,6 +11,7 @@ from pipeline.nn import conv_winograd as Wi
 from pipeline.nn import fused as Fu
 from pipeline.nn import fused_first as Ff
 from pipeline.nn import layers as L
+from pipeline.nn import winograd as Wn
 
 # ----------------------------------------------------------------------------------------------
 # Layer kinds: name -> Kind(parameter shapes, forward, backward, settings). Every layer of
@@ -95,7 +96,7 @@ WINOGRAD_MIN_CIN = 16  # convs (with or without a pool after them) by Winograd f
 
 
 def _winograd(ly):
-    return ly["cin"] >= WINOGRAD_MIN_CIN and ly["k"] in Wi.KERNELS
+    return ly["cin"] >= WINOGRAD_MIN_CIN and ly["k"] in Wn.KERNELS
 
 
 def _fused_pair(pair, ly):

@@ -14,6 +14,7 @@ import numpy as np
 from pipeline.nn import conv_winograd as Wi
 from pipeline.nn import fused as Fu
 from pipeline.nn import layers as L
+from pipeline.nn import winograd as Wn
 from pipeline.nn.model import Model
 from pipeline.nn.models import build_spec
 from pipeline.params import TrainConfig
@@ -32,7 +33,7 @@ CLOCK = time.thread_time  # this thread's CPU time: steadier under load
 def kinds_for(k, out_side):
     """The kinds that differ for a k x k conv with this output side (4x4 tiles: 3x3 only, and
     only where the side is a multiple of 4)."""
-    if k not in Wi.KERNELS:
+    if k not in Wn.KERNELS:
         return ["direct"]
     return ["direct", "winograd 2x2"] + (["winograd 4x4"] if k == 3 and out_side % 4 == 0
                                          else [])
@@ -48,29 +49,29 @@ def fwd_bwd(kinds, x, w, need_dx, pool=True, rounds=15):
     ref = (Fu.conv_pool_forward if pool else L.conv2d_forward)(x, w, train=False)[0]
     dout = np.ones_like(ref)
     times = {k: [] for k in kinds}
-    saved = Wi.TILE[3]
+    saved = Wn.TILE[3]
     try:
         for _ in range(rounds + 1):  # the first round is a warm-up
             for k in kinds:
                 fwd, bwd = _pair(k, pool)
-                Wi.TILE[3] = KINDS[k][2] or saved
+                Wn.TILE[3] = KINDS[k][2] or saved
                 t0 = CLOCK()
                 _, cache = fwd(x, w)
                 t1 = CLOCK()
                 bwd(dout, cache, {}, need_dx)
                 times[k].append((t1 - t0, CLOCK() - t1))
     finally:
-        Wi.TILE[3] = saved
+        Wn.TILE[3] = saved
     return {k: np.median(v[1:], axis=0) for k, v in times.items()}
 
 
 def rms_error(kind, x, w, dout, points=None):
     """-> relative rms error of the float32 output, dx, dw against the same kernel in float64."""
     fwd, bwd = _pair(kind, True)
-    saved, saved_tile = Wi.POINTS, Wi.TILE[3]
-    Wi.TILE[3] = KINDS[kind][2] or saved_tile
+    saved, saved_tile = Wn.POINTS, Wn.TILE[3]
+    Wn.TILE[3] = KINDS[kind][2] or saved_tile
     if points is not None:
-        Wi.POINTS = points
+        Wn.POINTS = points
     try:
         out = []
         for dt in (np.float64, np.float32):
@@ -79,7 +80,7 @@ def rms_error(kind, x, w, dout, points=None):
             dx = bwd(dout.astype(dt), cache, g)
             out.append((o, dx, g["w"]))
     finally:
-        Wi.POINTS, Wi.TILE[3] = saved, saved_tile
+        Wn.POINTS, Wn.TILE[3] = saved, saved_tile
     return [float(np.sqrt(((b - a) ** 2).mean() / (a ** 2).mean())) for a, b in zip(*out)]
 
 
@@ -117,14 +118,14 @@ def profile_kernels(args, settings):
         w = (rng.normal(size=(ly["k"], ly["k"], shape[-1], ly["cout"])) * 0.05).astype(f32)
         out_side = shape[0] + 2 * ly.get("pad", 0) - ly["k"] + 1
         res = fwd_bwd(kinds_for(ly["k"], out_side), x, w, st.first > model.first_trained, pool)
-        tile = Wi.tile_side(ly["k"], out_side, out_side)
+        tile = Wn.tile_side(ly["k"], out_side, out_side)
         for k, (f, b) in res.items():
             used = _pair(k, pool)[0] is st.forward and KINDS[k][2] in (None, tile)
             print(f"{st.name:<8} {str(shape):<14} {k:<13} {f * 1e3:8.2f} {b * 1e3:8.2f} "
                   f"{'yes' if used else '':>7}")
     print(f"\nover input channels: {B}x12x12xC -> kxk conv, 32 filters -> pool, with dx; "
           f"fwd+bwd ms (Winograd from WINOGRAD_MIN_CIN)")
-    for k in Wi.KERNELS:
+    for k in Wn.KERNELS:
         for cin in (1, 4, 8, 16, 32):
             x = rng.normal(size=(B, 12 + k - 5, 12 + k - 5, cin)).astype(np.float32)
             w = (rng.normal(size=(k, k, cin, 32)) * 0.05).astype(np.float32)
@@ -136,7 +137,7 @@ def profile_kernels(args, settings):
     dout = rng.normal(size=(32, 4, 4, 64))
     print("\nfloat32 against float64, relative rms error (output, dx, dw), 32x12x12x32 -> 64:")
     for label, kind, points in (("direct", "direct", None),
-                                (f"winograd 2x2, points {Wi.POINTS}", "winograd 2x2", None),
+                                (f"winograd 2x2, points {Wn.POINTS}", "winograd 2x2", None),
                                 ("winograd 2x2, points (0, 1, -1, 2, -2)", "winograd 2x2",
                                  (0.0, 1.0, -1.0, 2.0, -2.0))):
         errs = rms_error(kind, x, w, dout, points)

@@ -11,35 +11,39 @@ replace, and a copy of the same array.
 from __future__ import annotations
 
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
 from threadpoolctl import threadpool_limits
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+REPO = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "scripts"))
+
+from benchlib.measure import timed  # noqa: E402
 
 from pipeline.nn import conv_winograd as Wi  # noqa: E402
+from pipeline.nn import winograd as Wn  # noqa: E402
 
 K, M, TILES, C = 3, 4, 6, 32  # c2: 3x3 kernel, 4x4 tiles, 6x6 tiles per image, 32 channels
 
 
 def best_us(fn, runs=7, repeat=200):
-    times = []
-    for _ in range(runs):
-        t0 = time.perf_counter()
+    """Microseconds per call of fn: the best of `runs` timings of `repeat` calls."""
+
+    def calls():
         for _ in range(repeat):
             fn()
-        times.append((time.perf_counter() - t0) / repeat * 1e6)
-    return min(times)
+
+    return 1e6 * min(timed(calls) for _ in range(runs)) / repeat
 
 
 def main():
     n = M + K - 1
     images = Wi._chunk(n, TILES, TILES, C, C, 4)
     R = images * TILES * TILES * C  # columns of a pass: tiles x channels
-    _, BT, _, _ = Wi._factors(K, M, np.float32)
-    _, _, KB = Wi._kron(K, M, np.float32)
+    _, BT, _, _ = Wn.factors(K, M, np.float32)
+    _, _, KB = Wn.kron_matrices(K, M, np.float32)
     D = np.random.default_rng(0).random((n, n, R), dtype=np.float32)
     W1, V = np.empty_like(D), np.empty_like(D)
 

@@ -30,8 +30,10 @@ sys.path.insert(0, str(REPO / "scripts"))
 from benchlib.measure import sgemm_gflops, timed  # noqa: E402
 
 from pipeline.config import N_TEST  # noqa: E402
-from pipeline.nn.conv_winograd import OFFSETS, _chunk, _factors, _kron, _transform  # noqa: E402
+from pipeline.nn.conv_winograd import _chunk  # noqa: E402
+from pipeline.nn.fused import OFFSETS  # noqa: E402
 from pipeline.nn.model import EVAL_CHUNK  # noqa: E402
+from pipeline.nn.winograd import factors, kron_matrices, transform  # noqa: E402
 
 
 def timed_ms(f, repeats=30):
@@ -50,8 +52,8 @@ def phases(name, H, C, F, m, pool, rng, stream=False, rounds=30):
     h = m // 2
     x = rng.random((EVAL_CHUNK, H, H, C), dtype=np.float32)
     w = rng.random((k, k, C, F), dtype=np.float32)
-    _, KG, _ = _kron(k, m, np.float32)
-    AT, BT, _, _ = _factors(k, m, np.float32)
+    _, KG, _ = kron_matrices(k, m, np.float32)
+    AT, BT, _, _ = factors(k, m, np.float32)
     U = (KG @ w.reshape(k * k, C * F)).reshape(n * n, C, F)
     c = _chunk(n, A, A, C, F, 4)  # images per chunk, as conv_winograd
     T = c * A * A
@@ -75,10 +77,10 @@ def phases(name, H, C, F, m, pool, rng, stream=False, rounds=30):
 
     steps = {
         "gather": lambda s, e: np.copyto(D[:, :, : e - s], tiles[:, :, s:e]),
-        "KB": lambda s, e: _transform(BT, D[:, :, : e - s].reshape(n * n, -1),
+        "KB": lambda s, e: transform(BT, D[:, :, : e - s].reshape(n * n, -1),
                                       V[:, : (e - s) * A * A].reshape(n * n, -1)),
         "UV": lambda s, e: np.matmul(V[:, : (e - s) * A * A], U, out=M[:, : (e - s) * A * A]),
-        "KA": lambda s, e: _transform(AT, M[:, : (e - s) * A * A].reshape(n * n, -1),
+        "KA": lambda s, e: transform(AT, M[:, : (e - s) * A * A].reshape(n * n, -1),
                                       Y[:, : (e - s) * A * A * F]),
     }
     if pool:

@@ -1,12 +1,12 @@
 """How to apply the Winograd transforms: conv_winograd runs each 2-D transform kron(M, M) @ X
-(for F(4x4, 3x3)'s input: (36 x 36) @ (36, T*C)) as two 1-D passes (`_transform`: across the
+(for F(4x4, 3x3)'s input: (36 x 36) @ (36, T*C)) as two 1-D passes (`winograd.transform`: across the
 tile, a product per tile row, then down it, a product per tile column on strided rows), with 3x
 fewer multiply-adds. This runs real train() epochs (the bench's cnn settings) and predict_proba
 with that form ("two passes"), with the one kron product ("kron", the form before 2026-12-02),
 and with one (p, q*q*R) product down the tile first and then across ("down first", the two-pass
 form this script measured before: slower than kron on 2026-12-02 09:26 and 13:56 UTC), in turn,
 at a chosen chunk size, medians. The variants are swapped in from here (conv_winograd's
-`_transform` replaced), without a switch in the package.
+`transform` replaced), without a switch in the package.
 
     python scripts/experiments/wino_separable.py                    # 3 rounds, 8192 rows
     python scripts/experiments/wino_separable.py --rounds 5 --chunk-mb 2 0.5
@@ -33,7 +33,7 @@ from pipeline.predict import predict_proba  # noqa: E402
 from pipeline.preprocess import fit_normalizer, normalize  # noqa: E402
 
 CNN = dict(model="cnn", schedule="constant", augment="none")  # as scripts/bench.py
-TWO_PASSES = Wi._transform
+TWO_PASSES = Wi.transform
 _KRONS = {}  # id of a 1-D factor -> kron(M, M)
 
 
@@ -71,7 +71,7 @@ def main(argv=None):
                 for mb in a.chunk_mb for form, fn in FORMS.items()}
 
     def use(v):
-        Wi._transform, Wi.CHUNK_BYTES = variants[v]
+        Wi.transform, Wi.CHUNK_BYTES = variants[v]
 
     trainers = {}
     for v in variants:
@@ -94,7 +94,7 @@ def main(argv=None):
                 predict_proba([model], xt)
                 predicts[v].append((time.perf_counter() - t0) * 28000 / len(xt))
     finally:
-        Wi._transform = TWO_PASSES
+        Wi.transform = TWO_PASSES
     print(f"medians of {a.rounds} interleaved rounds, {a.rows} rows scaled to 42000 (epochs) "
           "and 28000 (predict_proba, two threads)")
     for (form, mb), threads in trainers:
