@@ -3,6 +3,8 @@ forward and backward, in float64 (exactly, up to rounding) and in float32 (to fl
 rounding); a Model's fused training plan gives the gradients of its plain layer-by-layer pass;
 inference on two threads gives the one-thread result."""
 
+import threading
+
 import numpy as np
 import pytest
 
@@ -164,6 +166,23 @@ def test_inference_on_two_threads_equals_one(rng):
     one = m.forward(x)
     assert np.array_equal(m.forward(x, threads=2), one)
     assert m.forward(x[:0]).shape == (0, 10)
+
+
+def test_inference_threads_are_kept_between_calls(rng):
+    # Model.forward's threads outlive the call (and with them their Winograd working buffers):
+    # a second call runs on the same pool and starts no thread, with the same logits
+    m = Model(build_spec("cnn", {**DEFAULTS["cnn"], "plan": "4c3-16c3-p-fc8"}),
+              rng=np.random.default_rng(0))
+    x = rng.normal(size=(300, 28, 28, 1)).astype(np.float32)
+    def eval_threads():
+        return {t.ident for t in threading.enumerate() if t.name.startswith("eval")}
+
+    first = m.forward(x, threads=2)
+    kept = eval_threads()
+    assert 1 <= len(kept) <= 2  # alive after the call
+    assert np.array_equal(m.forward(x, threads=2), first)
+    assert eval_threads() == kept
+    assert np.array_equal(m.forward(x), first)
 
 
 def test_training_step_on_two_threads_is_bit_identical(rng):
