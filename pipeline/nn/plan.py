@@ -10,6 +10,7 @@ from typing import NamedTuple
 from pipeline.nn import conv_winograd as Wi
 from pipeline.nn import fused as Fu
 from pipeline.nn import fused_first as Ff
+from pipeline.nn import input_dense as Id
 from pipeline.nn import layers as L
 from pipeline.nn import winograd as Wn
 
@@ -185,6 +186,8 @@ def make_plan(layers, P, G, fuse=True, threads=1):
         elif fuse and pair == ("conv", "act") and nxt["fn"] == "relu":
             fwd, bwd = conv_inplace_relu_forward, conv_inplace_relu_backward
             name, n = f"{ly['name']}+{nxt['name']}", 2
+        elif fuse and ly["type"] == "dense" and all(lay["type"] == "flatten" for lay in layers[:i]):
+            fwd, bwd, name, n = Id.input_dense_forward, Id.input_dense_backward, ly["name"], 1
         elif fuse and ly["type"] == "conv" and _winograd(ly):
             fwd, bwd, name, n = Wi.wino_conv_forward, Wi.wino_conv_backward, ly["name"], 1
         else:
