@@ -16,6 +16,7 @@ import os
 import numpy as np
 
 from pipeline.nn import layers as L
+from pipeline.nn.blank import BlankRun
 from pipeline.nn.fused import worker_pool
 from pipeline.nn.init import INITS
 from pipeline.nn.plan import (  # layer_forward, layer_backward: re-exported for callers
@@ -163,11 +164,11 @@ class Model:
         its matrix products and ufuncs; keep BLAS itself on one thread then)."""
         if train:
             return run_forward(self._train_plan, x, True, rng)[0]
-        plan = self._eval_plan()
+        runner = self._eval_runner()
         starts = range(0, x.shape[0], EVAL_CHUNK)
 
         def chunk(s):
-            return run_forward(plan, x[s : s + EVAL_CHUNK], False)[0]
+            return runner.run(x[s : s + EVAL_CHUNK])
 
         if threads > 1 and len(starts) > 1:
             # kept threads: a fresh pool per call would also start each thread's Winograd
@@ -176,16 +177,25 @@ class Model:
         else:
             parts = [chunk(s) for s in starts]
         if not parts:  # no rows
-            return run_forward(plan, x, False)[0]
+            return runner.run(x)
         # (N, 10) for a whole model; any shape for a truncated one (reports)
         return np.concatenate(parts) if len(parts) > 1 else parts[0]
 
     def _eval_plan(self):
-        """-> [Step] for inference: each BatchNorm merged into the conv/dense before it,
-        w' = w * gamma/sqrt(var+eps), b' = (b - mean) * gamma/sqrt(var+eps) + beta, also across
-        a max pool between them (conv -> pool -> bn, pool_first) when every channel's scale
-        is positive: max(s z + t) = s max(z) + t for s > 0 (exactly, in floats too: rounding
-        keeps the order), the pool then taking the folded conv's outputs; then fused."""
+        """-> [Step] for inference (see _eval_steps)."""
+        return self._eval_steps()[0]
+
+    def _eval_runner(self):
+        """-> the BlankRun of the inference plan: what forward(x) runs on each chunk."""
+        return BlankRun(*self._eval_steps())
+
+    def _eval_steps(self):
+        """-> ([Step] for inference, the layers it runs): each BatchNorm merged into the
+        conv/dense before it, w' = w * gamma/sqrt(var+eps), b' = (b - mean) *
+        gamma/sqrt(var+eps) + beta, also across a max pool between them (conv -> pool -> bn,
+        pool_first) when every channel's scale is positive: max(s z + t) = s max(z) + t for
+        s > 0 (exactly, in floats too: rounding keeps the order), the pool then taking the
+        folded conv's outputs; then fused."""
         layers, P = self.spec["layers"], self._P
         kept, params, i = [], [], 0
         while i < len(layers):
@@ -205,7 +215,7 @@ class Model:
                 params.append(P[i])
                 kept.append(ly)
                 i += 1
-        return make_plan(kept, params, [{}] * len(kept))
+        return make_plan(kept, params, [{}] * len(kept)), kept
 
     def forward_train(self, x, rng):
         """x (N, 28, 28, 1) -> (logits (N, 10), caches) in training mode."""

@@ -108,13 +108,14 @@ def _fused_pair(pair, ly):
 
 
 def conv_inplace_relu_forward(x, w, b=None, pad=0, train=True, rng=None, threads=1,
-                              winograd=False):
+                              winograd=False, blank=None):
     """conv (Winograd with winograd=True, else im2col) -> ReLU applied in place on the conv's
     output: one array and one pass fewer than the two steps. The inference plan's conv -> ReLU
     (BatchNorm folded into the conv), and a conv -> ReLU without BatchNorm in training. Not
-    fused_first.conv_relu_forward: the short-K first layer's step, ReLU written from columns."""
+    fused_first.conv_relu_forward: the short-K first layer's step, ReLU written from columns.
+    `blank`: where the input is blank, for Winograd's inference (blank.py)."""
     if winograd:
-        z, cache = Wi.wino_conv_forward(x, w, b, pad, train, rng, threads)
+        z, cache = Wi.wino_conv_forward(x, w, b, pad, train, rng, threads, blank)
     else:
         z, cache = L.conv2d_forward(x, w, b, pad, train, rng)
     return _relu_in_place(z, cache, winograd, train)
@@ -125,13 +126,15 @@ def conv_inplace_relu_backward(da, cache, grads=None, need_dx=True):
 
 
 def conv_pool_inplace_relu_forward(x, w, b=None, pad=0, train=True, rng=None, threads=1,
-                                   winograd=False):
+                                   winograd=False, blank=None):
     """conv -> 2x2 max pool (Winograd with winograd=True, else fused.conv_pool_*) -> ReLU in
     place on the pooled output: the inference plan's conv -> pool -> ReLU once the BatchNorm
     after the pool is folded into the conv (model.Model._eval_plan), one step and no new
-    array for the ReLU."""
-    forward = Wi.wino_pool_forward if winograd else Fu.conv_pool_forward
-    out, cache = forward(x, w, b, pad, train, rng, threads)
+    array for the ReLU. `blank` as conv_inplace_relu_forward's."""
+    if winograd:
+        out, cache = Wi.wino_pool_forward(x, w, b, pad, train, rng, threads, blank)
+    else:
+        out, cache = Fu.conv_pool_forward(x, w, b, pad, train, rng, threads)
     return _relu_in_place(out, cache, winograd, train)
 
 

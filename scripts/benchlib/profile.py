@@ -174,14 +174,15 @@ def torch_step_time(torch, settings, hp, xb, yb, threads, clock, repeats=20):
 def eval_step_times(model, x, repeats=20, clock=time.thread_time):
     """Median `clock` seconds of each step of the inference plan (BatchNorm folded, fused
     pairs as one) on one chunk `x`, and each step's output shape."""
-    plan = model._eval_plan()
+    runner = model._eval_runner()  # as Model.forward runs a chunk (blank tiles skipped)
+    plan = runner.plan
     times = np.zeros((repeats + 1, len(plan)))
     shapes = []
-    for r in range(repeats + 1):  # the first pass is a warm-up
-        h, shapes = x, []
-        for k, st in enumerate(plan):
+    for r in range(repeats + 1):  # the first pass is a warm-up (and makes the reference)
+        shapes, steps = [], runner.outputs(x)
+        for k in range(len(plan)):
             t0 = clock()
-            h = st.forward(h, **st.P, train=False, **st.settings)[0]
+            h = next(steps)  # the step, and the blank mask's passage through the one before
             times[r, k] = clock() - t0
             shapes.append(h.shape)
     return plan, np.median(times[1:], axis=0), shapes

@@ -1,0 +1,83 @@
+"""What listing the inked tiles saves in inference (blank.py, conv_winograd._sparse_inference): the
+default cnn's second conv (+ pool + ReLU, the inference step c2+p3+c2a) on one chunk of 128
+test.csv rows, one thread, with the plain tile runner and with blank tiles taken from the
+reference. First with the chunk's real blank mask, then with a mask that calls the first j
+whole images blank (and nothing else), to show the listing's cost where few tiles are skipped
+(those outputs are wrong, only their time counts). A fresh model with
+its BatchNorm statistics set. Milliseconds: medians of --rounds interleaved rounds of 20 calls.
+
+    python scripts/experiments/blank_tiles.py [--rounds 7] [--zip PATH]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+from pathlib import Path
+
+import numpy as np
+from threadpoolctl import threadpool_limits
+
+REPO = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "scripts"))
+
+from benchlib.measure import timed  # noqa: E402
+
+from pipeline.data import read_competition  # noqa: E402
+from pipeline.nn import blank as Bl  # noqa: E402
+from pipeline.nn import conv_winograd as Wi  # noqa: E402
+from pipeline.nn.model import EVAL_CHUNK, Model  # noqa: E402
+from pipeline.nn.models import DEFAULTS, build_spec  # noqa: E402
+from pipeline.preprocess import fit_normalizer, normalize  # noqa: E402
+
+CALLS = 20
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--rounds", type=int, default=7)
+    p.add_argument("--zip", type=Path, default=Path("/work/shared/data/digit-recognizer.zip"))
+    a = p.parse_args(argv)
+    d = read_competition(a.zip)
+    x = normalize(d.test_x[:EVAL_CHUNK], fit_normalizer(d.train_x))
+    model = Model(build_spec("cnn", DEFAULTS["cnn"]), rng=np.random.default_rng(0))
+    rng = np.random.default_rng(1)
+    for P in model._P:
+        if "var" in P:
+            P["var"][...] = rng.uniform(0.5, 2.0, P["var"].shape)
+    run = model._eval_runner()
+    first, second = run.plan[0], run.plan[1]
+    refs = run._reference(x[0, 0, 0], x.shape[1:])
+    h = first.forward(x, **first.P, train=False, **first.settings)[0]  # c2's input
+    real = Bl.passed(x[..., 0] == x[0, 0, 0, 0], run.layers[0])
+    tiles = Wi._blank_tiles((real, None), 0, 4, 6, 6, 6)
+    masks = [(f"the chunk's own mask ({tiles.mean():.1%} of tiles blank)", real)]
+    for j in (0, 3, 6, 13, 26):
+        fake = np.zeros_like(real)
+        fake[:j] = True
+        masks.append((f"{j} whole images blank ({j / len(x):.1%})", fake))
+
+    def calls(blank):
+        def go():
+            for _ in range(CALLS):
+                second.forward(h, **second.P, train=False, **second.settings, **blank)
+        return go
+
+    rows = [("plain tile runner", calls({}))]
+    rows += [(label, calls({"blank": (mk, refs[1])})) for label, mk in masks]
+    times = {label: [] for label, _ in rows}
+    with threadpool_limits(1):
+        for _ in range(a.rounds):
+            for label, go in rows:
+                times[label].append(1e3 * timed(go) / CALLS)
+    plain = statistics.median(times["plain tile runner"])
+    print(f"{second.name} on {len(x)} test rows, 1 thread, ms per call (medians of {a.rounds})")
+    for label, t in times.items():
+        ms = statistics.median(t)
+        print(f"  {label:46s} {ms:7.3f}  {ms / plain:6.3f}")
+
+
+if __name__ == "__main__":
+    main()
