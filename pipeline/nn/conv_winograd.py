@@ -91,10 +91,12 @@ def _wino_forward(x, w, b, pad, train, threads, pool, blank=None):
     )  # (n, n, N, A, B, C)
     o6 = out.transpose(2, 4, 0, 1, 3, 5)  # (h, h, N, A, B, F): the tiles' order, a view
     if not train:
-        if blank is not None:  # the tiles with ink listed; the blank ones from the reference
-            # (faster even with no tile blank: 9.52 against 9.73 ms for c2 on 128 test rows,
-            # python scripts/experiments/blank_tiles.py)
-            skip = _blank_tiles(blank, pad, m, n, A, B)
+        skip = _blank_tiles(blank, pad, m, n, A, B) if blank is not None else None
+        if skip is not None and skip.any():  # the inked tiles listed, the blank ones copied
+            # from the reference's output. c2 on 128 test rows: 7.59 ms with its 19.4% of tiles
+            # blank, 9.12 with none, 9.32 by the plain runner (python
+            # scripts/experiments/blank_tiles.py); but the listing alone made c5+p6 (4 tiles an
+            # image, none blank) slower, 1.49 -> 1.58 ms (scripts/bench.py --profile predict)
             ref = _wino_forward(blank[1], w, None, pad, False, 1, pool)[0]  # (1, A*h, B*h, F)
             _sparse_inference(xp, out, skip, ref.reshape(A, h, B, h, F), (AT, BT, U), pool,
                               nb * A * B, threads)
