@@ -16,8 +16,8 @@ plan on a chunk of images and tracks those pixels from layer to layer:
 The Winograd conv steps are told the mask and the reference (`blank=`): their tiles whose
 input window is blank take the reference's output and are not computed (about a fifth of the
 default cnn's second conv on the test images; conv_winograd._blank_tiles). The result is the
-plain plan's up to float32 rounding (tests/test_nn_blank.py), and each image's result depends on
-that image alone.
+plain plan's up to float32 rounding (tests/test_nn_blank.py), and so is each image's result
+whatever the rows beside it.
 """
 
 from __future__ import annotations
