@@ -67,7 +67,7 @@ def test_a_pixel_called_blank_has_the_background_images_activation(plan):
     h = x
     for i, st in enumerate(plan_steps[: run.last + 1]):
         where = np.broadcast_to(mask[..., None], h.shape)
-        ref = np.broadcast_to(refs[i], h.shape)
+        ref = np.broadcast_to(refs[i][0], h.shape)
         assert where.any()
         np.testing.assert_allclose(h[where], ref[where], rtol=1e-5, atol=1e-5)
         h = st.forward(h, **st.P, train=False, **st.settings)[0]
@@ -90,12 +90,28 @@ def test_winograd_with_a_mask_equals_the_plain_conv(pool, pad, threads, monkeypa
     mask = (x == BACKGROUND).all(axis=-1)
     ref = np.full((1, 12, 12, 16), BACKGROUND)
     monkeypatch.setattr(Wi, "CHUNK_BYTES", 3 * 36 * 16 * 8)  # a few tiles per chunk
+    monkeypatch.setattr(Wi, "MIN_BLANK", 0.0)  # listed whatever the share
     got = forward(x, w, b, pad, train=False, threads=threads, blank=(mask, ref))[0]
     np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-12)
     side = 12 + 2 * pad - 2  # the conv's output side
     m = Wn.tile_side(3, side, side)
     skip = Wi._blank_tiles((mask, ref), pad, m, m + 2, side // m, side // m)
     assert skip is not None and skip.any() and not skip.all()  # both kinds of tile ran
+
+
+def test_few_blank_tiles_keep_the_plain_runner(monkeypatch):
+    rng = np.random.default_rng(3)
+    x = rng.normal(size=(4, 10, 10, 16))
+    x[0, :4, :4] = BACKGROUND  # one blank tile (4 x 4 window) of 64
+    mask = (x == BACKGROUND).all(axis=-1)
+    assert Wi._blank_tiles((mask, None), 0, 2, 4, 4, 4).sum() == 1 and 1 / 64 < Wi.MIN_BLANK
+    called = []
+    monkeypatch.setattr(Wi, "_sparse_inference", lambda *a: called.append(a))
+    w = rng.normal(size=(3, 3, 16, 8))
+    ref = np.full((1, 10, 10, 16), BACKGROUND)
+    got = Wi.wino_pool_forward(x, w, None, train=False, blank=(mask, ref))[0]
+    assert not called
+    np.testing.assert_allclose(got, Wi.wino_pool_forward(x, w, None, train=False)[0])
 
 
 def test_a_chunk_with_no_blank_pixel_runs_the_plain_plan(default_cnn, monkeypatch):

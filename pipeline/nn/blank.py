@@ -91,14 +91,16 @@ class BlankRun:
                 mask = None
         refs = self._reference(background, x.shape[1:]) if mask is not None else None
         for i, st in enumerate(self.plan):
-            blank = {"blank": (mask, refs[i])} if self.takes[i] and mask is not None else {}
+            blank = ({"blank": (mask, *refs[i])} if self.takes[i] and mask is not None
+                     else {})
             x = st.forward(x, **st.P, train=False, rng=None, **st.settings, **blank)[0]
             if mask is not None and i < self.last:
                 mask = passed(mask, self.layers[i])
             yield x
 
     def _reference(self, background, shape):
-        """-> [each step's input] for the image that is `background` at every pixel."""
+        """-> [(each step's input, its memo)] for the image that is `background` at every
+        pixel."""
         key = (background.tobytes(), background.dtype.str, shape)
         refs = self._refs.get(key)
         if refs is not None:
@@ -109,7 +111,9 @@ class BlankRun:
                 x = np.broadcast_to(background, (1, *shape)).copy()
                 refs = []
                 for st in self.plan[: self.last + 1]:
-                    refs.append(x.copy())  # a step may change its input's buffer later
+                    # a copy (a step may change its input's buffer later), and a memo the
+                    # step keeps what it derives from it in (conv_winograd._reference_output)
+                    refs.append((x.copy(), {}))
                     x = st.forward(x, **st.P, train=False, rng=None, **st.settings)[0]
                 if len(self._refs) >= REFERENCES_KEPT:
                     self._refs.clear()

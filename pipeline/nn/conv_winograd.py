@@ -92,12 +92,9 @@ def _wino_forward(x, w, b, pad, train, threads, pool, blank=None):
     o6 = out.transpose(2, 4, 0, 1, 3, 5)  # (h, h, N, A, B, F): the tiles' order, a view
     if not train:
         skip = _blank_tiles(blank, pad, m, n, A, B) if blank is not None else None
-        if skip is not None and skip.any():  # the inked tiles listed, the blank ones copied
-            # from the reference's output. c2 on 128 test rows: 7.59 ms with its 19.4% of tiles
-            # blank, 9.12 with none, 9.32 by the plain runner (python
-            # scripts/experiments/blank_tiles.py); but the listing alone made c5+p6 (4 tiles an
-            # image, none blank) slower, 1.49 -> 1.58 ms (scripts/bench.py --profile predict)
-            ref = _wino_forward(blank[1], w, None, pad, False, 1, pool)[0]  # (1, A*h, B*h, F)
+        if skip is not None and skip.mean() >= MIN_BLANK:  # the inked tiles listed, the blank
+            # ones copied from the reference's output
+            ref = _reference_output(blank, w, pad, pool)  # (1, A*h, B*h, F)
             _sparse_inference(xp, out, skip, ref.reshape(A, h, B, h, F), (AT, BT, U), pool,
                               nb * A * B, threads)
         else:
@@ -238,10 +235,29 @@ def window_all(mask, k):
     return out
 
 
+MIN_BLANK = 0.05  # share of blank tiles from which inference lists the inked ones. c2 on 128
+# test rows, 19% of its tiles blank: 7.59 against 9.32 ms (python
+# scripts/experiments/blank_tiles.py). Predicting the 28000 rows on two threads with OpenBLAS's
+# SkylakeX kernels, listing c4 (2% blank) and c5 (none) too was 5-8% slower than the plain plan,
+# and even with 0.05 (blank_tiles.py --predict --min-blank 0, and without; 2026-12-04)
+
+
+def _reference_output(blank, w, pad, pool):
+    """The conv (and pool) of the reference image blank[1], before the bias: made once per
+    memo (blank[2], a dict the caller keeps for these weights), else on every call."""
+    memo = blank[2] if len(blank) > 2 else None
+    ref = memo.get("out") if memo is not None else None
+    if ref is None:
+        ref = _wino_forward(blank[1], w, None, pad, False, 1, pool)[0]
+        if memo is not None:
+            memo["out"] = ref
+    return ref
+
+
 def _blank_tiles(blank, pad, m, n, A, B):
-    """blank = (mask (N, H, W) bool, xref (1, H, W, C)): the pixels where the input equals the
-    reference image xref (the same at every pixel of all channels, as blank.py sets it) -> (N,
-    A, B) bool, the tiles whose whole n x n input window is blank (their output is the
+    """blank = (mask (N, H, W) bool, xref (1, H, W, C)[, memo]): the pixels where the input
+    equals the reference image xref (one value at every pixel, as blank.py makes it) -> (N, A,
+    B) bool, the tiles whose whole n x n input window is blank (their output is the
     reference's). The zero padding is the same around both, so it counts as blank."""
     mask = blank[0]
     if pad:

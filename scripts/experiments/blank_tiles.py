@@ -5,8 +5,14 @@ reference. First with the chunk's real blank mask, then with a mask that calls t
 whole images blank (and nothing else), to show the listing's cost where few tiles are skipped
 (those outputs are wrong, only their time counts). A fresh model with
 its BatchNorm statistics set. Milliseconds: medians of --rounds interleaved rounds of 20 calls.
+With --predict: Model.forward over all 28000 test rows on --threads threads, as Model.forward
+runs it and with every chunk through the plain plan (plan.run_forward), in turn, seconds.
 
     python scripts/experiments/blank_tiles.py [--rounds 7] [--zip PATH]
+    python scripts/experiments/blank_tiles.py --predict [--threads 2] [--rounds 7] [--min-blank 0]
+
+--min-blank sets conv_winograd.MIN_BLANK for the --predict run (0: every conv with a blank tile
+lists its inked ones).
 """
 
 from __future__ import annotations
@@ -30,6 +36,7 @@ from pipeline.nn import blank as Bl  # noqa: E402
 from pipeline.nn import conv_winograd as Wi  # noqa: E402
 from pipeline.nn.model import EVAL_CHUNK, Model  # noqa: E402
 from pipeline.nn.models import DEFAULTS, build_spec  # noqa: E402
+from pipeline.nn.plan import run_forward  # noqa: E402
 from pipeline.preprocess import fit_normalizer, normalize  # noqa: E402
 
 CALLS = 20
@@ -39,14 +46,21 @@ def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--rounds", type=int, default=7)
     p.add_argument("--zip", type=Path, default=Path("/work/shared/data/digit-recognizer.zip"))
+    p.add_argument("--predict", action="store_true")
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--min-blank", type=float, default=None)
     a = p.parse_args(argv)
+    if a.min_blank is not None:
+        Wi.MIN_BLANK = a.min_blank
     d = read_competition(a.zip)
-    x = normalize(d.test_x[:EVAL_CHUNK], fit_normalizer(d.train_x))
     model = Model(build_spec("cnn", DEFAULTS["cnn"]), rng=np.random.default_rng(0))
     rng = np.random.default_rng(1)
     for P in model._P:
         if "var" in P:
             P["var"][...] = rng.uniform(0.5, 2.0, P["var"].shape)
+    if a.predict:
+        return predict(model, normalize(d.test_x, fit_normalizer(d.train_x)), a)
+    x = normalize(d.test_x[:EVAL_CHUNK], fit_normalizer(d.train_x))
     run = model._eval_runner()
     first, second = run.plan[0], run.plan[1]
     refs = run._reference(x[0, 0, 0], x.shape[1:])
@@ -66,7 +80,7 @@ def main(argv=None):
         return go
 
     rows = [("plain tile runner", calls({}))]
-    rows += [(label, calls({"blank": (mk, refs[1])})) for label, mk in masks]
+    rows += [(label, calls({"blank": (mk, *refs[1])})) for label, mk in masks]
     times = {label: [] for label, _ in rows}
     with threadpool_limits(1):
         for _ in range(a.rounds):
@@ -77,6 +91,27 @@ def main(argv=None):
     for label, t in times.items():
         ms = statistics.median(t)
         print(f"  {label:46s} {ms:7.3f}  {ms / plain:6.3f}")
+
+
+def predict(model, x, a):
+    def plain(self, chunk):
+        return run_forward(self.plan, chunk, False)[0]
+
+    skipping = Bl.BlankRun.run
+    times = {"Model.forward (blank tiles skipped)": [], "every chunk by the plain plan": []}
+    with threadpool_limits(1):
+        model.forward(x[:2000], threads=a.threads)  # warm-up: threads and their buffers
+        for _ in range(a.rounds):
+            for label, run in zip(times, (skipping, plain)):
+                Bl.BlankRun.run = run
+                try:
+                    times[label].append(timed(model.forward, x, threads=a.threads))
+                finally:
+                    Bl.BlankRun.run = skipping
+    print(f"Model.forward on {len(x)} test rows, {a.threads} thread(s), MIN_BLANK "
+          f"{Wi.MIN_BLANK}, s (medians of {a.rounds} interleaved rounds)")
+    for label, t in times.items():
+        print(f"  {label:40s} {statistics.median(t):7.3f}  (min {min(t):.3f})")
 
 
 if __name__ == "__main__":
