@@ -326,7 +326,8 @@ def _inference_tiles(T, C, F, mats, pool):
     result = (P if pool else Y).reshape(-1).view(np.dtype((np.void, F * dt.itemsize)))
 
     def run(x2, rows_in, o1, rows_out):
-        # the rows are valid: "clip" skips the default mode's checked, buffered copy (3x faster)
+        # the rows are valid: "clip" skips the default mode's checked, buffered copy (c2's
+        # windows on 128 test rows: 0.86 against 2.92 ms, scripts/experiments/blank_tiles.py)
         np.take(x2, rows_in, axis=0, out=D, mode="clip")
         np.matmul(BT, D3, out=W1)
         np.matmul(BT, W1t, out=V3t)

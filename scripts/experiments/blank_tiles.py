@@ -67,6 +67,7 @@ def main(argv=None):
     h = first.forward(x, **first.P, train=False, **first.settings)[0]  # c2's input
     real = Bl.passed(x[..., 0] == x[0, 0, 0, 0], run.layers[0])
     tiles = Wi._blank_tiles((real, None), 0, 4, 6, 6, 6)
+    print(f"the chunk's pixels: {(x == x[0, 0, 0, 0]).mean():.1%} background")
     masks = [(f"the chunk's own mask ({tiles.mean():.1%} of tiles blank)", real)]
     for j in (0, 3, 6, 13, 26):
         fake = np.zeros_like(real)
@@ -91,6 +92,28 @@ def main(argv=None):
     for label, t in times.items():
         ms = statistics.median(t)
         print(f"  {label:46s} {ms:7.3f}  {ms / plain:6.3f}")
+    take_modes(h, tiles, a.rounds)
+
+
+def take_modes(h, skip, rounds):
+    """np.take of the inked tiles' window pixels, rows of c2's input as _sparse_inference
+    gathers them, in its default mode and in "clip" (what the kernel uses)."""
+    N, H, W, C = h.shape
+    i, a, b = np.nonzero(~skip)
+    rows = ((np.arange(6)[:, None] * W + np.arange(6)).reshape(-1, 1)
+            + ((i * H + 4 * a) * W + 4 * b)).reshape(-1)
+    x2, out = h.reshape(-1, C), np.empty((rows.size, C), h.dtype)
+    times = {mode: [] for mode in ("raise", "clip")}
+    def go(mode):
+        for _ in range(CALLS):
+            np.take(x2, rows, axis=0, out=out, mode=mode)
+
+    for _ in range(rounds):
+        for mode in times:
+            times[mode].append(1e3 * timed(go, mode) / CALLS)
+    print(f"np.take of the inked tiles' {rows.size} window pixels ({C} channels each), ms:")
+    for mode, t in times.items():
+        print(f"  mode={mode!r:8s} {statistics.median(t):7.3f}")
 
 
 def predict(model, x, a):

@@ -65,7 +65,10 @@ def main(argv=None):
     x = normalize(pixels, fit_normalizer(pixels)).reshape(len(pixels), D_IN)
     order = rng.permutation(len(x))
     real = [x[order[i : i + BATCH]] for i in range(0, BATCH * BATCHES, BATCH)]
-    share = np.mean([(xb == xb[0]).all(axis=0).mean() for xb in real])
+    shares = [(xb == xb[0]).all(axis=0).mean() for xb in real]
+    share = np.mean(shares)
+    print(f"constant pixels: {share:.1%} of a batch of {BATCH} on average ({min(shares):.1%} to "
+          f"{max(shares):.1%}), {(pixels == pixels[0]).all(axis=0).mean():.1%} of all the rows")
     rows = [(f"train.csv batches ({share:.0%} constant)", real)]
     for s in (0.05, 0.125, 0.2, 1 / 3):
         synthetic = []
