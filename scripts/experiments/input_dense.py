@@ -1,9 +1,11 @@
 """What leaving out the constant input columns saves in the MLP's first layer: the forward and
 backward of a (128, 784) @ (784, 256) dense layer, plain (layers.dense_*) and by
-input_dense.py, on one thread. First on batches of 128 train.csv rows (shuffled, normalized as
-the pipeline does), then on synthetic batches with a set share of constant columns, to show
-where input_dense's gathers cost what they save (its MIN_CONSTANT). Microseconds per forward +
-backward: the median of --rounds interleaved runs of 200 batches each.
+input_dense.py, on one thread. It prints the share of constant pixels in batches of 128
+train.csv rows (shuffled, normalized as the pipeline does), also after the default MLP's
+augmentation, which moves the digits and leaves far fewer. Then it times those batches, and
+synthetic batches with a set share of constant columns, to show where input_dense's gathers
+cost what they save (its MIN_CONSTANT). Microseconds per forward + backward: the median of
+--rounds interleaved runs of 200 batches each.
 
     python scripts/experiments/input_dense.py [--rounds 5] [--zip PATH]
 """
@@ -27,6 +29,8 @@ from benchlib.measure import timed  # noqa: E402
 from pipeline.data import read_competition  # noqa: E402
 from pipeline.nn import input_dense as Id  # noqa: E402
 from pipeline.nn import layers as L  # noqa: E402
+from pipeline.nn.augment import augment_batch, parse_augment  # noqa: E402
+from pipeline.nn.models import DEFAULTS  # noqa: E402
 from pipeline.preprocess import fit_normalizer, normalize  # noqa: E402
 
 BATCH, D_IN, D_OUT, BATCHES = 128, 784, 256, 200
@@ -69,6 +73,11 @@ def main(argv=None):
     share = np.mean(shares)
     print(f"constant pixels: {share:.1%} of a batch of {BATCH} on average ({min(shares):.1%} to "
           f"{max(shares):.1%}), {(pixels == pixels[0]).all(axis=0).mean():.1%} of all the rows")
+    aug = DEFAULTS["mlp"]["augment"]
+    augmented = [augment_batch(xb.reshape(BATCH, 28, 28, 1), parse_augment(aug), rng, x.min())
+                 for xb in real]
+    print(f"  with the default MLP's augmentation ({aug}): "
+          f"{np.mean([(xb == xb[0]).all(axis=(0, 3)).mean() for xb in augmented]):.1%} of a batch")
     rows = [(f"train.csv batches ({share:.0%} constant)", real)]
     for s in (0.05, 0.125, 0.2, 1 / 3):
         synthetic = []
