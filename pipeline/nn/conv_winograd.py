@@ -224,7 +224,8 @@ def _inference_chunk(c, sizes, mats, pool):
 
 def window_all(mask, k):
     """mask (N, H, W) bool -> (N, H-k+1, W-k+1): True where the k x k window from there is
-    all True. Shifted ANDs, k down and k across (a reduce over sliding windows is 10x slower)."""
+    all True. Shifted ANDs, k down and k across: reductions over sliding windows cost more than
+    the skipped tiles saved (docs/bench-notes.md, ninth round)."""
     H, W = mask.shape[1:]
     rows = mask[:, : H - k + 1].copy()
     for u in range(1, k):
