@@ -37,7 +37,10 @@ JSON object with every figure. What each one is:
 - predict_28000_s: `pipeline.predict.predict_proba` of the CNN just trained on the 28000 test
   rows (PREDICT_THREADS threads: the cores available), best of two after a warm-up; torch on
   --threads. predict_28000_cpu_s: the CPU seconds of all our threads in the cheaper of the two
-  (under load the wall time stretches, the CPU time much less).
+  (under load the wall time stretches, the CPU time much less). predict_28000_floor_s: the
+  network's forward multiply-adds as direct convolutions (im2col products), for the 28000 rows,
+  at the --threads sgemm rate: what that form of inference would take at full BLAS speed. Not
+  a floor for ours: Winograd's transforms do fewer multiplications, and blank tiles none.
 - noop_submit_s, peak_rss_mb: in a scratch copy of the repo (the package, Makefile, setup files
   and a link to the zip), `make submit MODEL=<--submit-model> EPOCHS=1` runs every stage once;
   peak_rss_mb is the largest resident set of any process of that run (os.wait4's ru_maxrss,
