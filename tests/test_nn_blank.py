@@ -1,5 +1,5 @@
-"""Inference that skips blank work (pipeline/nn/blank.py, conv_winograd's listed tiles): the mask
-arithmetic equals brute force, a pixel the mask calls blank really has the all-background
+"""Inference that skips blank work (pipeline/nn/blank.py, winograd_inference's listed tiles): the
+mask arithmetic equals brute force, a pixel the mask calls blank really has the all-background
 image's activation there, the Winograd convs given a mask equal the plain ones for any blank
 pattern, padding, pool, chunking and thread count, and Model.forward gives the plain plan's
 logits for MNIST-like images, odd backgrounds, NaNs and single rows."""
@@ -10,6 +10,7 @@ import pytest
 from pipeline.nn import blank as Bl
 from pipeline.nn import conv_winograd as Wi
 from pipeline.nn import winograd as Wn
+from pipeline.nn import winograd_inference as Wf
 from pipeline.nn.model import Model
 from pipeline.nn.models import DEFAULTS, build_spec
 from pipeline.nn.plan import run_forward
@@ -38,7 +39,7 @@ def brute_window_all(mask, k):
 def test_window_all_equals_brute_force(k):
     rng = np.random.default_rng(k)
     mask = rng.random((3, 9, 11)) < 0.8
-    assert np.array_equal(Wi.window_all(mask, k), brute_window_all(mask, k))
+    assert np.array_equal(Wf.window_all(mask, k), brute_window_all(mask, k))
 
 
 def test_the_mask_through_layers():
@@ -90,12 +91,12 @@ def test_winograd_with_a_mask_equals_the_plain_conv(pool, pad, threads, monkeypa
     mask = (x == BACKGROUND).all(axis=-1)
     ref = np.full((1, 12, 12, 16), BACKGROUND)
     monkeypatch.setattr(Wi, "CHUNK_BYTES", 3 * 36 * 16 * 8)  # a few tiles per chunk
-    monkeypatch.setattr(Wi, "MIN_BLANK", 0.0)  # listed whatever the share
+    monkeypatch.setattr(Wf, "MIN_BLANK", 0.0)  # listed whatever the share
     got = forward(x, w, b, pad, train=False, threads=threads, blank=(mask, ref))[0]
     np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-12)
     side = 12 + 2 * pad - 2  # the conv's output side
     m = Wn.tile_side(3, side, side)
-    skip = Wi._blank_tiles((mask, ref), pad, m, m + 2, side // m, side // m)
+    skip = Wf.blank_tiles((mask, ref), pad, m, m + 2, side // m, side // m)
     assert skip is not None and skip.any() and not skip.all()  # both kinds of tile ran
 
 
@@ -104,9 +105,9 @@ def test_few_blank_tiles_keep_the_plain_runner(monkeypatch):
     x = rng.normal(size=(4, 10, 10, 16))
     x[0, :4, :4] = BACKGROUND  # one blank tile (4 x 4 window) of 64
     mask = (x == BACKGROUND).all(axis=-1)
-    assert Wi._blank_tiles((mask, None), 0, 2, 4, 4, 4).sum() == 1 and 1 / 64 < Wi.MIN_BLANK
+    assert Wf.blank_tiles((mask, None), 0, 2, 4, 4, 4).sum() == 1 and 1 / 64 < Wf.MIN_BLANK
     called = []
-    monkeypatch.setattr(Wi, "_sparse_inference", lambda *a: called.append(a))
+    monkeypatch.setattr(Wf, "sparse_inference", lambda *a: called.append(a))
     w = rng.normal(size=(3, 3, 16, 8))
     ref = np.full((1, 10, 10, 16), BACKGROUND)
     got = Wi.wino_pool_forward(x, w, None, train=False, blank=(mask, ref))[0]
@@ -116,7 +117,7 @@ def test_few_blank_tiles_keep_the_plain_runner(monkeypatch):
 
 def test_a_chunk_with_no_blank_pixel_runs_the_plain_plan(default_cnn, monkeypatch):
     called = []
-    monkeypatch.setattr(Wi, "_sparse_inference", lambda *a: called.append(a))
+    monkeypatch.setattr(Wf, "sparse_inference", lambda *a: called.append(a))
     x = np.random.default_rng(3).normal(size=(5, 28, 28, 1)).astype(np.float32)
     np.testing.assert_allclose(default_cnn.forward(x), plain_logits(default_cnn, x), rtol=1e-5,
                                atol=1e-5)
@@ -152,8 +153,8 @@ def test_model_forward_equals_the_plain_plan_and_skips_blank_tiles(default_cnn, 
     x[256] = rng.normal(size=(28, 28, 1))  # the third chunk's first pixel is ink
     want = plain_logits(default_cnn, x)
     listed = []
-    sparse = Wi._sparse_inference
-    monkeypatch.setattr(Wi, "_sparse_inference", lambda *a: listed.append(1) or sparse(*a))
+    sparse = Wf.sparse_inference
+    monkeypatch.setattr(Wf, "sparse_inference", lambda *a: listed.append(1) or sparse(*a))
     for threads in (1, 2):
         got = default_cnn.forward(x, threads=threads)
         assert np.array_equal(np.isnan(got), np.isnan(want))

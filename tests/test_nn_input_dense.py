@@ -59,7 +59,7 @@ def test_input_dense_float32_and_the_split_it_takes():
     z, _, g = plain(x, w, b, dz, False)
     fz, cache = Id.input_dense_forward(x, w, b)
     assert fz.dtype == np.float32
-    xk, _, keep, (const, c) = cache
+    xk, _, (keep, const, c) = cache
     constant = (x == x[0]).all(axis=0)
     assert np.array_equal(keep, np.flatnonzero(~constant))  # only the varying columns multiply
     assert np.array_equal(const, np.flatnonzero(constant)) and xk.shape == (128, keep.size)

@@ -15,7 +15,7 @@ plan on a chunk of images and tracks those pixels from layer to layer:
 
 The Winograd conv steps are told the mask and the reference (`blank=`): their tiles whose
 input window is blank take the reference's output and are not computed (about a fifth of the
-default cnn's second conv on the test images; conv_winograd._blank_tiles). The result is the
+default cnn's second conv on the test images; winograd_inference.blank_tiles). The result is the
 plain plan's up to float32 rounding (tests/test_nn_blank.py), and so is each image's result
 whatever the rows beside it.
 """
@@ -27,6 +27,7 @@ import threading
 import numpy as np
 
 from pipeline.nn import conv_winograd as Wi
+from pipeline.nn import winograd_inference as Wf
 from pipeline.nn.plan import conv_inplace_relu_forward, conv_pool_inplace_relu_forward
 
 TAKES_BLANK = (Wi.wino_pool_forward, Wi.wino_conv_forward, conv_pool_inplace_relu_forward,
@@ -46,7 +47,7 @@ def passed(mask, layers):
             p, k = ly.get("pad", 0), ly["k"]
             if p:
                 mask = np.pad(mask, ((0, 0), (p, p), (p, p)), constant_values=True)
-            mask = Wi.window_all(mask, k)
+            mask = Wf.window_all(mask, k)
         elif kind == "pool":
             N, H, W = mask.shape
             mask = (mask[:, 0 : H - 1 : 2, 0 : W - 1 : 2] & mask[:, 0 : H - 1 : 2, 1::2]

@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from pipeline.nn import winograd_inference as Wf
 from pipeline.nn.fused import OFFSETS, in_parts, sum_in_parts
 from pipeline.nn.layers import colsum, conv2d_backward, conv2d_forward, put
 from pipeline.nn.winograd import factors, kron_matrices, scratch, tile_side, transform
@@ -53,7 +54,7 @@ def _chunk(n, A, B, C, F, itemsize):
 def wino_pool_forward(x, w, b=None, pad=0, train=True, rng=None, threads=1, blank=None):
     """x (N, H, W, C), w (k, k, C, F), b (F,) or None -> out (N, Ho/2, Wo/2, F), as
     fused.conv_pool_forward (and split into the same fixed parts, on `threads` threads).
-    Inference may be told where the input is blank (`blank`, see _blank_tiles)."""
+    Inference may be told where the input is blank (`blank`, see winograd_inference.blank_tiles)."""
     return _wino_forward(x, w, b, pad, train, threads, pool=True, blank=blank)
 
 
@@ -91,11 +92,11 @@ def _wino_forward(x, w, b, pad, train, threads, pool, blank=None):
     )  # (n, n, N, A, B, C)
     o6 = out.transpose(2, 4, 0, 1, 3, 5)  # (h, h, N, A, B, F): the tiles' order, a view
     if not train:
-        skip = _blank_tiles(blank, pad, m, n, A, B) if blank is not None else None
-        if skip is not None and skip.mean() >= MIN_BLANK:  # the inked tiles listed, the blank
+        skip = Wf.blank_tiles(blank, pad, m, n, A, B) if blank is not None else None
+        if skip is not None and skip.mean() >= Wf.MIN_BLANK:  # the inked tiles listed, the blank
             # ones copied from the reference's output
             ref = _reference_output(blank, w, pad, pool)  # (1, A*h, B*h, F)
-            _sparse_inference(xp, out, skip, ref.reshape(A, h, B, h, F), (AT, BT, U), pool,
+            Wf.sparse_inference(xp, out, skip, ref.reshape(A, h, B, h, F), (AT, BT, U), pool,
                               nb * A * B, threads)
         else:
 
@@ -105,8 +106,8 @@ def _wino_forward(x, w, b, pad, train, threads, pool, blank=None):
                     e = min(s + nb, e0)
                     run = runs.get(e - s)
                     if run is None:
-                        run = runs[e - s] = _inference_chunk(e - s, (A, B, C, F), (AT, BT, U),
-                                                             pool)
+                        run = runs[e - s] = Wf.chunk_runner(e - s, (A, B, C, F), (AT, BT, U),
+                                                            pool)
                     run(tiles[:, :, s:e], o6[:, :, s:e])
 
             if threads > 1:
@@ -170,79 +171,6 @@ def _wino_forward(x, w, b, pad, train, threads, pool, blank=None):
     return out, (Vs, U, arg, m, w.shape, x.shape, pad, b is not None, threads, pool)
 
 
-def _inference_chunk(c, sizes, mats, pool):
-    """-> run(src, o): one chunk of c images through the conv (and the pool), inference only:
-    src its tile windows (n, n, c, A, B, C), o its output (h, h, c, A, B, F), both views;
-    sizes (A, B, C, F) and mats (AT, BT, U) as in _wino_forward.
-    Every working view is made here, once per chunk size, so that a chunk costs its eleven
-    numpy calls and nothing more: with two threads each call's Python side slows the other
-    thread too. The arrays take turns in three of this thread's buffers: the windows, V (in
-    place) and the output transform's rows in one; the products, then the pooled rows in
-    another; the first 1-D pass of each transform (winograd.transform) in the third."""
-    A, B, C, F = sizes  # tiles down and across, channels in and out
-    AT, BT, U = mats  # the 1-D transforms (m, n) and (n, n), the transformed kernel
-    (m, n), dt = AT.shape, U.dtype
-    h = m // 2 if pool else m
-    T = c * A * B
-    one = scratch("D", (T * max(n * n * C, m * m * F),), dt)
-    two = scratch("M", (n * n * T * F,), dt)
-    half = scratch("half", (n * max(n * T * C, m * T * F),), dt)
-    D = one[: n * n * T * C].reshape(n, n, c, A, B, C)  # then V, in place
-    D3, V = D.reshape(n, n, T * C), D.reshape(n * n, T, C)
-    W1 = half[: n * n * T * C].reshape(n, n, T * C)  # W1[u, j]: tile row u, across
-    M = two.reshape(n * n, T, F)
-    W2 = half[: n * m * T * F].reshape(n, m, T * F)
-    Y = one[: m * m * T * F].reshape(m, m, c, A, B, F)  # Y[i, j]: the output at (m a+i, m b+j)
-    # the second pass of each transform runs down the tile: strided views, made once
-    W1t, V3t = W1.transpose(1, 0, 2), D3.transpose(1, 0, 2)
-    W2t, Y3t = W2.transpose(1, 0, 2), Y.reshape(m, m, T * F).transpose(1, 0, 2)
-    M3 = two.reshape(n, n, T * F)
-    if pool:
-        Y2 = Y.reshape(h, 2, h, 2, c, A, B, F)
-        q = [Y2[:, i, :, j] for i, j in OFFSETS]  # (h, h, c, A, B, F) per pool offset
-        P = two[: h * h * T * F].reshape(h, h, c, A, B, F)
-
-    def run(src, o):
-        np.copyto(D, src)
-        np.matmul(BT, D3, out=W1)  # V = kron(BT, BT) @ D in two 1-D passes, as transform
-        np.matmul(BT, W1t, out=V3t)
-        np.matmul(V, U, out=M)  # (n*n, T, F)
-        np.matmul(AT, M3, out=W2)  # Y = kron(AT, AT) @ M
-        np.matmul(AT, W2t, out=Y3t)
-        if not pool:  # each tile's outputs to their places
-            np.copyto(o, Y)
-            return
-        p = P if h > 1 else o  # contiguous passes, then one strided copy
-        np.maximum(q[0], q[1], out=p)
-        np.maximum(p, q[2], out=p)
-        np.maximum(p, q[3], out=p)
-        if h > 1:
-            np.copyto(o, p)
-
-    return run
-
-
-def window_all(mask, k):
-    """mask (N, H, W) bool -> (N, H-k+1, W-k+1): True where the k x k window from there is
-    all True. Shifted ANDs, k down and k across: reductions over sliding windows cost more than
-    the skipped tiles saved (docs/bench-notes.md, ninth round)."""
-    H, W = mask.shape[1:]
-    rows = mask[:, : H - k + 1].copy()
-    for u in range(1, k):
-        rows &= mask[:, u : H - k + 1 + u]
-    out = rows[:, :, : W - k + 1].copy()
-    for v in range(1, k):
-        out &= rows[:, :, v : W - k + 1 + v]
-    return out
-
-
-MIN_BLANK = 0.05  # share of blank tiles from which inference lists the inked ones. c2 on 128
-# test rows, 19% of its tiles blank: 7.59 against 9.32 ms (python
-# scripts/experiments/blank_tiles.py). Predicting the 28000 rows on two threads with OpenBLAS's
-# SkylakeX kernels, listing c4 (2% blank) and c5 (none) too was 5-8% slower than the plain plan,
-# and even with 0.05 (blank_tiles.py --predict --min-blank 0, and without; 2026-12-04)
-
-
 def _reference_output(blank, w, pad, pool):
     """The conv (and pool) of the reference image blank[1], before the bias: made once per
     memo (blank[2], a dict the caller keeps for these weights), else on every call."""
@@ -253,95 +181,6 @@ def _reference_output(blank, w, pad, pool):
         if memo is not None:
             memo["out"] = ref
     return ref
-
-
-def _blank_tiles(blank, pad, m, n, A, B):
-    """blank = (mask (N, H, W) bool, xref (1, H, W, C)[, memo]): the pixels where the input
-    equals the reference image xref (one value at every pixel, as blank.py makes it) -> (N, A,
-    B) bool, the tiles whose whole n x n input window is blank (their output is the
-    reference's). The zero padding is the same around both, so it counts as blank."""
-    mask = blank[0]
-    if pad:
-        mask = np.pad(mask, ((0, 0), (pad, pad), (pad, pad)), constant_values=True)
-    return window_all(mask, n)[:, : m * A : m, : m * B : m]  # (N, A, B)
-
-
-def _sparse_inference(xp, out, skip, ref, mats, pool, per_chunk, threads):
-    """out (N, A, h, B, h, F) <- the conv (and pool) of xp (N, Hp, Wp, C) before the bias:
-    where `skip` (N, A, B) is True the tile's outputs come from ref (A, h, B, h, F), the
-    reference image's; the other tiles are listed and computed in chunks of `per_chunk`, their
-    input windows gathered by row (np.take) and their outputs put back by row (np.put)."""
-    N, Hp, Wp, C = xp.shape
-    _, A, h, B, _, F = out.shape
-    m, n = mats[0].shape
-    i, a, b = np.nonzero(skip)
-    out.transpose(0, 1, 3, 2, 4, 5)[i, a, b] = ref.transpose(0, 2, 1, 3, 4)[a, b]
-    i, a, b = np.nonzero(~skip)
-    first_in = (i * Hp + m * a) * Wp + m * b  # (T,) the pixel row of each window's (0, 0)
-    first_out = ((i * A + a) * h * B + b) * h  # (T,) the pixel row of each tile's first output
-    in_off = (np.arange(n)[:, None] * Wp + np.arange(n)).reshape(-1, 1)  # (n*n, 1): by (u, v)
-    out_off = (np.arange(h)[:, None] * (B * h) + np.arange(h)).reshape(-1, 1)  # (h*h, 1)
-    x2 = np.ascontiguousarray(xp).reshape(-1, C)  # (N*Hp*Wp, C)
-    o1 = out.reshape(-1, F).view(np.dtype((np.void, F * out.itemsize))).reshape(-1)  # a pixel
-
-    def sparse_part(s0, e0):
-        runs = {}  # tiles per chunk -> its runner
-        for s in range(s0, e0, per_chunk):
-            e = min(s + per_chunk, e0)
-            run = runs.get(e - s)
-            if run is None:
-                run = runs[e - s] = _inference_tiles(e - s, C, F, mats, pool)
-            run(x2, (in_off + first_in[s:e]).reshape(-1), o1,
-                (out_off + first_out[s:e]).reshape(-1))
-
-    if threads > 1:
-        in_parts(sparse_part, first_in.size, threads)
-    else:
-        sparse_part(0, first_in.size)
-
-
-def _inference_tiles(T, C, F, mats, pool):
-    """-> run(x2, rows_in, o1, rows_out): T listed tiles through the conv (and the pool), as
-    _inference_chunk's run but for tiles anywhere: their n*n input pixels are rows_in of x2
-    (in (u, v, tile) order), their h*h outputs go to the items rows_out of o1 (one item per
-    output pixel, (y, x, tile) order). The same three buffers and eleven calls."""
-    AT, BT, U = mats
-    (m, n), dt = AT.shape, U.dtype
-    h = m // 2 if pool else m
-    one = scratch("D", (T * max(n * n * C, m * m * F),), dt)
-    two = scratch("M", (n * n * T * F,), dt)
-    half = scratch("half", (n * max(n * T * C, m * T * F),), dt)
-    D = one[: n * n * T * C].reshape(n * n * T, C)  # the windows, rows (u, v, tile); then V
-    D3, V = D.reshape(n, n, T * C), D.reshape(n * n, T, C)
-    W1 = half[: n * n * T * C].reshape(n, n, T * C)
-    M = two.reshape(n * n, T, F)
-    W2 = half[: n * m * T * F].reshape(n, m, T * F)
-    Y = one[: m * m * T * F].reshape(m, m, T, F)
-    W1t, V3t = W1.transpose(1, 0, 2), D3.transpose(1, 0, 2)
-    W2t, Y3t = W2.transpose(1, 0, 2), Y.reshape(m, m, T * F).transpose(1, 0, 2)
-    M3 = two.reshape(n, n, T * F)
-    if pool:
-        Y2 = Y.reshape(h, 2, h, 2, T, F)
-        q = [Y2[:, i, :, j] for i, j in OFFSETS]  # (h, h, T, F) per pool offset
-        P = two[: h * h * T * F].reshape(h, h, T, F)
-    result = (P if pool else Y).reshape(-1).view(np.dtype((np.void, F * dt.itemsize)))
-
-    def run(x2, rows_in, o1, rows_out):
-        # the rows are valid: "clip" skips the default mode's checked, buffered copy (c2's
-        # windows on 128 test rows: 0.86 against 2.92 ms, scripts/experiments/blank_tiles.py)
-        np.take(x2, rows_in, axis=0, out=D, mode="clip")
-        np.matmul(BT, D3, out=W1)
-        np.matmul(BT, W1t, out=V3t)
-        np.matmul(V, U, out=M)  # (n*n, T, F)
-        np.matmul(AT, M3, out=W2)
-        np.matmul(AT, W2t, out=Y3t)
-        if pool:
-            np.maximum(q[0], q[1], out=P)
-            np.maximum(P, q[2], out=P)
-            np.maximum(P, q[3], out=P)
-        np.put(o1, rows_out, result, mode="clip")
-
-    return run
 
 
 def wino_pool_backward(dout, cache, grads=None, need_dx=True):

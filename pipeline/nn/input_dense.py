@@ -34,25 +34,25 @@ def input_dense_forward(x, w, b, train=True, rng=None):
     # (D_in,) one value down the batch (a NaN counts as varying: it never equals itself)
     constant = np.logical_and.reduce(x == x[0], axis=0) if x.shape[0] > 1 else None
     if constant is None or constant.mean() < MIN_CONSTANT:
-        return dense_forward(x, w, b)[0], (x, w, None, None)
+        return dense_forward(x, w, b)[0], (x, w, None)
     keep, const = np.flatnonzero(~constant), np.flatnonzero(constant)
     xk, c = x[:, keep], x[0, const]  # (N, K), (D_in - K,)
     z = xk @ np.take(w, keep, axis=0)  # (N, D_out)
     z += c @ np.take(w, const, axis=0) + b
-    return z, (xk, w, keep, (const, c))
+    return z, (xk, w, (keep, const, c))
 
 
 def input_dense_backward(dz, cache, grads=None, need_dx=True):
     """dz (N, D_out) -> dx or None; grads "w", "b", as `layers.dense_backward`."""
-    xk, w, keep, c = cache
-    if keep is None:
+    xk, w, split = cache  # split: None for the plain product
+    if split is None:
         return dense_backward(dz, (xk, w), grads, need_dx)
+    keep, const, c = split
     db = colsum(dz)  # (D_out,)
     dw = grads.get("w") if grads is not None else None
     if dw is None:  # no buffer of the caller's to write into
         dw = np.empty_like(w)  # every row is written below
         put(grads, "w", dw)
-    const, c = c
     dw[const] = np.multiply.outer(c, db)
     dw[keep] = xk.T @ dz
     put(grads, "b", db)

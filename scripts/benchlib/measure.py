@@ -56,6 +56,16 @@ def timed(f, *args, **kw):
     return time.perf_counter() - t0
 
 
+def interleaved(runs, rounds):
+    """runs {label: f()} -> {label: [seconds of each round]}: every f once a round, in turn, so
+    a change in the machine's speed hits them all."""
+    times = {label: [] for label in runs}
+    for _ in range(rounds):
+        for label, f in runs.items():
+            times[label].append(timed(f))
+    return times
+
+
 @contextlib.contextmanager
 def our_threads(threads):
     """train() on `threads` threads: 1 = everything on the calling thread (one BLAS thread, no

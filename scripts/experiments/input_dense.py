@@ -24,7 +24,7 @@ REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "scripts"))
 
-from benchlib.measure import timed  # noqa: E402
+from benchlib.measure import interleaved  # noqa: E402
 
 from pipeline.data import read_competition  # noqa: E402
 from pipeline.nn import input_dense as Id  # noqa: E402
@@ -46,11 +46,9 @@ def step(forward, backward, w, b, dz, grads):
 
 def us_per_batch(batches, runs, rounds):
     """{name: median microseconds per batch}, the variants interleaved round by round."""
-    times = {name: [] for name in runs}
-    for _ in range(rounds):
-        for name, run in runs.items():
-            times[name].append(1e6 * timed(run, batches) / len(batches))
-    return {name: statistics.median(t) for name, t in times.items()}
+    times = interleaved({name: lambda run=run: run(batches) for name, run in runs.items()},
+                        rounds)
+    return {name: 1e6 * statistics.median(t) / len(batches) for name, t in times.items()}
 
 
 def main(argv=None):
