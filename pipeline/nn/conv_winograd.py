@@ -18,8 +18,8 @@ offsets in the order of fused.OFFSETS); without one, the rows are put back in th
 Each kron product runs as two 1-D passes with the 1-D matrix, across the tile and then down it
 (`winograd.transform`): 3x fewer multiply-adds, faster on one thread. 3x3 kernels use 4x4 tiles
 where the output side is a multiple of 4 (`TILE`, `tile_side`), else 2x2. The backward pass
-runs the same products transposed; the input gradient of a tile is
-scattered back by n*n stride-m slice-adds (a col2im of small blocks).
+runs the same products transposed; the input gradients of the tiles' windows are added back
+into the image across, then down (`overlap_add`, a col2im of small blocks).
 
 Exact in exact arithmetic; in float32 the six-point transforms (F(2x2, 5x5), F(4x4, 3x3))
 round a little more than the direct sum (about 1e-6 relative, rms, against 2.5e-7 for the
@@ -183,6 +183,34 @@ def _reference_output(blank, w, pad, pool):
     return ref
 
 
+WINNER = np.array([[0, 1], [2, 3]], np.uint8).reshape(2, 2, 1, 1, 1, 1, 1, 1)  # the offset
+# number (fused.OFFSETS) of each (row, column) of the pool window, against `arg`
+
+
+def overlap_add(dD, m, rows, out):
+    """The tiles' input window gradients back to their places in the image, adding where
+    windows overlap (a col2im of n x n windows at stride m): dD (n, n, c, A, B, C), the window
+    of tile (a, b) at (m a, m b) -> out (c, Hp, Wp, C), Hp = m A + n - m, Wp = m B + n - m,
+    through rows (n, c, A, Wp, C), a working buffer. Across first: each window row's n values go
+    to their columns (one copy of the first m, an add for each of the other n - m), then down,
+    the rows to theirs the same way: 2 (n - m + 2) calls, not one per window offset (n*n). As
+    fast on one thread; with two threads at once, as a step's two parts run, c2's 8 calls took
+    0.18-0.19 ms a chunk against 0.24-0.29 for its 22 (python scripts/experiments/overlap_add.py,
+    2026-12-04): each call takes the GIL to start."""
+    n, _, c, A, B, C = dD.shape
+    Wp = rows.shape[3]
+    np.copyto(rows[:, :, :, : m * B].reshape(n, c, A, B, m, C),
+              dD[:, :m].transpose(0, 2, 3, 4, 1, 5))
+    rows[:, :, :, m * B :] = 0
+    for v in range(m, n):
+        rows[:, :, :, v : v + m * B : m] += dD[:, v]
+    np.copyto(out[:, : m * A].reshape(c, A, m, Wp, C), rows[:m].transpose(1, 2, 0, 3, 4))
+    out[:, m * A :] = 0
+    for u in range(m, n):
+        out[:, u : u + m * A : m] += rows[u]
+    return out
+
+
 def wino_pool_backward(dout, cache, grads=None, need_dx=True):
     """dout (N, Ho/2, Wo/2, F) -> dx (N, H, W, C) or None; fills grads["w"] (and ["b"])."""
     return _wino_backward(dout, cache, grads, need_dx)
@@ -214,12 +242,13 @@ def _wino_backward(dout, cache, grads, need_dx):
     def wino_backward_part(s0, e0):
         c = min(nb, e0 - s0)
         dY = scratch("dY", (m * m, c * A * B * F), dt)  # the output gradient, by (i, j)
-        won_buf = scratch("won", (h, h, c, A, B, F), bool) if pool else None  # offset q won
+        won_buf = scratch("won", (2, 2, h, h, c, A, B, F), bool) if pool else None  # who won
         dP = scratch("dP", (h, h, c, A, B, F), dt) if pool and h > 1 else None
         dM = scratch("dM", (n * n, c * A * B, F), dt)
         dV = scratch("dV", (n * n, c * A * B, C), dt) if need_dx else None
         dD = scratch("dD", (n * n, c * A * B * C), dt) if need_dx else None
         dxp = scratch("dxp", (c, Hp, Wp, C), dt) if need_dx and pad else None
+        rows = scratch("rows", (n, c, A, Wp, C), dt) if need_dx else None  # overlap_add's
         dUt = np.empty((n * n, F, C), dtype=dt)  # (n*n, F, C), this part's share (returned)
         more = scratch("more", (n * n, F, C), dt)
         V = Vs[s0]
@@ -233,11 +262,11 @@ def _wino_backward(dout, cache, grads, need_dx):
                 if h > 1:  # one strided copy, then contiguous passes
                     np.copyto(dP[:, :, : e - s], g6)
                     g6 = dP[:, :, : e - s]
-                won = won_buf[:, :, : e - s]
-                Y2 = Y6.reshape(h, 2, h, 2, e - s, A, B, F)
-                for q, (i, j) in enumerate(OFFSETS):  # the gradient goes to the offset that won
-                    np.equal(arg[:, :, s:e], np.uint8(q), out=won)
-                    np.multiply(g6, won, out=Y2[:, i, :, j])
+                # the gradient goes to the offset that won: all four offsets in two calls
+                won = won_buf[:, :, :, :, : e - s]  # (2, 2, h, h, e-s, A, B, F)
+                np.equal(arg[:, :, s:e], WINNER, out=won)
+                np.multiply(g6, won, out=Y6.reshape(h, 2, h, 2, e - s, A, B, F)
+                            .transpose(1, 3, 0, 2, 4, 5, 6, 7))
             else:  # each tile's output gradients, gathered from their places
                 np.copyto(Y6, g6)
             dMc = dM[:, :T]
@@ -253,18 +282,8 @@ def _wino_backward(dout, cache, grads, need_dx):
             np.matmul(dMc, Ut, out=dVc)  # (n*n, T, C)
             dDc = dD[:, : T * C]
             transform(B_, dVc.reshape(n * n, T * C), dDc)  # kron(BT, BT).T @ dV
-            dDc = dDc.reshape(n, n, e - s, A, B, C)  # each tile's input window gradient
             g = dxp[: e - s] if pad else dx[s:e]  # (e-s, Hp, Wp, C)
-            # back to their places in the image: the first m x m offsets of the windows cover
-            # the first m*A rows and m*B columns once, so one copy puts them; the rest add on
-            core = g[:, : m * A, : m * B].reshape(e - s, A, m, B, m, C)  # a view
-            np.copyto(core, dDc[:m, :m].transpose(2, 3, 0, 4, 1, 5))
-            g[:, m * A :] = 0
-            g[:, : m * A, m * B :] = 0
-            for u in range(n):
-                for v in range(n):
-                    if u >= m or v >= m:
-                        g[:, u : u + m * A : m, v : v + m * B : m] += dDc[u, v]
+            overlap_add(dDc.reshape(n, n, e - s, A, B, C), m, rows[:, : e - s], g)
             if pad:
                 dx[s:e] = g[:, pad : pad + x_shape[1], pad : pad + x_shape[2]]
         return dUt
