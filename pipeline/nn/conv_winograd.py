@@ -37,7 +37,14 @@ import numpy as np
 from pipeline.nn import winograd_inference as Wf
 from pipeline.nn.fused import OFFSETS, in_parts, sum_in_parts
 from pipeline.nn.layers import colsum, conv2d_backward, conv2d_forward, put
-from pipeline.nn.winograd import factors, kron_matrices, scratch, tile_side, transform
+from pipeline.nn.winograd import (
+    even_chunks,
+    factors,
+    kron_matrices,
+    scratch,
+    tile_side,
+    transform,
+)
 
 CHUNK_BYTES = 2 << 20  # per chunk of images, the largest of its transformed arrays
 
@@ -49,15 +56,6 @@ def _chunk(n, A, B, C, F, itemsize):
     thread, 44.5 / 48.4 / 47.0 ms on two; predicting 8192 rows on two threads 0.88 / 0.96 /
     1.01 s."""
     return max(1, CHUNK_BYTES // (n * n * A * B * max(C, F) * itemsize))
-
-
-def even_chunks(s0, e0, nb):
-    """-> [(s, e)]: the images s0:e0 in the fewest chunks of at most nb, their sizes at most one
-    apart, so that no chunk is a remainder of a few images, whose products run at a poor rate
-    (c5's parts of 64 images: chunks of 32 and 32, not 56 and 8)."""
-    k = -(-(e0 - s0) // nb)
-    bounds = [s0 + (e0 - s0) * i // k for i in range(k + 1)]
-    return list(zip(bounds[:-1], bounds[1:]))
 
 
 def wino_pool_forward(x, w, b=None, pad=0, train=True, rng=None, threads=1, blank=None):
@@ -111,8 +109,7 @@ def _wino_forward(x, w, b, pad, train, threads, pool, blank=None):
 
             def wino_inference_part(s0, e0):
                 runs = {}  # chunk size -> its runner
-                for s in range(s0, e0, nb):
-                    e = min(s + nb, e0)
+                for s, e in even_chunks(s0, e0, nb):
                     run = runs.get(e - s)
                     if run is None:
                         run = runs[e - s] = Wf.chunk_runner(e - s, (A, B, C, F), (AT, BT, U),
@@ -121,7 +118,7 @@ def _wino_forward(x, w, b, pad, train, threads, pool, blank=None):
 
             if threads > 1:
                 in_parts(wino_inference_part, N, threads)
-            else:  # one part: no remainder chunk in the middle
+            else:  # one part
                 wino_inference_part(0, N)
         if b is not None:
             out += b  # max(z + b) = max(z) + b

@@ -1,8 +1,8 @@
 """Winograd's minimal filtering F(m x m, k x k), the part the kernels of conv_winograd.py share:
 the Toom-Cook matrices (`winograd_matrices`), the 2-D transforms built from them
 (`kron_matrices`, and `factors` with `transform` for the same products as two 1-D passes), the
-output tile side a conv gets (`TILE`, `tile_side`) and the per-thread working buffers the
-kernels reuse across calls (`scratch`). What the transforms compute and how they round:
+output tile side a conv gets (`TILE`, `tile_side`), how a part's images split into chunks
+(`even_chunks`) and the per-thread working buffers the kernels reuse across calls (`scratch`). What the transforms compute and how they round:
 conv_winograd.py.
 """
 
@@ -96,6 +96,15 @@ def tile_side(k, Ho, Wo):
     divides into m x m tiles, else 2."""
     m = TILE.get(k, 2)
     return m if Ho % m == 0 and Wo % m == 0 else 2
+
+
+def even_chunks(s0, e0, nb):
+    """-> [(s, e)]: the images s0:e0 in the fewest chunks of at most nb, their sizes at most one
+    apart, so that no chunk is a remainder of a few images, whose products run at a poor rate
+    (c5's parts of 64 images: chunks of 32 and 32, not 56 and 8)."""
+    k = -(-(e0 - s0) // nb)
+    bounds = [s0 + (e0 - s0) * i // k for i in range(k + 1)]
+    return list(zip(bounds[:-1], bounds[1:]))
 
 
 _SCRATCH = threading.local()  # per thread: name -> a flat buffer, grown as needed

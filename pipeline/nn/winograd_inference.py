@@ -12,7 +12,7 @@ from __future__ import annotations
 import numpy as np
 
 from pipeline.nn.fused import OFFSETS, in_parts
-from pipeline.nn.winograd import scratch
+from pipeline.nn.winograd import even_chunks, scratch
 
 MIN_BLANK = 0.05  # share of blank tiles from which inference lists the inked ones. c2 on 128
 # test rows, 19% of its tiles blank: 7.59 against 9.32 ms (python
@@ -148,8 +148,7 @@ def sparse_inference(xp, out, skip, ref, mats, pool, per_chunk, threads):
 
     def sparse_part(s0, e0):
         runs = {}  # tiles per chunk -> its runner
-        for s in range(s0, e0, per_chunk):
-            e = min(s + per_chunk, e0)
+        for s, e in even_chunks(s0, e0, per_chunk):
             run = runs.get(e - s)
             if run is None:
                 run = runs[e - s] = listed_runner(e - s, C, F, mats, pool)
@@ -158,5 +157,5 @@ def sparse_inference(xp, out, skip, ref, mats, pool, per_chunk, threads):
 
     if threads > 1:
         in_parts(sparse_part, first_in.size, threads)
-    else:
+    else:  # one part
         sparse_part(0, first_in.size)
