@@ -2,8 +2,8 @@
 the Toom-Cook matrices (`winograd_matrices`), the 2-D transforms built from them
 (`kron_matrices`, and `factors` with `transform` for the same products as two 1-D passes), the
 output tile side a conv gets (`TILE`, `tile_side`), how a part's images split into chunks
-(`even_chunks`) and the per-thread working buffers the kernels reuse across calls (`scratch`). What the transforms compute and how they round:
-conv_winograd.py.
+(`even_chunks`) and the per-thread working buffers the kernels reuse across calls (`scratch`).
+What the transforms compute and how they round: conv_winograd.py.
 """
 
 from __future__ import annotations
