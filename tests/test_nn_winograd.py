@@ -67,6 +67,18 @@ def test_tile_side_follows_the_output():
     assert Wn.tile_side(5, 8, 8) == 2
 
 
+def test_even_chunks_cover_a_part_in_the_fewest_even_chunks():
+    for s0 in (0, 7):
+        for size in range(1, 70):
+            for nb in (1, 3, 12, 56, 100):
+                chunks = Wn.even_chunks(s0, s0 + size, nb)
+                assert chunks[0][0] == s0 and chunks[-1][1] == s0 + size
+                assert all(e == s for (_, e), (s, _) in zip(chunks, chunks[1:]))  # contiguous
+                sizes = [e - s for s, e in chunks]
+                assert min(sizes) >= 1 and max(sizes) <= nb and max(sizes) - min(sizes) <= 1
+                assert len(chunks) == -(-size // nb)  # the fewest of at most nb
+
+
 @pytest.mark.parametrize("n,size,pad,k,c,bias", [(5, 12, 0, 5, 3, True), (4, 8, 1, 3, 2, False),
                                                  (3, 10, 2, 5, 4, True), (1, 8, 0, 3, 9, False),
                                                  (37, 12, 0, 5, 8, False), (3, 10, 0, 3, 4, True),
