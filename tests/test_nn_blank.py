@@ -164,6 +164,18 @@ def test_model_forward_equals_the_plain_plan_and_skips_blank_tiles(default_cnn, 
     assert listed  # the blank path ran
 
 
+@pytest.mark.parametrize("background", [0.0, BACKGROUND])
+@pytest.mark.parametrize("n", [1, 2, 130])
+def test_images_with_no_ink_at_all_equal_the_plain_plan(default_cnn, background, n):
+    # every tile of every conv blank: nothing is listed (pipeline.readers probes a model with
+    # such images before it predicts)
+    x = np.full((n, 28, 28, 1), background, dtype=np.float32)
+    want = plain_logits(default_cnn, x)
+    for threads in (1, 2):
+        np.testing.assert_allclose(default_cnn.forward(x, threads=threads), want, rtol=1e-4,
+                                   atol=1e-4)
+
+
 def test_a_rows_logits_do_not_depend_on_the_rows_beside_it(default_cnn):
     rng = np.random.default_rng(5)
     x = mnist_like(rng, 40)

@@ -77,6 +77,7 @@ def test_even_chunks_cover_a_part_in_the_fewest_even_chunks():
                 sizes = [e - s for s, e in chunks]
                 assert min(sizes) >= 1 and max(sizes) <= nb and max(sizes) - min(sizes) <= 1
                 assert len(chunks) == -(-size // nb)  # the fewest of at most nb
+        assert Wn.even_chunks(s0, s0, 12) == []
 
 
 @pytest.mark.parametrize("n,size,pad,k,c,bias", [(5, 12, 0, 5, 3, True), (4, 8, 1, 3, 2, False),

@@ -102,6 +102,8 @@ def even_chunks(s0, e0, nb):
     """-> [(s, e)]: the images s0:e0 in the fewest chunks of at most nb, their sizes at most one
     apart, so that no chunk is a remainder of a few images, whose products run at a poor rate
     (c5's parts of 64 images: chunks of 32 and 32, not 56 and 8)."""
+    if e0 <= s0:  # no images (a conv whose every tile is blank lists none)
+        return []
     k = -(-(e0 - s0) // nb)
     bounds = [s0 + (e0 - s0) * i // k for i in range(k + 1)]
     return list(zip(bounds[:-1], bounds[1:]))
