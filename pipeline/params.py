@@ -17,7 +17,7 @@ import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from .config import UserError
+from .config import N_TEST, UserError
 from .nn.augment import parse_augment
 from .nn.init import INITS
 from .nn.layers import ACTIVATIONS
@@ -155,7 +155,9 @@ PARAMS: tuple[Param, ...] = (
     Param("tta", "predict", "bool", "Test-time augmentation: average over shifted copies of "
           "each test image.", default=False),
     Param("predict_batch_size", "predict", "int", "Rows per forward pass at prediction "
-          "(speed and memory only).", default=1000, lo=1, field="batch_size"),
+          "(speed and memory only; the default takes the 28000 test rows in one pass, whose "
+          "threads then wait for each other once, not once per batch).", default=N_TEST, lo=1,
+          field="batch_size"),
 )
 
 BY_NAME = {p.name: p for p in PARAMS}
