@@ -199,10 +199,11 @@ def overlap_add(dD, m, rows, out):
     of tile (a, b) at (m a, m b) -> out (c, Hp, Wp, C), Hp = m A + n - m, Wp = m B + n - m,
     through rows (n, c, A, Wp, C), a working buffer. Across first: each window row's n values go
     to their columns (one copy of the first m, an add for each of the other n - m), then down,
-    the rows to theirs the same way: 2 (n - m + 2) calls, not one per window offset (n*n). As
-    fast on one thread; with two threads at once, as a step's two parts run, c2's 8 calls took
-    0.18-0.19 ms a chunk against 0.24-0.29 for its 22 (python scripts/experiments/overlap_add.py,
-    2026-12-04): each call takes the GIL to start."""
+    the rows to theirs the same way: 2 (n - m + 2) calls, not one per window offset (n*n)
+    (python scripts/experiments/overlap_add.py, 2026-12-04, ms a chunk): on one thread about as
+    fast (c2 0.161-0.169 against 0.168-0.175, c5 0.169-0.173 against 0.152-0.166); with two
+    threads at once, as a step's two parts run, faster (c2 0.179-0.186 against 0.213-0.286,
+    c5 0.194-0.213 against 0.201-0.304): each call takes the GIL to start."""
     n, _, c, A, B, C = dD.shape
     Wp = rows.shape[3]
     np.copyto(rows[:, :, :, : m * B].reshape(n, c, A, B, m, C),
