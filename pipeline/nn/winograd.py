@@ -116,7 +116,7 @@ def scratch(name, shape, dtype):
     """A working array for the duration of one call on this thread, reused across calls and
     layers (same name, same thread): no allocation, so no page faults and a buffer that stays
     in cache. Never returned to the caller or kept in a cache."""
-    size = math.prod(shape) * np.dtype(dtype).itemsize  # math.prod: 0.2 us, np.prod 3 us
+    size = math.prod(shape) * np.dtype(dtype).itemsize  # math.prod: 0.05 us, np.prod 2 us
     bufs = _SCRATCH.__dict__
     buf = bufs.get(name)
     if buf is None or buf.size < size:
