@@ -47,9 +47,9 @@ def predict_proba(models, x, *, batch_size=N_TEST, tta=False) -> np.ndarray:
     Runs on PREDICT_THREADS threads (the cores available), each with one BLAS thread; the
     result does not depend on the thread count. `batch_size` rows per forward pass: each pass
     ends when its last chunk of 128 rows does, the other threads idle meanwhile: the test set
-    in one pass took 1.944, 2.027 and 1.967 s against 2.032, 2.087 and 2.001 s in passes of
-    1000 rows (medians of three runs of python scripts/experiments/predict_batch.py, two
-    threads, 2026-12-04)."""
+    in one pass took 1.967, 1.892 and 1.839 s against 2.001, 1.987 and 1.925 s in passes of
+    1000 rows (medians of three runs of python scripts/experiments/predict_batch.py --rounds 8,
+    two threads, 2026-12-04)."""
     keep_freed_memory()
     with blas_threads(1):
         proba = _predict_proba(models, x, batch_size, tta)

@@ -118,7 +118,7 @@ def _wino_forward(x, w, b, pad, train, threads, pool, blank=None):
 
             if threads > 1:
                 in_parts(wino_inference_part, N, threads)
-            else:  # one part
+            else:  # one part: fewer chunks than two halves
                 wino_inference_part(0, N)
         if b is not None:
             out += b  # max(z + b) = max(z) + b
@@ -189,8 +189,9 @@ def _reference_output(blank, w, pad, pool):
     return ref
 
 
-WINNER = np.array([[0, 1], [2, 3]], np.uint8).reshape(2, 2, 1, 1, 1, 1, 1, 1)  # the offset
-# number (fused.OFFSETS) of each (row, column) of the pool window, against `arg`
+# the number of each (row, column) of the pool window in fused.OFFSETS, as `arg` holds them
+WINNER = np.array([[OFFSETS.index((i, j)) for j in (0, 1)] for i in (0, 1)],
+                  np.uint8).reshape(2, 2, 1, 1, 1, 1, 1, 1)
 
 
 def overlap_add(dD, m, rows, out):

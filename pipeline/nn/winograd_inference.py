@@ -157,5 +157,5 @@ def sparse_inference(xp, out, skip, ref, mats, pool, per_chunk, threads):
 
     if threads > 1:
         in_parts(sparse_part, first_in.size, threads)
-    else:  # one part
+    else:  # one part: fewer chunks than two halves
         sparse_part(0, first_in.size)
